@@ -1,0 +1,129 @@
+"""`consortium` command line: run and validate jobs described by one YAML file.
+
+Exit codes: 0 done; 2 a mistake in the YAML, an override or the data (nothing started);
+1 a job that failed after it started (its MLflow run is marked FAILED, what was logged is kept);
+130 interrupted (run marked KILLED).
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import traceback
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Federated and distributed deep learning from one YAML file, tracked in MLflow.")
+out = Console()
+err = Console(stderr=True)
+
+OVERRIDES_HELP = "Dotted overrides with YAML values, e.g. federated.rounds=5 model.hidden=[128,64]"
+
+
+def _fail_user(exc: UserError) -> None:
+    err.print(f"[bold red]consortium:[/] {exc.render()}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _load(config: str, overrides: list[str] | None):
+    from orchestrator.loading import load_job
+
+    return load_job(config, overrides or [])
+
+
+@app.command()
+def validate(config: str = typer.Argument(..., help="Job YAML file"),
+             overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+             data: bool = typer.Option(True, help="Also open the data and check the split.")) -> None:
+    """Check a job spec (and its data) without running anything."""
+    try:
+        job = _load(config, overrides)
+        if data:
+            from orchestrator.plan import plan_data
+
+            plan = plan_data(job)
+    except UserError as exc:
+        _fail_user(exc)
+    msg = f"[green]ok[/] {config}: {job.kind} job '{job.name}'"
+    if data and job.kind == "federated":
+        msg += f", {len(plan.hospitals)} hospitals (rows: {', '.join(map(str, plan.hospital_sizes))})"
+    out.print(msg, highlight=False)
+
+
+def _raise_keyboard_interrupt(signum, frame):  # SIGTERM ends a run like Ctrl-C: marked KILLED
+    raise KeyboardInterrupt
+
+
+@app.command()
+def run(config: str = typer.Argument(..., help="Job YAML file"),
+        overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+        debug: bool = typer.Option(False, help="Show the full traceback when a job fails.")) -> None:
+    """Run a job: train, track every round/epoch in MLflow, register the model."""
+    try:
+        job = _load(config, overrides)
+        from orchestrator.plan import plan_data
+        from orchestrator.runtime import prepare_environment
+
+        prepare_environment()
+        plan = plan_data(job)
+    except UserError as exc:
+        _fail_user(exc)
+    out.print(f"[bold]consortium[/] {job.kind} job [cyan]{job.name}[/] "
+              f"({len(plan.hospitals) or 'pooled'} {'hospitals' if plan.hospitals else 'data'}) ...",
+              highlight=False)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        from orchestrator.runner import run_job
+
+        result = run_job(job, plan)
+    except UserError as exc:
+        _fail_user(exc)
+    except KeyboardInterrupt:
+        err.print("[bold red]consortium:[/] interrupted; the MLflow run is marked KILLED, what was logged is kept")
+        raise typer.Exit(130)
+    except Exception as exc:  # a failure after the run started: report it, keep the record
+        if debug:
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        cause = exc.__cause__ or exc.__context__
+        extra = f" (caused by {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''})" if cause else ""
+        err.print(f"[bold red]consortium:[/] job '{job.name}' failed: {type(exc).__name__}: {first}{extra}\n"
+                  f"  the MLflow run is marked FAILED and keeps what was logged; rerun with --debug for the traceback",
+                  highlight=False, markup=True, soft_wrap=True)
+        raise typer.Exit(1)
+    _print_result(result)
+
+
+def _print_result(result) -> None:
+    table = Table(title="final metrics", show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k in sorted(result.final):
+        if k.endswith(("/failures", "/hospitals")):
+            continue
+        table.add_row(k, f"{result.final[k]:.4f}")
+    out.print(table)
+    out.print(f"experiment  {result.experiment} (id {result.experiment_id})", highlight=False)
+    out.print(f"run id      {result.run_id}", highlight=False)
+    out.print(f"tracking    {result.tracking_uri}", highlight=False)
+    if result.registered:
+        out.print(f"model       {result.registered}", highlight=False)
+    elif result.model_uri:
+        out.print(f"model       {result.model_uri}", highlight=False)
+    out.print(f"wall time   {result.wall_s:.1f} s", highlight=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The job spec: one pydantic model per YAML section, unknown keys rejected.
+
+These field names are the public interface of a Consortium YAML file. Every model forbids
+extra keys, so a typo is an error with a suggestion, never a silently ignored setting.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+BUNDLED_DATASETS = ("breast_cancer", "digits", "wine")
+JobKind = Literal["federated", "centralized"]
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DataSpec(Spec):
+    source: Literal["breast_cancer", "digits", "wine", "csv"] = "breast_cancer"
+    path: str | None = None
+    target: str = "target"
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    # Missing cells are filled per hospital from that hospital's own training rows.
+    impute: Literal["median", "mean"] = "median"
+    # Put an input-standardisation layer in front of the model (part of the logged model).
+    standardize: bool = True
+
+    @model_validator(mode="after")
+    def _csv_needs_path(self) -> DataSpec:
+        if self.source == "csv" and not self.path:
+            raise ValueError("path: data.source 'csv' needs data.path (a CSV file or a directory of CSVs)")
+        if self.source != "csv" and self.path:
+            raise ValueError(f"path: only used with data.source 'csv' (source is '{self.source}')")
+        return self
+
+
+class ModelSpec(Spec):
+    name: Literal["mlp", "logistic"] = "mlp"
+    hidden: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64])
+    activation: Literal["relu", "tanh", "sigmoid", "gelu"] = "relu"
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+
+
+class OptimizerSpec(Spec):
+    name: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
+    lr: Annotated[float, Field(gt=0.0)] = 0.05
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+
+
+class TrainSpec(Spec):
+    loss: Literal["cross_entropy"] = "cross_entropy"
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    batch_size: Annotated[int, Field(gt=0)] = 32
+    # centralized: epochs; federated: local epochs per round
+    epochs: Annotated[int, Field(gt=0)] = 1
+
+
+class PartitionSpec(Spec):
+    name: Literal["iid", "dirichlet", "natural"] = "dirichlet"
+    alpha: Annotated[float, Field(gt=0.0)] = 0.5
+    # Every hospital gets at least this many rows (before its own train/test split).
+    min_size: Annotated[int, Field(ge=2)] = 10
+
+
+class StrategySpec(Spec):
+    name: Literal["fedavg"] = "fedavg"
+
+
+class ClientResources(Spec):
+    num_cpus: Annotated[float, Field(gt=0.0)] = 1.0
+    num_gpus: Annotated[float, Field(ge=0.0)] = 0.0
+
+
+class FederatedSpec(Spec):
+    # null with a natural partition: one hospital per CSV file.
+    num_clients: Annotated[int, Field(ge=1)] | None = 10
+    rounds: Annotated[int, Field(ge=1)] = 20
+    partition: PartitionSpec = Field(default_factory=PartitionSpec)
+    strategy: StrategySpec = Field(default_factory=StrategySpec)
+    fraction_fit: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    fraction_evaluate: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    client_resources: ClientResources = Field(default_factory=ClientResources)
+
+
+class TrackingSpec(Spec):
+    # null: a SQLite store ./mlruns.db (MLFLOW_TRACKING_URI wins when set)
+    uri: str | None = None
+    experiment: Annotated[str, Field(min_length=1)] = "consortium"
+    register_model: str | None = None
+    log_model: bool = True
+
+
+class JobSpec(Spec):
+    name: Annotated[str, Field(min_length=1)] = "job"
+    kind: JobKind = "federated"
+    seed: int = 42
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    federated: FederatedSpec = Field(default_factory=FederatedSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> JobSpec:
+        part = self.federated.partition.name
+        if self.kind == "federated":
+            if part == "natural" and self.data.source != "csv":
+                raise ValueError(
+                    "federated.partition.name: 'natural' needs data.source 'csv' with data.path "
+                    "a directory holding one CSV per hospital"
+                )
+            if part != "natural" and self.federated.num_clients is None:
+                raise ValueError(f"federated.num_clients: required with partition '{part}'")
+        return self

@@ -1,0 +1,107 @@
+"""Check the data against the job before anything starts, and lay out who holds what.
+
+Runs in the orchestrator before an MLflow run exists, so a bad file or an impossible split is a
+clear DataError (exit 2) with nothing created. In a federated job the plan keeps only what the
+server may see: the schema, hospital names and sizes, and the central held-out split.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from clients.hospitals import hospital_name, own_split, pool_and_central, pool_partition
+from clients.partitioning import PartitionError
+from orchestrator.config import JobSpec
+from orchestrator.data import (
+    Schema,
+    Split,
+    Table,
+    csv_files,
+    csv_schema,
+    frame_to_table,
+    impute_split,
+    load_bundled,
+    read_frame,
+)
+from orchestrator.errors import DataError
+
+
+@dataclass
+class DataPlan:
+    schema: Schema
+    hospitals: list[str]                  # names, in partition-id order
+    hospital_sizes: list[int]             # rows each hospital holds (train + test)
+    central: Split | None                 # server-side held-out set (single-source data), imputed
+    centralized: Split | None = None      # pooled train/test for kind: centralized, imputed
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def num_features(self) -> int:
+        return len(self.schema.features)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.schema.classes)
+
+
+def load_tables(job: JobSpec) -> tuple[list[Table], Schema]:
+    if job.data.source != "csv":
+        table, schema = load_bundled(job.data.source)
+        return [table], schema
+    files = csv_files(job.data)
+    frames = [read_frame(f, job.data.target) for f in files]
+    schema = csv_schema(frames, job.data.target, files)
+    tables = [frame_to_table(df, job.data.target, schema, f.stem) for df, f in zip(frames, files)]
+    return tables, schema
+
+
+def plan_data(job: JobSpec) -> DataPlan:
+    tables, schema = load_tables(job)
+    natural = len(tables) > 1 or (job.kind == "federated" and job.federated.partition.name == "natural")
+    source = job.data.path or job.data.source
+    if job.kind == "federated" and not natural and len(tables) > 1:
+        raise DataError(source, ["a directory of per-hospital CSVs needs federated.partition.name: natural"])
+    min_rows = job.federated.partition.min_size
+    notes: dict = {"data.num_features": len(schema.features), "data.num_classes": len(schema.classes)}
+    missing = int(sum(np.isnan(t.X).sum() for t in tables))
+    notes["data.missing_cells"] = missing
+    notes["data.imputation"] = (
+        f"{job.data.impute} of each hospital's own training rows" if job.kind == "federated"
+        else f"{job.data.impute} of the pooled training rows"
+    ) if missing else "none needed"
+
+    if natural:
+        problems = [f"{t.name}.csv: {len(t.y)} rows, a hospital needs at least {min_rows} "
+                    f"(federated.partition.min_size) for its own train/test split"
+                    for t in tables if len(t.y) < min_rows]
+        n = job.federated.num_clients
+        if job.kind == "federated" and n is not None and n != len(tables):
+            problems.append(f"federated.num_clients: {n}, but {source} holds {len(tables)} hospital files "
+                            f"(set it to {len(tables)} or null)")
+        if problems:
+            raise DataError(source, problems)
+        splits = [own_split(t.X, t.y, job, i) for i, t in enumerate(tables)]
+        centralized = None
+        if job.kind == "centralized":
+            pooled = Split(*(np.concatenate([getattr(s, a) for s in splits])
+                             for a in ("X_train", "y_train", "X_test", "y_test")))
+            centralized = impute_split(pooled, job.data.impute)
+        return DataPlan(schema, [hospital_name(t.name) for t in tables], [len(t.y) for t in tables],
+                        central=None, centralized=centralized, notes=notes)
+
+    (table,) = tables
+    if len(table.y) < 4:
+        raise DataError(source, [f"{len(table.y)} rows: too few to hold out a test split"])
+    pool, test = pool_and_central(table, job)
+    # The server's held-out rows are imputed from themselves, as a new site would do.
+    central = impute_split(Split(table.X[test], table.y[test], table.X[test], table.y[test]), job.data.impute)
+    if job.kind == "centralized":
+        centralized = impute_split(Split(table.X[pool], table.y[pool], table.X[test], table.y[test]), job.data.impute)
+        return DataPlan(schema, [], [], central=central, centralized=centralized, notes=notes)
+    n = int(job.federated.num_clients or 0)
+    try:
+        _, shares = pool_partition(table, job, n)
+    except PartitionError as exc:
+        raise DataError(source, [f"federated.num_clients: {exc}"]) from None
+    return DataPlan(schema, [str(i) for i in range(n)], [len(s) for s in shares], central=central, notes=notes)

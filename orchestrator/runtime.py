@@ -1,0 +1,57 @@
+"""Process environment for the stack: quiet, local, and nothing written to $HOME behind the user's back."""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+
+def prepare_environment() -> None:
+    """Set before Flower, Ray or MLflow are imported. A value the user already set wins."""
+    home = Path(os.environ.get("CONSORTIUM_HOME", Path.cwd() / ".consortium"))
+    defaults = {
+        "FLWR_HOME": str(home / "flwr"),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # Ray's socket paths must stay short (AF_UNIX limit), so not under a deep cwd.
+        "RAY_TMPDIR": str(Path(tempfile.gettempdir()) / f"consortium-ray-{os.getuid()}"),
+        "RAY_DEDUP_LOGS": "0",
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+        "GIT_PYTHON_REFRESH": "quiet",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    for k, v in defaults.items():
+        os.environ.setdefault(k, v)
+    Path(os.environ["FLWR_HOME"]).mkdir(parents=True, exist_ok=True)
+    Path(os.environ["RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)
+
+
+def ray_init_args() -> dict:
+    """A local Ray runtime pinned to the loopback address, sized to this machine."""
+    return {
+        "num_cpus": os.cpu_count() or 1,
+        "include_dashboard": False,
+        "_node_ip_address": "127.0.0.1",
+        "_temp_dir": os.environ.get("RAY_TMPDIR", tempfile.gettempdir()),
+        "logging_level": "ERROR",
+        "log_to_driver": False,
+        "configure_logging": True,
+    }
+
+
+class _DropDeprecationNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "deprecated" not in record.getMessage().lower()
+
+
+def quiet_flower(verbose: bool) -> None:
+    """Flower logs every round at INFO; we report rounds ourselves. CONSORTIUM_VERBOSE=1 shows all."""
+    logger = logging.getLogger("flwr")
+    if verbose:
+        logger.setLevel(logging.DEBUG)
+        return
+    logger.setLevel(logging.WARNING)
+    if not any(isinstance(f, _DropDeprecationNotices) for f in logger.filters):
+        logger.addFilter(_DropDeprecationNotices())

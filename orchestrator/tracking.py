@@ -1,0 +1,167 @@
+"""MLflow, and only here: one run per job, batched metrics, the model and its registered version."""
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from orchestrator.errors import UserError
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def resolve_uri(uri: str | None) -> str:
+    """YAML `tracking.uri`, else $MLFLOW_TRACKING_URI, else ./mlruns.db (absolute, so workers agree)."""
+    if uri:
+        return uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path.cwd() / 'mlruns.db'}"
+
+
+def _artifact_root(uri: str) -> str | None:
+    # A SQLite store keeps artifacts beside the database file, not in whatever the cwd is.
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        return (db.parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=_REPO, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@dataclass
+class ModelRecord:
+    model_uri: str
+    registered_name: str | None = None
+    version: str | None = None
+
+    @property
+    def registry_uri(self) -> str | None:
+        return f"models:/{self.registered_name}/{self.version}" if self.version else None
+
+
+@dataclass
+class TrackedRun:
+    """A live MLflow run. Metric logging is thread-safe (Flower's server runs in a thread)."""
+
+    client: MlflowClient
+    run_id: str
+    experiment_id: str
+    experiment: str
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _pending: list[Metric] = field(default_factory=list)
+    last: dict[str, float] = field(default_factory=dict)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Record now, sent with the next flush() as one log_batch."""
+        ts = int(time.time() * 1000)
+        with self._lock:
+            for k, v in metrics.items():
+                v = float(v)
+                self._pending.append(Metric(k, v, ts, step))
+                self.last[k] = v
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for i in range(0, len(pending), 1000):
+            self.client.log_batch(self.run_id, metrics=pending[i : i + 1000])
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, _param_str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_dict(self, data: dict, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, data, artifact_file)
+
+    def log_model(self, model, input_example, registered_name: str | None) -> ModelRecord:
+        """Log with signature, input example and explicit requirements (fast); register if named."""
+        import numpy as np
+        import torch
+        import mlflow.pytorch
+        from mlflow.models import infer_signature
+
+        model = model.eval()
+        with torch.no_grad():
+            output = model(torch.as_tensor(input_example)).numpy()
+        signature = infer_signature(np.asarray(input_example), output)
+        requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
+                        f"numpy=={np.__version__}"]
+        with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
+            info = mlflow.pytorch.log_model(
+                model, name="model", input_example=input_example, signature=signature,
+                pip_requirements=requirements, registered_model_name=registered_name,
+                await_registration_for=0,
+            )
+        version = getattr(info, "registered_model_version", None)
+        return ModelRecord(info.model_uri, registered_name, str(version) if version is not None else None)
+
+
+def _param_str(v: Any) -> str:
+    s = "null" if v is None else str(v)
+    return s if len(s) <= 6000 else s[:5997] + "..."
+
+
+class Tracker:
+    def __init__(self, uri: str | None, experiment: str):
+        self.uri = resolve_uri(uri)
+        self.experiment = experiment
+        mlflow.set_tracking_uri(self.uri)
+        self.client = MlflowClient(self.uri)
+
+    def experiment_id(self) -> str:
+        try:
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is not None:
+                return exp.experiment_id
+            return self.client.create_experiment(self.experiment, artifact_location=_artifact_root(self.uri))
+        except Exception as exc:  # unreachable server, unwritable file, bad scheme ...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"tracking.uri {self.uri}", [f"cannot open the MLflow store: {first[:300]}"]) from None
+
+    @contextmanager
+    def run(self, run_name: str, tags: dict[str, Any]) -> Iterator[TrackedRun]:
+        """FINISHED on success; KILLED on Ctrl-C/SIGTERM; FAILED on any error. What was logged stays."""
+        exp_id = self.experiment_id()
+        created = self.client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
+        run = TrackedRun(self.client, created.info.run_id, exp_id, self.experiment)
+        status = "FAILED"
+        try:
+            yield run
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            try:
+                run.flush()
+            finally:
+                self.client.set_terminated(run.run_id, status)
+
+    def get_run(self, run_id: str):
+        return self.client.get_run(run_id)

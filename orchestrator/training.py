@@ -1,0 +1,67 @@
+"""The one training loop: used by the centralized runner, the Flower hospitals and (next) Ray workers."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from orchestrator.config import OptimizerSpec, TrainSpec
+
+
+def make_optimizer(params, spec: OptimizerSpec) -> torch.optim.Optimizer:
+    if spec.name == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    if spec.name == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    if spec.name == "adamw":
+        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    if spec.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    raise ValueError(f"train.optimizer.name: unknown optimizer {spec.name!r}")
+
+
+def make_loss(name: str) -> nn.Module:
+    if name == "cross_entropy":
+        return nn.CrossEntropyLoss()
+    raise ValueError(f"train.loss: unknown loss {name!r}")
+
+
+def tensors(X: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
+
+
+def train_epochs(model: nn.Module, X: torch.Tensor, y: torch.Tensor, spec: TrainSpec, epochs: int,
+                 seed: int, on_epoch=None) -> float:
+    """Minibatch training; returns the mean loss of the last epoch. `on_epoch(epoch, loss)` per epoch."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout masks
+    opt = make_optimizer(model.parameters(), spec.optimizer)
+    loss_fn = make_loss(spec.loss)
+    model.train()
+    n = len(y)
+    last = float("nan")
+    for epoch in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        total = 0.0
+        for start in range(0, n, spec.batch_size):
+            idx = perm[start : start + spec.batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(X[idx]), y[idx])
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        last = total / max(n, 1)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, last)
+    return last
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss_name: str = "cross_entropy") -> dict:
+    model.eval()
+    if len(y) == 0:
+        return {"loss": float("nan"), "accuracy": float("nan"), "num_examples": 0}
+    logits = model(X)
+    loss = float(make_loss(loss_name)(logits, y))
+    acc = float((logits.argmax(1) == y).float().mean())
+    return {"loss": loss, "accuracy": acc, "num_examples": int(len(y))}

@@ -1,0 +1,56 @@
+"""Shared fixtures: real MLflow stores in tmp dirs, and one full federated run shared by several specs."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+
+# Keep everything the stack writes inside the test session's temp area.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> str:
+    """A fresh SQLite MLflow store; the cwd is tmp_path so nothing lands in the repo."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CONSORTIUM_HOME", str(tmp_path / ".consortium"))
+    return f"sqlite:///{tmp_path / 'mlruns.db'}"
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """The real `consortium` command in a fresh process."""
+    full_env = {**os.environ, "CONSORTIUM_HOME": str(cwd / ".consortium"), **(env or {})}
+    full_env.pop("MLFLOW_TRACKING_URI", None)  # mlflow.set_tracking_uri() in this process exports it
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def fedavg_run(tmp_path_factory):
+    """configs/hospitals_fedavg.yaml as shipped (10 hospitals, 20 rounds), once per session."""
+    import time
+
+    from orchestrator.loading import load_job
+    from orchestrator.runner import run_job
+
+    work = tmp_path_factory.mktemp("fedavg")
+    uri = f"sqlite:///{work / 'mlruns.db'}"
+    old = Path.cwd()
+    os.chdir(work)
+    try:
+        job = load_job(CONFIGS / "hospitals_fedavg.yaml", [f"tracking.uri={uri}", "tracking.experiment=spec"])
+        t0 = time.perf_counter()
+        result = run_job(job)
+        wall = time.perf_counter() - t0
+    finally:
+        os.chdir(old)
+    return {"result": result, "uri": uri, "job": job, "wall": wall, "dir": work}

@@ -1,0 +1,126 @@
+"""The job spec as a user meets it: shipped configs validate, overrides apply, mistakes are explained."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.errors import ConfigError
+from orchestrator.loading import apply_override, flatten, load_job
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_validates_with_its_data(path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # shipped configs use paths relative to the repository root
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert path.read_text().startswith(f"# consortium run configs/{path.name}")
+
+
+def test_overrides_take_yaml_typed_values():
+    job = load_job(ROOT / "configs/hospitals_fedavg.yaml",
+                   ["federated.partition.alpha=0.1", "model.hidden=[128,64]", "tracking.register_model=null",
+                    "federated.rounds=5"])
+    assert job.federated.partition.alpha == 0.1
+    assert job.model.hidden == [128, 64]
+    assert job.tracking.register_model is None
+    assert job.federated.rounds == 5
+
+
+def test_override_creates_missing_sections_but_not_inside_values():
+    raw = {"model": {"hidden": [3]}}
+    apply_override(raw, "train.optimizer.lr=0.1")
+    assert raw["train"]["optimizer"]["lr"] == 0.1
+    with pytest.raises(ValueError, match="model.hidden"):
+        apply_override(raw, "model.hidden.x=1")
+
+
+def test_all_problems_are_reported_at_once_with_suggestions():
+    with pytest.raises(ConfigError) as info:
+        load_job(ROOT / "configs/hospitals_fedavg.yaml",
+                 ["model.hiden=[3]", "federated.partition.alpha=-1", "data.source=breast"])
+    problems = info.value.problems
+    assert len(problems) == 3
+    text = "\n".join(problems)
+    assert "model.hiden: unknown key (did you mean 'hidden'?)" in text
+    assert "federated.partition.alpha" in text and "greater than 0" in text
+    assert "did you mean 'breast_cancer'?" in text
+
+
+def test_params_are_the_resolved_config_flattened_with_dots():
+    job = load_job(ROOT / "configs/hospitals_fedavg.yaml")
+    params = flatten(job.model_dump(mode="json"))
+    assert params["federated.partition.alpha"] == 0.5
+    assert params["train.optimizer.lr"] == 0.05
+    assert params["model.hidden"] == [64]
+
+
+GOOD = (ROOT / "configs/hospitals_fedavg.yaml").read_text()
+
+
+def _csv(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+# (case id, YAML text or None for the shipped one, overrides, text the message must contain)
+BAD_INPUTS = [
+    ("malformed-yaml", "kind: federated\nmodel: {name: mlp\n", [], "not valid YAML (line"),
+    ("empty-file", "", [], "file is empty"),
+    ("top-level-list", "- kind\n- federated\n", [], "top level must be a mapping"),
+    ("python-tag", "kind: !!python/object/apply:os.system ['echo hacked']\n", [], "not valid YAML"),
+    ("unknown-key", None, ["model.hiden=[32]"], "model.hiden: unknown key (did you mean 'hidden'?)"),
+    ("wrong-type", None, ["train.batch_size=lots"], "train.batch_size"),
+    ("out-of-range", None, ["federated.partition.alpha=-1"], "federated.partition.alpha"),
+    ("bad-fraction", None, ["data.test_fraction=1.5"], "data.test_fraction"),
+    ("unknown-kind", None, ["kind=federatd"], "did you mean 'federated'?"),
+    ("unknown-strategy", None, ["federated.strategy.name=fedsgd"], "federated.strategy.name"),
+    ("bad-override-syntax", None, ["federated.rounds"], "expected dotted.key=value"),
+    ("csv-without-path", None, ["data.source=csv"], "data.path"),
+    ("natural-without-csv", None, ["federated.partition.name=natural"], "federated.partition.name"),
+    ("too-many-hospitals", None, ["federated.num_clients=200"], "federated.num_clients"),
+    ("missing-csv-file", None, ["data.source=csv", "data.path=nowhere.csv"], "nowhere.csv"),
+    ("missing-target", None, ["data.source=csv", "data.path={tmp}/a.csv", "data.target=label"], "'label' not found"),
+    ("non-numeric-feature", None, ["data.source=csv", "data.path={tmp}/words.csv"], "non-numeric feature column(s): colour"),
+    ("empty-csv", None, ["data.source=csv", "data.path={tmp}/empty.csv"], "file is empty"),
+    ("hospital-too-small", None, ["data.source=csv", "data.path={tmp}/sites", "federated.partition.name=natural",
+                                  "federated.num_clients=null"], "tiny.csv: 3 rows"),
+    ("num-clients-vs-files", None, ["data.source=csv", "data.path={tmp}/ok_sites", "federated.partition.name=natural",
+                                    "federated.num_clients=5"], "holds 2 hospital files"),
+    ("missing-config-file", "<missing>", [], "does not exist"),
+]
+
+
+@pytest.mark.parametrize("case,text,overrides,expected", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_bad_input_exits_2_with_a_message_naming_the_key_or_file(tmp_path, monkeypatch, case, text, overrides,
+                                                                   expected, command):
+    monkeypatch.chdir(tmp_path)
+    rows = "\n".join(f"{i},{i % 2}" for i in range(40))
+    _csv(tmp_path / "a.csv", "x,target\n" + rows + "\n")
+    _csv(tmp_path / "words.csv", "x,colour,target\n" + "\n".join(f"{i},red,{i % 2}" for i in range(40)) + "\n")
+    _csv(tmp_path / "empty.csv", "")
+    (tmp_path / "sites").mkdir()
+    _csv(tmp_path / "sites/big.csv", "x,target\n" + rows + "\n")
+    _csv(tmp_path / "sites/tiny.csv", "x,target\n1,0\n2,1\n3,0\n")
+    (tmp_path / "ok_sites").mkdir()
+    for name in ("one", "two"):
+        _csv(tmp_path / f"ok_sites/{name}.csv", "x,target\n" + rows + "\n")
+    config = tmp_path / "job.yaml"
+    if text == "<missing>":
+        config = tmp_path / "absent.yaml"
+    else:
+        config.write_text(GOOD if text is None else text)
+    args = [command, str(config), *(o.replace("{tmp}", str(tmp_path)) for o in overrides)]
+
+    result = CliRunner().invoke(app, args)
+
+    assert result.exit_code == 2, result.output
+    assert expected in result.output.replace("\n", " ") or expected in result.output, result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "mlruns.db").exists(), "a rejected job must not create anything in MLflow"
