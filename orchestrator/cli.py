@@ -104,7 +104,7 @@ def _print_result(result) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k in sorted(result.final):
-        if k.endswith(("/failures", "/hospitals")):
+        if k.endswith(("/failures", "/hospitals")) or k.startswith(("time/", "ray/")):
             continue
         table.add_row(k, f"{result.final[k]:.4f}")
     out.print(table)

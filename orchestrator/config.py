@@ -5,12 +5,14 @@ extra keys, so a typo is an error with a suggestion, never a silently ignored se
 """
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 BUNDLED_DATASETS = ("breast_cancer", "digits", "wine")
-JobKind = Literal["federated", "centralized"]
+JobKind = Literal["federated", "centralized", "ray"]
+POOLED_KINDS = ("centralized", "ray")  # kinds that train one model on the pooled data
 
 
 class Spec(BaseModel):
@@ -37,7 +39,9 @@ class DataSpec(Spec):
 
 
 class ModelSpec(Spec):
-    name: Literal["mlp", "logistic"] = "mlp"
+    # cnn: a small conv net for square images given as flat pixel rows (digits: 8x8 = 64 columns)
+    name: Literal["mlp", "logistic", "cnn"] = "mlp"
+    channels: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [16, 32])
     hidden: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64])
     activation: Literal["relu", "tanh", "sigmoid", "gelu"] = "relu"
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
@@ -85,6 +89,34 @@ class FederatedSpec(Spec):
     client_resources: ClientResources = Field(default_factory=ClientResources)
 
 
+_ADDRESS = re.compile(r"^(auto|(ray://)?[A-Za-z0-9_.\-]+:\d{1,5})$")
+
+
+class RaySpec(Spec):
+    # null: start a local runtime; "auto" or host:port (or ray://host:port): connect to a cluster
+    address: str | None = None
+    num_workers: Annotated[int, Field(ge=1)] = 2
+    use_gpu: bool = False
+    resources_per_worker: dict[str, Annotated[float, Field(ge=0.0)]] = Field(default_factory=lambda: {"CPU": 1.0})
+    # worker/node failures survived by restoring the last checkpoint
+    max_failures: Annotated[int, Field(ge=0)] = 2
+    # bf16 autocast on GPU
+    mixed_precision: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> RaySpec:
+        if self.address is not None and not _ADDRESS.match(self.address):
+            raise ValueError(f"address: expected null, 'auto' or host:port such as 127.0.0.1:6379 (got {self.address!r})")
+        if self.mixed_precision and not self.use_gpu:
+            raise ValueError("mixed_precision: autocast needs ray.use_gpu: true")
+        return self
+
+
+class CheckpointSpec(Spec):
+    every_epochs: Annotated[int, Field(ge=1)] = 1
+    keep: Annotated[int, Field(ge=1)] = 2
+
+
 class TrackingSpec(Spec):
     # null: a SQLite store ./mlruns.db (MLFLOW_TRACKING_URI wins when set)
     uri: str | None = None
@@ -101,6 +133,8 @@ class JobSpec(Spec):
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     federated: FederatedSpec = Field(default_factory=FederatedSpec)
+    ray: RaySpec = Field(default_factory=RaySpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     @model_validator(mode="after")
@@ -114,4 +148,6 @@ class JobSpec(Spec):
                 )
             if part != "natural" and self.federated.num_clients is None:
                 raise ValueError(f"federated.num_clients: required with partition '{part}'")
+        if self.model.name == "cnn" and self.data.source not in ("digits", "csv"):
+            raise ValueError("model.name: cnn needs image rows (data.source digits, or a csv of square images)")
         return self

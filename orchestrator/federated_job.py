@@ -146,6 +146,12 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun) -> FederatedOut
         "client_resources": {"num_cpus": fed.client_resources.num_cpus, "num_gpus": fed.client_resources.num_gpus},
         "init_args": ray_init_args(),
     }
+    import ray
+
+    if ray.is_initialized():
+        # Flower shuts its runtime down when the simulation ends: it must never be one that a
+        # Ray Train job (or the user) still needs, so the simulation always starts its own.
+        ray.shutdown()
     verbose = os.environ.get("CONSORTIUM_VERBOSE") == "1"
     quiet_flower(verbose)
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients,

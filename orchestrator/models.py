@@ -27,9 +27,40 @@ class Standardize(nn.Module):
         self.scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
 
 
+class SmallCNN(nn.Module):
+    """Conv(3x3)+ReLU+pool per entry of `channels`, then a linear head. Input: flat square images."""
+
+    def __init__(self, side: int, channels: list[int], num_classes: int, activation: str, dropout: float):
+        super().__init__()
+        self.side = side
+        layers: list[nn.Module] = []
+        c_in, s = 1, side
+        for c in channels:
+            layers += [nn.Conv2d(c_in, c, 3, padding=1), ACTIVATIONS[activation]()]
+            if s >= 4:
+                layers.append(nn.MaxPool2d(2))
+                s //= 2
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(c_in * s * s, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x.reshape(-1, 1, self.side, self.side)))
+
+
+def image_side(num_features: int) -> int | None:
+    side = int(round(num_features**0.5))
+    return side if side * side == num_features else None
+
+
 def build_model(spec: ModelSpec, num_features: int, num_classes: int) -> nn.Sequential:
     layers: list[nn.Module] = [Standardize(num_features)]
     width = num_features
+    if spec.name == "cnn":
+        side = image_side(num_features)
+        if side is None:
+            raise ValueError(f"model.name: cnn needs a square number of pixel columns (got {num_features})")
+        return nn.Sequential(*layers, SmallCNN(side, spec.channels, num_classes, spec.activation, spec.dropout))
     if spec.name == "mlp":
         for h in spec.hidden:
             layers += [nn.Linear(width, h), ACTIVATIONS[spec.activation]()]

@@ -12,7 +12,7 @@ import numpy as np
 
 from clients.hospitals import hospital_name, own_split, pool_and_central, pool_partition
 from clients.partitioning import PartitionError
-from orchestrator.config import JobSpec
+from orchestrator.config import POOLED_KINDS, JobSpec
 from orchestrator.data import (
     Schema,
     Split,
@@ -25,6 +25,7 @@ from orchestrator.data import (
     read_frame,
 )
 from orchestrator.errors import DataError
+from orchestrator.models import image_side
 
 
 @dataclass
@@ -58,6 +59,9 @@ def load_tables(job: JobSpec) -> tuple[list[Table], Schema]:
 
 def plan_data(job: JobSpec) -> DataPlan:
     tables, schema = load_tables(job)
+    if job.model.name == "cnn" and image_side(len(schema.features)) is None:
+        raise DataError(job.data.path or job.data.source,
+                        [f"model.name: cnn needs square images, but the data has {len(schema.features)} feature columns"])
     natural = len(tables) > 1 or (job.kind == "federated" and job.federated.partition.name == "natural")
     source = job.data.path or job.data.source
     if job.kind == "federated" and not natural and len(tables) > 1:
@@ -83,7 +87,7 @@ def plan_data(job: JobSpec) -> DataPlan:
             raise DataError(source, problems)
         splits = [own_split(t.X, t.y, job, i) for i, t in enumerate(tables)]
         centralized = None
-        if job.kind == "centralized":
+        if job.kind in POOLED_KINDS:
             pooled = Split(*(np.concatenate([getattr(s, a) for s in splits])
                              for a in ("X_train", "y_train", "X_test", "y_test")))
             centralized = impute_split(pooled, job.data.impute)
@@ -96,7 +100,7 @@ def plan_data(job: JobSpec) -> DataPlan:
     pool, test = pool_and_central(table, job)
     # The server's held-out rows are imputed from themselves, as a new site would do.
     central = impute_split(Split(table.X[test], table.y[test], table.X[test], table.y[test]), job.data.impute)
-    if job.kind == "centralized":
+    if job.kind in POOLED_KINDS:
         centralized = impute_split(Split(table.X[pool], table.y[pool], table.X[test], table.y[test]), job.data.impute)
         return DataPlan(schema, [], [], central=central, centralized=centralized, notes=notes)
     n = int(job.federated.num_clients or 0)

@@ -30,6 +30,8 @@ def run_name(job: JobSpec, plan: DataPlan) -> str:
         p = job.federated.partition
         part = f"dirichlet{p.alpha:g}" if p.name == "dirichlet" else p.name
         return f"{job.name}-{job.federated.strategy.name}-{part}-{len(plan.hospitals)}h"
+    if job.kind == "ray":
+        return f"{job.name}-ray-{job.ray.num_workers}w{'-gpu' if job.ray.use_gpu else ''}"
     return f"{job.name}-centralized"
 
 
@@ -44,22 +46,43 @@ def run_tags(job: JobSpec, plan: DataPlan) -> dict[str, str]:
     return tags
 
 
-def run_job(job: JobSpec, plan: DataPlan | None = None) -> JobResult:
+def run_job(job: JobSpec, plan: DataPlan | None = None, resume_run_id: str | None = None) -> JobResult:
+    """Run `job`; with `resume_run_id`, continue that run from its last checkpoint instead."""
     prepare_environment()
     plan = plan or plan_data(job)  # DataError here: nothing created in MLflow yet
     from orchestrator.tracking import Tracker
 
     tracker = Tracker(job.tracking.uri, job.tracking.experiment)
+    session = None
+    if job.kind == "ray":
+        from orchestrator import ray_job
+
+        session = ray_job.connect(job)  # unreachable cluster, impossible placement: exit 2, no run
+    try:
+        return _tracked(job, plan, tracker, session, resume_run_id)
+    finally:
+        if session is not None:
+            ray_job.disconnect(session)
+
+
+def _tracked(job: JobSpec, plan: DataPlan, tracker, session, resume_run_id: str | None) -> JobResult:
     t0 = time.perf_counter()
-    with tracker.run(run_name(job, plan), run_tags(job, plan)) as run:
+    opened = (tracker.reopen(resume_run_id) if resume_run_id
+              else tracker.run(run_name(job, plan), run_tags(job, plan)))
+    with opened as run:
         params = flatten(job.model_dump(mode="json"))
         params.update(plan.notes)
         if job.kind == "federated":
             params["federated.num_clients"] = len(plan.hospitals)
             params["federated.hospital_sizes"] = ",".join(map(str, plan.hospital_sizes))
-        run.log_params(params)
-        run.log_text(dump_yaml(job), "config/resolved.yaml")
-        if job.kind == "federated":
+        if not resume_run_id:
+            run.log_params(params)
+            run.log_text(dump_yaml(job), "config/resolved.yaml")
+        if job.kind == "ray":
+            from orchestrator.ray_job import run_ray
+
+            outcome = run_ray(job, plan, run, session)
+        elif job.kind == "federated":
             from orchestrator.federated_job import run_federated
 
             outcome = run_federated(job, plan, run)

@@ -7,9 +7,15 @@ import tempfile
 from pathlib import Path
 
 
+def consortium_home() -> Path:
+    """Where jobs keep their working files (Flower home, Ray Train checkpoints): ./.consortium."""
+    return Path(os.environ.get("CONSORTIUM_HOME", Path.cwd() / ".consortium")).resolve()
+
+
 def prepare_environment() -> None:
     """Set before Flower, Ray or MLflow are imported. A value the user already set wins."""
-    home = Path(os.environ.get("CONSORTIUM_HOME", Path.cwd() / ".consortium"))
+    home = consortium_home()
+    os.environ.setdefault("CONSORTIUM_HOME", str(home))
     defaults = {
         "FLWR_HOME": str(home / "flwr"),
         "FLWR_TELEMETRY_ENABLED": "0",

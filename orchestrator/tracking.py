@@ -66,6 +66,7 @@ class TrackedRun:
     run_id: str
     experiment_id: str
     experiment: str
+    tracking_uri: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pending: list[Metric] = field(default_factory=list)
     last: dict[str, float] = field(default_factory=dict)
@@ -127,6 +128,14 @@ def _param_str(v: Any) -> str:
     return s if len(s) <= 6000 else s[:5997] + "..."
 
 
+def attach_run(uri: str, run_id: str) -> TrackedRun:
+    """A handle on a run another process opened (Ray Train's rank 0 logs into the driver's run)."""
+    client = MlflowClient(uri)
+    info = client.get_run(run_id).info
+    name = client.get_experiment(info.experiment_id).name
+    return TrackedRun(client, run_id, info.experiment_id, name, uri)
+
+
 class Tracker:
     def __init__(self, uri: str | None, experiment: str):
         self.uri = resolve_uri(uri)
@@ -149,10 +158,23 @@ class Tracker:
         """FINISHED on success; KILLED on Ctrl-C/SIGTERM; FAILED on any error. What was logged stays."""
         exp_id = self.experiment_id()
         created = self.client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
-        run = TrackedRun(self.client, created.info.run_id, exp_id, self.experiment)
+        run = TrackedRun(self.client, created.info.run_id, exp_id, self.experiment, self.uri)
+        with self._ending(run):
+            yield run
+
+    @contextmanager
+    def reopen(self, run_id: str) -> Iterator[TrackedRun]:
+        """Continue an existing run (resume): RUNNING again, then FINISHED/FAILED/KILLED as usual."""
+        run = attach_run(self.uri, run_id)
+        self.client.update_run(run_id, status="RUNNING")
+        with self._ending(run):
+            yield run
+
+    @contextmanager
+    def _ending(self, run: TrackedRun) -> Iterator[None]:
         status = "FAILED"
         try:
-            yield run
+            yield
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"

@@ -30,6 +30,30 @@ def tensors(X: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
 
 
+def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: nn.Module, X: torch.Tensor,
+                y: torch.Tensor, batches, autocast_dtype: torch.dtype | None = None) -> tuple[float, int]:
+    """One pass over `batches` (index tensors); returns (sum of per-example losses, examples)."""
+    model.train()
+    total, seen = 0.0, 0
+    for idx in batches:
+        opt.zero_grad(set_to_none=True)
+        if autocast_dtype is not None:
+            with torch.autocast(device_type=X.device.type, dtype=autocast_dtype):
+                loss = loss_fn(model(X[idx]), y[idx])
+        else:
+            loss = loss_fn(model(X[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+        seen += len(idx)
+    return total, seen
+
+
+def shuffled_batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    perm = torch.randperm(n, generator=gen)
+    return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
 def train_epochs(model: nn.Module, X: torch.Tensor, y: torch.Tensor, spec: TrainSpec, epochs: int,
                  seed: int, on_epoch=None) -> float:
     """Minibatch training; returns the mean loss of the last epoch. `on_epoch(epoch, loss)` per epoch."""
@@ -37,20 +61,10 @@ def train_epochs(model: nn.Module, X: torch.Tensor, y: torch.Tensor, spec: Train
     torch.manual_seed(seed)  # dropout masks
     opt = make_optimizer(model.parameters(), spec.optimizer)
     loss_fn = make_loss(spec.loss)
-    model.train()
-    n = len(y)
     last = float("nan")
     for epoch in range(epochs):
-        perm = torch.randperm(n, generator=gen)
-        total = 0.0
-        for start in range(0, n, spec.batch_size):
-            idx = perm[start : start + spec.batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(X[idx]), y[idx])
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        last = total / max(n, 1)
+        total, seen = train_epoch(model, opt, loss_fn, X, y, shuffled_batches(len(y), spec.batch_size, gen))
+        last = total / max(seen, 1)
         if on_epoch is not None:
             on_epoch(epoch + 1, last)
     return last

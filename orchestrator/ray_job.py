@@ -1,0 +1,275 @@
+"""Cluster training: the shared training loop as data-parallel PyTorch (DDP) on Ray Train workers.
+
+The only module that imports ray.train. Every worker reads the data itself and trains on its
+DistributedSampler-style shard; loss and accuracy are summed over all workers (not rank 0's shard),
+and only rank 0 writes to MLflow, into the one run the driver opened. Checkpoints every N epochs let
+Ray Train restart a failed worker group, and `consortium resume RUN_ID` continue a stopped job.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from orchestrator.config import JobSpec
+from orchestrator.errors import UserError
+from orchestrator.runtime import consortium_home, ray_init_args
+
+# Ray Train drains reports every 2 s by default: short epochs would each stall to 2 s.
+_HEALTH_CHECK_S = "0.1"
+
+
+@dataclass
+class RaySession:
+    address: str | None
+    started_local: bool
+    resources: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RayOutcome:
+    model: torch.nn.Module
+    final: dict[str, float] = field(default_factory=dict)
+    first_round_s: float | None = None
+
+
+def _worker_env() -> dict[str, str]:
+    keep = ("MLFLOW_DISABLE_TELEMETRY", "RAY_USAGE_STATS_ENABLED", "CONSORTIUM_HOME")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", _HEALTH_CHECK_S)
+    return env
+
+
+def _reachable(address: str, timeout: float = 3.0) -> bool:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def connect(job: JobSpec) -> RaySession:
+    """Start or join the Ray runtime and check the job can be placed, before any run is created."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", _HEALTH_CHECK_S)
+    spec = job.ray
+    if ray.is_initialized():
+        # A runtime left by Flower or an earlier job: Flower shuts its runtime down at the end of
+        # every simulation, so a Ray Train job always gets a runtime of its own.
+        ray.shutdown()
+    runtime_env = {"env_vars": _worker_env()}
+    if spec.address is None:
+        args = ray_init_args()
+        ray.init(runtime_env=runtime_env, **args)
+        session = RaySession(None, True)
+    else:
+        if spec.address != "auto" and not _reachable(spec.address):
+            raise UserError("ray.address", [f"nothing answers at {spec.address}: start a head with "
+                                            f"`ray start --head --node-ip-address=127.0.0.1` or fix the address"])
+        try:
+            ray.init(address=spec.address, runtime_env=runtime_env, logging_level="ERROR", log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise UserError("ray.address", [f"cannot join the Ray cluster at {spec.address}: "
+                                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"]) from None
+        session = RaySession(spec.address, False)
+    try:
+        check_placement(job, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+    except UserError:
+        ray.shutdown()
+        raise
+    session.resources = dict(ray.cluster_resources())
+    return session
+
+
+def worker_resources(job: JobSpec) -> dict[str, float]:
+    need = dict(job.ray.resources_per_worker)
+    if job.ray.use_gpu:
+        need.setdefault("GPU", 1.0)
+    return need
+
+
+def check_placement(job: JobSpec, nodes: list[dict[str, float]]) -> None:
+    """Refuse, with a fix, what the cluster can never place (instead of waiting forever)."""
+    spec, need = job.ray, worker_resources(job)
+    total = {r: sum(n.get(r, 0.0) for n in nodes) for r in need}
+    problems = []
+    if spec.use_gpu and total.get("GPU", 0.0) == 0:
+        problems.append("ray.use_gpu: true, but the cluster has no GPU: set ray.use_gpu=false")
+    else:
+        fits = 0
+        for node in nodes:
+            per = [int(node.get(r, 0.0) // q) for r, q in need.items() if q > 0]
+            fits += min(per) if per else spec.num_workers
+        if fits < spec.num_workers:
+            have = ", ".join(f"{r}={total[r]:g}" for r in need)
+            problems.append(f"ray.num_workers: {spec.num_workers} workers x {need} cannot be placed on this cluster "
+                            f"({len(nodes)} node(s), {have}); at most {fits} fit: lower ray.num_workers or "
+                            f"ray.resources_per_worker")
+    if problems:
+        raise UserError("ray", problems)
+
+
+def disconnect(session: RaySession) -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def storage_root() -> Path:
+    return consortium_home() / "ray_results"
+
+
+# --------------------------------------------------------------------------- the worker side
+def _shard_batches(n: int, batch: int, seed: int, epoch: int, rank: int, world: int) -> list[torch.Tensor]:
+    """Like DistributedSampler: one permutation per epoch, padded to a multiple of the world size,
+    every rank takes every world-th row; equal batch counts keep DDP's collectives in step."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+    total = -(-n // world) * world
+    if total > n:
+        perm = torch.cat([perm, perm[: total - n]])
+    mine = perm[rank::world]
+    return [mine[i : i + batch] for i in range(0, len(mine), batch)]
+
+
+def _save_checkpoint(module: torch.nn.Module, opt, epoch: int, history: dict):
+    from ray.train import Checkpoint
+
+    d = tempfile.mkdtemp(prefix="consortium-ckpt-")
+    torch.save({"model": module.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "history": history},
+               Path(d) / "state.pt")
+    return Checkpoint.from_directory(d)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+
+    from orchestrator.models import build_model, mean_scale, moments, standardizer
+    from orchestrator.plan import plan_data
+    from orchestrator.training import make_loss, make_optimizer, tensors, train_epoch
+
+    job = JobSpec.model_validate_json(config["job"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(job.ray.resources_per_worker.get("CPU", 1))))
+    data = plan_data(job).centralized  # each worker reads the data itself; nothing is shipped
+    torch.manual_seed(job.seed)
+    model = build_model(job.model, data.X_train.shape[1], int(config["num_classes"]))
+    if job.data.standardize:
+        standardizer(model).set(*mean_scale(*moments(data.X_train)))
+    start, history = 1, {}
+    checkpoint = ray.train.get_checkpoint()
+    state = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        start, history = state["epoch"] + 1, state.get("history", {})
+    model = ray.train.torch.prepare_model(model)  # moves to the device and wraps in DDP
+    module = model.module if hasattr(model, "module") else model
+    opt = make_optimizer(model.parameters(), job.train.optimizer)
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+    loss_fn = make_loss(job.train.loss)
+    X, y = (t.to(device) for t in tensors(data.X_train, data.y_train))
+    Xt, yt = (t.to(device) for t in tensors(data.X_test, data.y_test))
+    mine_t = torch.arange(rank, len(yt), world, device=device)
+    per_worker_batch = max(1, job.train.batch_size // world)  # train.batch_size is the global batch
+    amp = torch.bfloat16 if (job.ray.mixed_precision and device.type == "cuda") else None
+    nodes = [ray.get_runtime_context().get_node_id()]
+    if world > 1:
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, nodes[0])
+        nodes = gathered
+    run = None
+    if rank == 0 and config.get("run_id"):
+        from orchestrator.tracking import attach_run
+
+        run = attach_run(config["tracking_uri"], config["run_id"])
+        run.set_tags({"ray.worker_nodes": ",".join(nodes), "ray.num_nodes": len(set(nodes))})
+        if start > 1:
+            run.log_metrics({"ray/resumed_from_epoch": start - 1}, step=start - 1)
+    for epoch in range(start, job.train.epochs + 1):
+        torch.manual_seed(job.seed * 1000 + epoch * 10 + rank)  # dropout masks
+        t0 = time.perf_counter()
+        batches = [b.to(device) for b in _shard_batches(len(y), per_worker_batch, job.seed, epoch, rank, world)]
+        loss_sum, seen = train_epoch(model, opt, loss_fn, X, y, batches, amp)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        epoch_s = time.perf_counter() - t0
+        module.eval()
+        with torch.no_grad():
+            logits = module(Xt[mine_t]).float()
+            ev_loss = float(torch.nn.functional.cross_entropy(logits, yt[mine_t], reduction="sum"))
+            ev_correct = float((logits.argmax(1) == yt[mine_t]).sum())
+        sums = torch.tensor([loss_sum, seen, ev_loss, ev_correct, len(mine_t), epoch_s], dtype=torch.float64,
+                            device=device)
+        epoch_max = sums[5:].clone()
+        if world > 1:
+            dist.all_reduce(sums[:5], op=dist.ReduceOp.SUM)
+            dist.all_reduce(epoch_max, op=dist.ReduceOp.MAX)
+        s = sums.tolist()
+        slowest = float(epoch_max[0])
+        metrics = {"epoch": epoch, "train/loss": s[0] / max(s[1], 1), "eval/loss": s[2] / max(s[4], 1),
+                   "eval/accuracy": s[3] / max(s[4], 1), "time/epoch_s": slowest,
+                   "perf/samples_per_s": s[1] / max(slowest, 1e-9), "ray/world_size": world}
+        history[str(epoch)] = {k: v for k, v in metrics.items() if k != "epoch"}
+        if run is not None:
+            run.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+            run.flush()
+        ckpt = None
+        if rank == 0 and (epoch % job.checkpoint.every_epochs == 0 or epoch == job.train.epochs):
+            ckpt = _save_checkpoint(module, opt, epoch, history)
+        ray.train.report(metrics, checkpoint=ckpt)
+
+
+# --------------------------------------------------------------------------- the driver side
+def run_ray(job: JobSpec, plan, run, session: RaySession) -> RayOutcome:
+    """Fit with Ray Train; storage is named after the MLflow run so `resume` finds it again."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from orchestrator.models import build_model
+
+    storage = storage_root()
+    storage.mkdir(parents=True, exist_ok=True)
+    run.set_tags({"ray.storage": str(storage / run.run_id), "ray.address": session.address or "local",
+                  "ray.cluster_cpus": session.resources.get("CPU", 0), "ray.cluster_gpus": session.resources.get("GPU", 0)})
+    t0 = time.perf_counter()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": job.model_dump_json(), "run_id": run.run_id, "tracking_uri": run.tracking_uri,
+                           "num_classes": plan.num_classes},
+        scaling_config=ray.train.ScalingConfig(num_workers=job.ray.num_workers, use_gpu=job.ray.use_gpu,
+                                               resources_per_worker=worker_resources(job)),
+        run_config=ray.train.RunConfig(
+            name=run.run_id, storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=job.ray.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.checkpoint.keep),
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    state = None
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+    model = build_model(job.model, plan.num_features, plan.num_classes)
+    model.load_state_dict(state["model"])
+    last = state["history"][str(state["epoch"])]
+    outcome = RayOutcome(model=model, final=dict(last))
+    first = state["history"].get("1")
+    if first is not None:
+        outcome.first_round_s = first.get("time/epoch_s")
+    run.log_metrics({"time/fit_s": time.perf_counter() - t0}, step=0)
+    return outcome
