@@ -67,20 +67,25 @@ def run(config: str = typer.Argument(..., help="Job YAML file"),
     try:
         job = _load(config, overrides)
         from orchestrator.plan import plan_data
-        from orchestrator.runtime import prepare_environment
+        from orchestrator.runtime import leave_submission_dir, prepare_environment
 
         prepare_environment()
+        leave_submission_dir()
         plan = plan_data(job)
     except UserError as exc:
         _fail_user(exc)
     out.print(f"[bold]consortium[/] {job.kind} job [cyan]{job.name}[/] "
               f"({len(plan.hospitals) or 'pooled'} {'hospitals' if plan.hospitals else 'data'}) ...",
               highlight=False)
+    _execute(job, plan, debug)
+
+
+def _execute(job, plan, debug: bool, resume_run_id: str | None = None) -> None:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         from orchestrator.runner import run_job
 
-        result = run_job(job, plan)
+        result = run_job(job, plan, resume_run_id=resume_run_id)
     except UserError as exc:
         _fail_user(exc)
     except KeyboardInterrupt:
@@ -97,6 +102,43 @@ def run(config: str = typer.Argument(..., help="Job YAML file"),
                   highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(1)
     _print_result(result)
+
+
+@app.command()
+def submit(config: str = typer.Argument(..., help="Job YAML file"),
+           overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+           address: str = typer.Option(..., help="Ray dashboard/job server, e.g. http://127.0.0.1:8265"),
+           python: str = typer.Option("python", help="Python on the cluster that has Consortium installed"),
+           wait: bool = typer.Option(True, help="Stream the job's logs and exit with its status.")) -> None:
+    """Submit a job to a running Ray cluster (`ray job submit` semantics)."""
+    try:
+        job = _load(config, overrides)
+        from orchestrator.submit import submit as submit_job
+
+        code = submit_job(job, address, python=python, wait=wait, log=lambda m: out.print(m, highlight=False))
+    except UserError as exc:
+        _fail_user(exc)
+    raise typer.Exit(code)
+
+
+@app.command()
+def resume(run_id: str = typer.Argument(..., help="MLflow run id of the interrupted job"),
+           tracking_uri: Optional[str] = typer.Option(None, help="Store holding the run (default: as `run`)"),
+           debug: bool = typer.Option(False, help="Show the full traceback when the job fails.")) -> None:
+    """Continue an interrupted job from its last checkpoint, into the same MLflow run."""
+    try:
+        from orchestrator.resume import load_interrupted
+
+        job = load_interrupted(run_id, tracking_uri)
+        from orchestrator.plan import plan_data
+        from orchestrator.runtime import prepare_environment
+
+        prepare_environment()
+        plan = plan_data(job)
+    except UserError as exc:
+        _fail_user(exc)
+    out.print(f"[bold]consortium[/] resuming {job.kind} job [cyan]{job.name}[/] (run {run_id}) ...", highlight=False)
+    _execute(job, plan, debug, resume_run_id=run_id)
 
 
 def _print_result(result) -> None:

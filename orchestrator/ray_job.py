@@ -22,6 +22,8 @@ from orchestrator.runtime import consortium_home, ray_init_args
 
 # Ray Train drains reports every 2 s by default: short epochs would each stall to 2 s.
 _HEALTH_CHECK_S = "0.1"
+# Set in the runtime env of a job sent by `consortium submit`: the job already carries our env.
+SUBMITTED_ENV = "CONSORTIUM_SUBMITTED"
 
 
 @dataclass
@@ -38,7 +40,7 @@ class RayOutcome:
     first_round_s: float | None = None
 
 
-def _worker_env() -> dict[str, str]:
+def worker_env() -> dict[str, str]:
     keep = ("MLFLOW_DISABLE_TELEMETRY", "RAY_USAGE_STATS_ENABLED", "CONSORTIUM_HOME")
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", _HEALTH_CHECK_S)
@@ -64,7 +66,7 @@ def connect(job: JobSpec) -> RaySession:
         # A runtime left by Flower or an earlier job: Flower shuts its runtime down at the end of
         # every simulation, so a Ray Train job always gets a runtime of its own.
         ray.shutdown()
-    runtime_env = {"env_vars": _worker_env()}
+    runtime_env = None if os.environ.get(SUBMITTED_ENV) == "1" else {"env_vars": worker_env()}
     if spec.address is None:
         args = ray_init_args()
         ray.init(runtime_env=runtime_env, **args)

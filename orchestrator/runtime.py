@@ -9,7 +9,8 @@ from pathlib import Path
 
 def consortium_home() -> Path:
     """Where jobs keep their working files (Flower home, Ray Train checkpoints): ./.consortium."""
-    return Path(os.environ.get("CONSORTIUM_HOME", Path.cwd() / ".consortium")).resolve()
+    home = os.environ.get("CONSORTIUM_HOME")
+    return Path(home).resolve() if home else (Path.cwd() / ".consortium").resolve()
 
 
 def prepare_environment() -> None:
@@ -32,6 +33,19 @@ def prepare_environment() -> None:
         os.environ.setdefault(k, v)
     Path(os.environ["FLWR_HOME"]).mkdir(parents=True, exist_ok=True)
     Path(os.environ["RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)
+
+
+def leave_submission_dir() -> None:
+    """In a job sent by `consortium submit`, work from CONSORTIUM_HOME, not the job's working_dir.
+
+    Ray may garbage-collect the unpacked working_dir once the Train workers that share it exit,
+    while the driver still stands in it (MLflow's log_model then fails on os.getcwd()). The job's
+    paths were made absolute by `submit`, so nothing depends on that directory after start-up.
+    """
+    if os.environ.get("CONSORTIUM_SUBMITTED") == "1":
+        home = consortium_home()
+        home.mkdir(parents=True, exist_ok=True)
+        os.chdir(home)
 
 
 def ray_init_args() -> dict:

@@ -1,0 +1,33 @@
+"""Find what an interrupted run needs to continue: its resolved job spec and its checkpoints."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from orchestrator.config import JobSpec
+from orchestrator.errors import UserError
+from orchestrator.loading import load_job
+
+
+def load_interrupted(run_id: str, tracking_uri: str | None) -> JobSpec:
+    from orchestrator.tracking import Tracker, resolve_uri
+
+    uri = resolve_uri(tracking_uri)
+    tracker = Tracker(uri, "consortium")
+    try:
+        run = tracker.get_run(run_id)
+    except Exception:
+        raise UserError(f"run {run_id}", [f"no such MLflow run in {uri} (pass --tracking-uri)"]) from None
+    if run.info.status == "FINISHED":
+        raise UserError(f"run {run_id}", ["already FINISHED: nothing to resume"])
+    kind = run.data.tags.get("kind")
+    if kind != "ray":
+        raise UserError(f"run {run_id}", [f"kind '{kind}': resume continues ray jobs from their checkpoints "
+                                          "(federated round checkpoints are not implemented yet)"])
+    storage = run.data.tags.get("ray.storage")
+    if not storage or not Path(storage).is_dir():
+        raise UserError(f"run {run_id}", [f"its checkpoints are gone ({storage}): run the job again instead"])
+    with tempfile.TemporaryDirectory() as d:
+        local = tracker.client.download_artifacts(run_id, "config/resolved.yaml", d)
+        job = load_job(local, [f"tracking.uri={uri}"])
+    return job
