@@ -6,7 +6,6 @@ Exit codes: 0 done; 2 a mistake in the YAML, an override or the data (nothing st
 """
 from __future__ import annotations
 
-import signal
 import sys
 import traceback
 from typing import Optional
@@ -55,10 +54,6 @@ def validate(config: str = typer.Argument(..., help="Job YAML file"),
     out.print(msg, highlight=False)
 
 
-def _raise_keyboard_interrupt(signum, frame):  # SIGTERM ends a run like Ctrl-C: marked KILLED
-    raise KeyboardInterrupt
-
-
 @app.command()
 def run(config: str = typer.Argument(..., help="Job YAML file"),
         overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
@@ -81,7 +76,9 @@ def run(config: str = typer.Argument(..., help="Job YAML file"),
 
 
 def _execute(job, plan, debug: bool, resume_run_id: str | None = None) -> None:
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    from orchestrator.runtime import stop_on_sigterm
+
+    stop_on_sigterm()
     try:
         from orchestrator.runner import run_job
 

@@ -18,7 +18,7 @@ import torch
 
 from orchestrator.config import JobSpec
 from orchestrator.errors import UserError
-from orchestrator.runtime import consortium_home, ray_init_args
+from orchestrator.runtime import consortium_home, ray_init_args, stop_on_sigterm
 
 # Ray Train drains reports every 2 s by default: short epochs would each stall to 2 s.
 _HEALTH_CHECK_S = "0.1"
@@ -81,6 +81,7 @@ def connect(job: JobSpec) -> RaySession:
             raise UserError("ray.address", [f"cannot join the Ray cluster at {spec.address}: "
                                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"]) from None
         session = RaySession(spec.address, False)
+    stop_on_sigterm()
     try:
         check_placement(job, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
     except UserError:

@@ -50,15 +50,15 @@ def run_job(job: JobSpec, plan: DataPlan | None = None, resume_run_id: str | Non
     """Run `job`; with `resume_run_id`, continue that run from its last checkpoint instead."""
     prepare_environment()
     plan = plan or plan_data(job)  # DataError here: nothing created in MLflow yet
-    from orchestrator.tracking import Tracker
-
-    tracker = Tracker(job.tracking.uri, job.tracking.experiment)
     session = None
     if job.kind == "ray":
         from orchestrator import ray_job
 
         session = ray_job.connect(job)  # unreachable cluster, impossible placement: exit 2, no run
     try:
+        from orchestrator.tracking import Tracker
+
+        tracker = Tracker(job.tracking.uri, job.tracking.experiment)
         return _tracked(job, plan, tracker, session, resume_run_id)
     finally:
         if session is not None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import tempfile
 from pathlib import Path
 
@@ -33,6 +35,19 @@ def prepare_environment() -> None:
         os.environ.setdefault(k, v)
     Path(os.environ["FLWR_HOME"]).mkdir(parents=True, exist_ok=True)
     Path(os.environ["RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM ends a job like Ctrl-C does: the run is marked KILLED and keeps what it logged.
+
+    Called again after ray.init(), which installs a handler of its own that aborts the process.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
 
 
 def leave_submission_dir() -> None:

@@ -1,0 +1,220 @@
+"""Ray Train jobs for real: a local runtime, a 2-node loopback cluster, a killed worker, a killed
+driver resumed, a submitted Ray job, and Flower sharing the process without sharing the runtime."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import CONFIGS, run_cli
+
+pytestmark = pytest.mark.integration
+DDP = CONFIGS / "cluster_ddp.yaml"
+RAY = Path(sys.executable).with_name("ray")
+# Epochs long enough (~1 s each on 2 cores) to interrupt a run in the middle.
+SLOW = ["model.channels=[64,128]", "train.epochs=10", "tracking.register_model=null"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(predicate, timeout: float, what: str, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _runs(uri: str, experiment: str = "consortium"):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+def _epochs_logged(uri: str) -> int:
+    runs = _runs(uri)
+    if not runs:
+        return 0
+    history = MlflowClient(uri).get_metric_history(runs[0].info.run_id, "eval/accuracy")
+    return max((m.step for m in history), default=0)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A head and a second node on 127.0.0.1, 1 CPU each; both stopped (by our pids) afterwards."""
+    logs = tmp_path_factory.mktemp("cluster")
+    port, dash = _free_port(), _free_port()
+    temp = tempfile.mkdtemp(prefix="crt-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{RAY.parent}:{os.environ['PATH']}"}
+    common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    procs = []
+    try:
+        head_log = open(logs / "head.log", "w")
+        procs.append(subprocess.Popen(
+            [str(RAY), "start", "--head", f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=true",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", *common],
+            stdout=head_log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
+        _wait_for(lambda: "Ray runtime started" in (logs / "head.log").read_text(), 120, "the head node")
+        worker_log = open(logs / "worker.log", "w")
+        procs.append(subprocess.Popen(
+            [str(RAY), "start", f"--address=127.0.0.1:{port}", *common],
+            stdout=worker_log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
+        _wait_for(lambda: "Ray runtime started" in (logs / "worker.log").read_text(), 120, "the second node")
+        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
+    finally:
+        for p in reversed(procs):  # `ray start --block` stops its node's processes on SIGTERM
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_local_runtime_ddp_matches_centralized_and_registers_one_run(store):
+    from orchestrator.loading import load_job
+    from orchestrator.runner import run_job
+
+    t0 = time.perf_counter()
+    ray_result = run_job(load_job(DDP, [f"tracking.uri={store}"]))
+    ray_wall = time.perf_counter() - t0
+    central = run_job(load_job(DDP, [f"tracking.uri={store}", "kind=centralized"]))
+    acc, base = ray_result.final["eval/accuracy"], central.final["eval/accuracy"]
+    print(f"\ncluster_ddp: ray 2 workers eval/accuracy={acc:.4f} (wall {ray_wall:.1f}s), centralized={base:.4f}")
+    assert acc >= 0.93
+    assert abs(acc - base) <= 0.01
+    client = MlflowClient(store)
+    (run,) = [r for r in _runs(store) if r.data.tags["kind"] == "ray"]  # exactly one run for the job
+    assert run.info.status == "FINISHED" and run.data.tags["ray.num_nodes"] == "1"
+    for key in ("eval/accuracy", "train/loss", "perf/samples_per_s", "time/epoch_s"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3, 4, 5], key
+    assert ray_result.registered is not None and ray_result.registered.startswith("models:/digits-cnn/")
+    version = ray_result.registered.rsplit("/", 1)[1]
+    assert client.get_model_version("digits-cnn", version).run_id == run.info.run_id
+
+
+def test_two_node_cluster_places_one_worker_on_each_node(cluster, store):
+    from orchestrator.loading import load_job
+    from orchestrator.runner import run_job
+
+    result = run_job(load_job(DDP, [f"tracking.uri={store}", f"ray.address={cluster['address']}",
+                                    "train.epochs=2", "tracking.register_model=null"]))
+    run = MlflowClient(store).get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["ray.num_nodes"] == "2", run.data.tags
+    assert len(set(run.data.tags["ray.worker_nodes"].split(","))) == 2
+    assert result.final["eval/accuracy"] > 0.8
+
+
+def test_submit_runs_the_job_on_a_running_head_and_exits_with_its_status(cluster, tmp_path):
+    out = run_cli("submit", str(DDP), "train.epochs=2", "--address", cluster["dashboard"], "--python", sys.executable,
+                  cwd=tmp_path, env=cluster["env"])
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "SUCCEEDED" in out.stdout
+    (run,) = _runs(f"sqlite:///{tmp_path / 'mlruns.db'}")  # the job wrote into the submitter's store
+    assert run.info.status == "FINISHED" and run.data.tags["ray.address"] == "auto"
+    assert run.data.tags["registered_model"].startswith("models:/digits-cnn/")
+
+
+def test_submit_to_an_address_without_a_job_server_exits_2(tmp_path):
+    out = run_cli("submit", str(DDP), "--address", f"http://127.0.0.1:{_free_port()}", cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "--address" in out.stderr and "Traceback" not in out.stderr
+
+
+def _ray_train_workers(pid: int):
+    import psutil
+
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            pass
+    return found
+
+
+def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    env = {**os.environ, "CONSORTIUM_HOME": str(tmp_path / ".consortium")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(DDP), *SLOW], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(lambda: _epochs_logged(uri) >= 3, 240, "three epochs")
+        workers = _wait_for(lambda: _ray_train_workers(proc.pid), 30, "the Ray Train worker processes")
+        workers[-1].kill()  # SIGKILL one training worker mid-run
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-3000:]
+    (run,) = _runs(uri)
+    assert run.info.status == "FINISHED"
+    client = MlflowClient(uri)
+    steps = {m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")}
+    assert steps == set(range(1, 11))  # continuous: no epoch missing
+    resumed = client.get_metric_history(run.info.run_id, "ray/resumed_from_epoch")
+    assert resumed and resumed[0].value >= 2  # the new worker group started from a checkpoint
+    assert run.data.metrics["eval/accuracy"] > 0.85
+
+
+def test_resume_continues_an_interrupted_job_into_the_same_run(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    env = {**os.environ, "CONSORTIUM_HOME": str(tmp_path / ".consortium")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(DDP), *SLOW], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(lambda: _epochs_logged(uri) >= 3, 240, "three epochs")
+        proc.send_signal(signal.SIGTERM)  # the driver is stopped: run KILLED, checkpoints kept
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output[-3000:]
+    (run,) = _runs(uri)
+    assert run.info.status == "KILLED"
+    stopped_at = _epochs_logged(uri)
+    assert stopped_at < 10
+
+    out = run_cli("resume", run.info.run_id, cwd=tmp_path)
+
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    client = MlflowClient(uri)
+    (after,) = _runs(uri)
+    assert after.info.run_id == run.info.run_id and after.info.status == "FINISHED"
+    steps = {m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")}
+    assert steps == set(range(1, 11))
+    resumed = client.get_metric_history(run.info.run_id, "ray/resumed_from_epoch")
+    assert resumed and 1 <= resumed[-1].value <= stopped_at
+
+
+def test_flower_and_ray_train_jobs_run_one_after_the_other_in_one_process(store):
+    from orchestrator.loading import load_job
+    from orchestrator.runner import run_job
+
+    small_fl = [f"tracking.uri={store}", "federated.rounds=2", "federated.num_clients=3",
+                "tracking.register_model=null", "tracking.log_model=false"]
+    first = run_job(load_job(CONFIGS / "hospitals_fedavg.yaml", small_fl))
+    middle = run_job(load_job(DDP, [f"tracking.uri={store}", "train.epochs=1", "tracking.log_model=false"]))
+    last = run_job(load_job(CONFIGS / "hospitals_fedavg.yaml", small_fl))
+    client = MlflowClient(store)
+    assert [client.get_run(r.run_id).info.status for r in (first, middle, last)] == ["FINISHED"] * 3
+    assert first.final["eval/accuracy"] == last.final["eval/accuracy"]
