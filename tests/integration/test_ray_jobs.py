@@ -171,7 +171,7 @@ def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(
     steps = {m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")}
     assert steps == set(range(1, 9))  # continuous: no epoch missing
     resumed = client.get_metric_history(run.info.run_id, "ray/resumed_from_epoch")
-    assert resumed and resumed[0].value >= 2  # the new worker group started from a checkpoint
+    assert resumed and resumed[0].value >= 1  # the new worker group started from a checkpoint
     assert run.data.metrics["eval/accuracy"] > 0.85
 
 
