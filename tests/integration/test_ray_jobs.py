@@ -150,7 +150,8 @@ def _ray_train_workers(pid: int):
     return found
 
 
-def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(tmp_path):
+def _start_slow_run(tmp_path: Path) -> tuple[str, subprocess.Popen]:
+    """`consortium run` in its own process, returned once two epochs are in MLflow."""
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     env = {**os.environ, "CONSORTIUM_HOME": str(tmp_path / ".consortium")}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -158,6 +159,15 @@ def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         _wait_for(lambda: _epochs_logged(uri) >= 2, 240, "two epochs")
+    except BaseException:
+        proc.kill()
+        raise
+    return uri, proc
+
+
+def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(tmp_path):
+    uri, proc = _start_slow_run(tmp_path)
+    try:
         workers = _wait_for(lambda: _ray_train_workers(proc.pid), 30, "the Ray Train worker processes")
         workers[-1].kill()  # SIGKILL one training worker mid-run
         output, _ = proc.communicate(timeout=300)
@@ -176,13 +186,8 @@ def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(
 
 
 def test_resume_continues_an_interrupted_job_into_the_same_run(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    env = {**os.environ, "CONSORTIUM_HOME": str(tmp_path / ".consortium")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(DDP), *SLOW], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    uri, proc = _start_slow_run(tmp_path)
     try:
-        _wait_for(lambda: _epochs_logged(uri) >= 2, 240, "two epochs")
         proc.send_signal(signal.SIGTERM)  # the driver is stopped: run KILLED, checkpoints kept
         output, _ = proc.communicate(timeout=120)
     finally:
