@@ -131,6 +131,17 @@ def test_submit_runs_the_job_on_a_running_head_and_exits_with_its_status(cluster
     assert run.data.tags["registered_model"].startswith("models:/digits-cnn/")
 
 
+@pytest.mark.parametrize("override,expected", [
+    ("ray.use_gpu=true", "the cluster has no GPU"),
+    ("ray.num_workers=5", "cannot be placed on this cluster"),
+])
+def test_a_job_the_local_runtime_cannot_place_exits_2_before_any_run(tmp_path, override, expected):
+    out = run_cli("run", str(DDP), override, cwd=tmp_path, timeout=180)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert expected in out.stderr.replace("\n", " ") and "Traceback" not in out.stderr
+    assert not (tmp_path / "mlruns.db").exists()
+
+
 def test_submit_to_an_address_without_a_job_server_exits_2(tmp_path):
     out = run_cli("submit", str(DDP), "--address", f"http://127.0.0.1:{_free_port()}", cwd=tmp_path)
     assert out.returncode == 2, out.stdout + out.stderr

@@ -88,6 +88,7 @@ BAD_INPUTS = [
     ("missing-target", None, ["data.source=csv", "data.path={tmp}/a.csv", "data.target=label"], "'label' not found"),
     ("non-numeric-feature", None, ["data.source=csv", "data.path={tmp}/words.csv"], "non-numeric feature column(s): colour"),
     ("empty-csv", None, ["data.source=csv", "data.path={tmp}/empty.csv"], "file is empty"),
+    ("corrupt-csv", None, ["data.source=csv", "data.path={tmp}/corrupt.csv"], "cannot parse as CSV"),
     ("hospital-too-small", None, ["data.source=csv", "data.path={tmp}/sites", "federated.partition.name=natural",
                                   "federated.num_clients=null"], "tiny.csv: 3 rows"),
     ("num-clients-vs-files", None, ["data.source=csv", "data.path={tmp}/ok_sites", "federated.partition.name=natural",
@@ -105,6 +106,7 @@ def test_bad_input_exits_2_with_a_message_naming_the_key_or_file(tmp_path, monke
     _csv(tmp_path / "a.csv", "x,target\n" + rows + "\n")
     _csv(tmp_path / "words.csv", "x,colour,target\n" + "\n".join(f"{i},red,{i % 2}" for i in range(40)) + "\n")
     _csv(tmp_path / "empty.csv", "")
+    _csv(tmp_path / "corrupt.csv", "x,y,target\n1,2,0\n1,2,3,4,5\n")
     (tmp_path / "sites").mkdir()
     _csv(tmp_path / "sites/big.csv", "x,target\n" + rows + "\n")
     _csv(tmp_path / "sites/tiny.csv", "x,target\n1,0\n2,1\n3,0\n")
