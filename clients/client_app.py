@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.hospitals import hospital_share
 from orchestrator.config import JobSpec
 from orchestrator.data import Schema, Split, column_fill, fill
 from orchestrator.models import build_model, moments, standardizer
+from orchestrator.training import confusion_counts
 from orchestrator.training import evaluate as evaluate_model
 from orchestrator.training import tensors, train_epochs
 
@@ -82,9 +83,11 @@ def _model(h: Hospital, message: Message) -> torch.nn.Module:
 def query(message: Message, context: Context) -> Message:
     h = _hospital(message, context)
     count, total, sumsq = moments(h.raw.X_train)
+    labels = np.bincount(h.raw.y_train, minlength=len(h.schema.classes)).tolist()
     content = RecordDict({
         "stats": ArrayRecord([count, total, sumsq]),
         "metrics": MetricRecord({PARTITION_KEY: h.partition_id, "num-examples": len(h.raw.y_train)}),
+        "labels": ConfigRecord({"train": labels}),  # label histogram: counts only, no rows
     })
     return Message(content=content, reply_to=message)
 
@@ -110,4 +113,7 @@ def evaluate(message: Message, context: Context) -> Message:
     res = evaluate_model(model, X, y, h.job.train.loss)
     metrics = {PARTITION_KEY: h.partition_id, "num-examples": res["num_examples"],
                "eval_loss": res["loss"], "eval_accuracy": res["accuracy"]}
-    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=message)
+    confusion = confusion_counts(model, X, y, len(h.schema.classes))
+    content = RecordDict({"metrics": MetricRecord(metrics),
+                          "confusion": ConfigRecord({"counts": confusion.ravel().tolist()})})
+    return Message(content=content, reply_to=message)

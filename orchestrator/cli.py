@@ -6,6 +6,7 @@ Exit codes: 0 done; 2 a mistake in the YAML, an override or the data (nothing st
 """
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from typing import Optional
@@ -18,8 +19,20 @@ from orchestrator.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Federated and distributed deep learning from one YAML file, tracked in MLflow.")
-out = Console()
-err = Console(stderr=True)
+class _Console:
+    """rich output sized when printed: $COLUMNS wins; piped output gets 160 columns, not rich's 80."""
+
+    def __init__(self, stderr: bool = False):
+        self.stderr = stderr
+
+    def print(self, *args, **kwargs) -> None:
+        stream = sys.stderr if self.stderr else sys.stdout
+        width = int(os.environ.get("COLUMNS") or 0) or (None if stream.isatty() else 160)
+        Console(stderr=self.stderr, width=width).print(*args, **kwargs)
+
+
+out = _Console()
+err = _Console(stderr=True)
 
 OVERRIDES_HELP = "Dotted overrides with YAML values, e.g. federated.rounds=5 model.hidden=[128,64]"
 
@@ -136,6 +149,69 @@ def resume(run_id: str = typer.Argument(..., help="MLflow run id of the interrup
         _fail_user(exc)
     out.print(f"[bold]consortium[/] resuming {job.kind} job [cyan]{job.name}[/] (run {run_id}) ...", highlight=False)
     _execute(job, plan, debug, resume_run_id=run_id)
+
+
+TRACKING_HELP = "MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlruns.db)"
+
+
+@app.command()
+def compare(run_ids: Optional[list[str]] = typer.Argument(None, help="Runs to compare (default: the newest)"),
+            experiment: Optional[str] = typer.Option("consortium", help="Experiment to take runs from"),
+            metric: str = typer.Option("eval/accuracy", help="Metric for the final/best columns and the plot"),
+            plot: Optional[str] = typer.Option(None, help="Write the metric per round/epoch of every run here (PNG)"),
+            limit: int = typer.Option(10, help="How many of the newest runs, when no ids are given"),
+            tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP)) -> None:
+    """Runs side by side: what differs, final and best metric, wall time, registered model."""
+    try:
+        from orchestrator import compare as cmp
+        from orchestrator.tracking import find_runs, resolve_uri
+
+        uri = resolve_uri(tracking_uri)
+        runs = find_runs(uri, None if run_ids else experiment, run_ids, limit)
+        if not runs:
+            raise UserError(f"experiment {experiment}", ["has no runs yet: `consortium run CONFIG` first"])
+        table, _ = cmp.comparison(uri, runs, metric)
+        out.print(table)
+        if plot:
+            cmp.plot(uri, runs, metric, plot)
+            out.print(f"wrote {plot}", highlight=False)
+    except UserError as exc:
+        _fail_user(exc)
+
+
+@app.command()
+def runs(experiment: Optional[str] = typer.Option(None, help="Only this experiment (default: all)"),
+         limit: int = typer.Option(20, help="How many of the newest runs"),
+         tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP)) -> None:
+    """List recent runs."""
+    try:
+        from orchestrator.compare import runs_table
+        from orchestrator.tracking import find_runs, resolve_uri
+
+        out.print(runs_table(find_runs(resolve_uri(tracking_uri), experiment, None, limit)))
+    except UserError as exc:
+        _fail_user(exc)
+
+
+@app.command()
+def models(tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP)) -> None:
+    """List registered models and their versions."""
+    from orchestrator.compare import models_table
+    from orchestrator.tracking import model_versions, resolve_uri
+
+    out.print(models_table(model_versions(resolve_uri(tracking_uri))))
+
+
+@app.command()
+def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1"),
+       tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP)) -> None:
+    """Start the MLflow UI on 127.0.0.1 for the configured store; Ctrl-C stops it and all it started."""
+    from orchestrator.ui import serve
+
+    try:
+        serve(tracking_uri, port, log=lambda m: out.print(m, highlight=False))
+    except UserError as exc:
+        _fail_user(exc)
 
 
 def _print_result(result) -> None:

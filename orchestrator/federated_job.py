@@ -33,6 +33,8 @@ class FederatedOutcome:
     model: torch.nn.Module
     final: dict[str, float] = field(default_factory=dict)
     first_round_s: float | None = None
+    label_counts: np.ndarray | None = None   # hospitals x classes, training rows
+    confusion: np.ndarray | None = None      # summed over hospitals' test rows, last round
 
 
 def _weighted(hospitals: dict[int, dict[str, float]], key: str) -> float | None:
@@ -46,8 +48,9 @@ def _weighted(hospitals: dict[int, dict[str, float]], key: str) -> float | None:
 class RoundLogger:
     """Turns Flower round reports into MLflow metrics, one log_batch per round."""
 
-    def __init__(self, run: TrackedRun, names: list[str]):
-        self.run, self.names = run, names
+    def __init__(self, run: TrackedRun, names: list[str], num_classes: int):
+        self.run, self.names, self.num_classes = run, names, num_classes
+        self.confusion: np.ndarray | None = None
 
     def __call__(self, report: RoundReport) -> None:
         step, m = report.server_round, {}
@@ -63,6 +66,10 @@ class RoundLogger:
             m[f"hospital_{name}/{prefix}/num_examples"] = hm.get("num-examples", 0.0)
             if report.phase == "evaluate":
                 m[f"hospital_{name}/eval/accuracy"] = hm["eval_accuracy"]
+        counts = [e["confusion"]["counts"] for e in report.extras.values() if "confusion" in e]
+        if counts:
+            k = self.num_classes
+            self.confusion = np.sum([np.asarray(c, dtype=np.int64).reshape(k, k) for c in counts], axis=0)
         m[f"{prefix}/failures"] = len(report.failures)
         m[f"{prefix}/hospitals"] = len(report.hospitals)
         self.run.log_metrics(m, step)
@@ -77,21 +84,26 @@ def _wait_for_nodes(grid: Grid, n: int, timeout: float = 120.0) -> list[int]:
     return nodes
 
 
-def _federated_scaling(grid: Grid, nodes: list[int], config: ConfigRecord, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Combine per-hospital sums into the consortium's feature mean and standard deviation."""
+def _census(grid: Grid, nodes: list[int], config: ConfigRecord, dim: int, num_classes: int
+            ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """Ask every hospital for aggregates only: per-feature sums (-> the consortium's feature mean
+    and standard deviation) and its training-label histogram (-> the partition plot)."""
     messages = [Message(content=RecordDict({"config": config}), message_type=MessageType.QUERY, dst_node_id=n)
                 for n in nodes]
     totals = np.zeros((3, dim))
+    labels = np.zeros((len(nodes), num_classes), dtype=np.int64)
     failures = []
     for reply in grid.send_and_receive(messages, timeout=600):
         if reply.has_error():
             failures.append(reply.error.reason)
             continue
-        arrays = reply.content["stats"].to_numpy_ndarrays()
-        totals += np.stack(arrays)
+        totals += np.stack(reply.content["stats"].to_numpy_ndarrays())
+        pid = int(reply.content["metrics"]["partition-id"])
+        if 0 <= pid < len(nodes):
+            labels[pid] = reply.content["labels"]["train"]
     if failures:
-        raise RuntimeError(f"{len(failures)} hospital(s) failed the scaling query: {failures[0]}")
-    return mean_scale(*totals)
+        raise RuntimeError(f"{len(failures)} hospital(s) failed the census query: {failures[0]}")
+    return mean_scale(*totals), labels
 
 
 def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun) -> FederatedOutcome:
@@ -102,7 +114,7 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun) -> FederatedOut
     torch.manual_seed(job.seed)
     model = build_model(job.model, plan.num_features, plan.num_classes)
     outcome = FederatedOutcome(model=model)
-    logger = RoundLogger(run, plan.hospitals)
+    logger = RoundLogger(run, plan.hospitals, plan.num_classes)
     central = tensors(plan.central.X_test, plan.central.y_test) if plan.central else None
     t0 = time.perf_counter()
 
@@ -127,8 +139,8 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun) -> FederatedOut
     def main(grid: Grid, context: Context) -> None:
         config = ConfigRecord({"job": job.model_dump_json(), "schema": json.dumps(plan.schema.to_dict())})
         nodes = _wait_for_nodes(grid, num_clients)
+        (mean, scale), outcome.label_counts = _census(grid, nodes, config, plan.num_features, plan.num_classes)
         if job.data.standardize:
-            mean, scale = _federated_scaling(grid, nodes, config, plan.num_features)
             standardizer(model).set(mean, scale)
         strategy = build_strategy(fed.strategy.name, num_clients=num_clients, fraction_fit=fed.fraction_fit,
                                   fraction_evaluate=fed.fraction_evaluate, listener=logger)
@@ -157,4 +169,5 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun) -> FederatedOut
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients,
                    backend_config=backend_config, verbose_logging=verbose)
     outcome.final = {k: v for k, v in run.last.items() if "/" in k and not k.startswith("hospital_")}
+    outcome.confusion = logger.confusion
     return outcome

@@ -35,11 +35,26 @@ def run_name(job: JobSpec, plan: DataPlan) -> str:
     return f"{job.name}-centralized"
 
 
+def describe(job: JobSpec, plan: DataPlan) -> str:
+    """The run's description in the MLflow UI."""
+    data = job.data.path or job.data.source
+    what = f"{job.model.name} on {data}"
+    if job.kind == "federated":
+        p = job.federated.partition
+        part = f"Dirichlet(alpha={p.alpha:g})" if p.name == "dirichlet" else p.name
+        return (f"Federated {job.federated.strategy.name} over {len(plan.hospitals)} hospitals ({part} partition), "
+                f"{job.federated.rounds} rounds x {job.train.epochs} local epoch(s): {what}.")
+    if job.kind == "ray":
+        return (f"Data-parallel (DDP) training on {job.ray.num_workers} Ray Train worker(s)"
+                f"{' with GPUs' if job.ray.use_gpu else ''}, {job.train.epochs} epochs: {what}.")
+    return f"Centralized baseline on the pooled data, {job.train.epochs} epochs: {what}."
+
+
 def run_tags(job: JobSpec, plan: DataPlan) -> dict[str, str]:
     from orchestrator.tracking import git_commit
 
     tags = {"kind": job.kind, "dataset": job.data.path or job.data.source, "job": job.name,
-            "git_commit": git_commit(), "model": job.model.name}
+            "git_commit": git_commit(), "model": job.model.name, "mlflow.note.content": describe(job, plan)}
     if job.kind == "federated":
         tags.update({"strategy": job.federated.strategy.name, "partition": job.federated.partition.name,
                      "hospitals": ",".join(plan.hospitals)})
@@ -95,6 +110,9 @@ def _tracked(job: JobSpec, plan: DataPlan, tracker, session, resume_run_id: str 
         run.flush()
         result = JobResult(run.run_id, run.experiment, run.experiment_id, tracker.uri,
                            final=dict(outcome.final), wall_s=wall)
+        from orchestrator.report import log_report
+
+        log_report(run, job, plan, outcome)
         if job.tracking.log_model:
             example = _input_example(plan)
             record = run.log_model(outcome.model, example, job.tracking.register_model)

@@ -100,6 +100,15 @@ class TrackedRun:
     def log_dict(self, data: dict, artifact_file: str) -> None:
         self.client.log_dict(self.run_id, data, artifact_file)
 
+    def log_figure(self, figure, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def metric_keys(self) -> list[str]:
+        return sorted(self.client.get_run(self.run_id).data.metrics)
+
+    def history(self, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
+        return {k: [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, k)] for k in keys}
+
     def log_model(self, model, input_example, registered_name: str | None) -> ModelRecord:
         """Log with signature, input example and explicit requirements (fast); register if named."""
         import numpy as np
@@ -158,6 +167,8 @@ class Tracker:
         """FINISHED on success; KILLED on Ctrl-C/SIGTERM; FAILED on any error. What was logged stays."""
         exp_id = self.experiment_id()
         created = self.client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
+        # A short id tells repeated runs of one job apart at a glance in the UI.
+        self.client.update_run(created.info.run_id, name=f"{run_name}-{created.info.run_id[:6]}")
         run = TrackedRun(self.client, created.info.run_id, exp_id, self.experiment, self.uri)
         with self._ending(run):
             yield run
@@ -187,3 +198,40 @@ class Tracker:
 
     def get_run(self, run_id: str):
         return self.client.get_run(run_id)
+
+
+# --------------------------------------------------------------------------- reading runs back
+def find_runs(uri: str, experiment: str | None, run_ids: list[str] | None, limit: int = 20) -> list:
+    """The given runs, or the newest `limit` runs of `experiment` (every experiment when None)."""
+    client = MlflowClient(uri)
+    try:
+        if run_ids:
+            return [client.get_run(r) for r in run_ids]
+        if experiment:
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                names = [e.name for e in client.search_experiments()]
+                raise UserError("--experiment", [f"no experiment '{experiment}' in {uri} (there are: {', '.join(names)})"])
+            ids = [exp.experiment_id]
+        else:
+            ids = [e.experiment_id for e in client.search_experiments()]
+        return list(client.search_runs(ids, order_by=["attributes.start_time DESC"], max_results=limit))
+    except UserError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"tracking uri {uri}", [first[:300]]) from None
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
+
+
+def model_versions(uri: str) -> list[dict]:
+    client = MlflowClient(uri)
+    rows = []
+    for model in client.search_registered_models():
+        for v in client.search_model_versions(f"name='{model.name}'"):
+            rows.append({"name": model.name, "version": int(v.version), "run_id": v.run_id, "status": v.status,
+                         "created": v.creation_timestamp})
+    return sorted(rows, key=lambda r: (r["name"], -r["version"]))

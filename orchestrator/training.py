@@ -79,3 +79,14 @@ def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss_name: str 
     loss = float(make_loss(loss_name)(logits, y))
     acc = int((logits.argmax(1) == y).sum()) / len(y)  # exact, not a float32 mean
     return {"loss": loss, "accuracy": acc, "num_examples": int(len(y))}
+
+
+@torch.no_grad()
+def confusion_counts(model: nn.Module, X: torch.Tensor, y: torch.Tensor, num_classes: int) -> np.ndarray:
+    """Rows: true label, columns: predicted label."""
+    model.eval()
+    if len(y) == 0:
+        return np.zeros((num_classes, num_classes), dtype=np.int64)
+    pred = model(X).argmax(1)
+    idx = (y * num_classes + pred).cpu().numpy()
+    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)

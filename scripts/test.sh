@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# Set up .venv (idempotent) and run the whole suite: fast unit tests, then real Ray/Flower/MLflow.
+# Set up .venv (idempotent) and run the whole suite: unit tests, real Ray/Flower/MLflow integration
+# tests, and the browser test of the MLflow UI (Debian's chromium, installed here when missing).
+# Screenshots of the UI land in tests/artifacts/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+if ! command -v chromium >/dev/null 2>&1; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -q chromium >/dev/null 2>&1 \
+    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q chromium >/dev/null; }
+fi
 export MLFLOW_DISABLE_TELEMETRY=true FLWR_TELEMETRY_ENABLED=0 RAY_USAGE_STATS_ENABLED=0
 unset MLFLOW_TRACKING_URI
-exec .venv/bin/python -m pytest -q --durations=10 "$@"
+exec .venv/bin/python -m pytest -q --durations=15 "$@"

@@ -24,6 +24,7 @@ class RoundReport:
     phase: str                                    # "train" | "evaluate"
     hospitals: dict[int, dict[str, float]] = field(default_factory=dict)  # partition-id -> metrics
     failures: list[str] = field(default_factory=list)
+    extras: dict[int, dict[str, dict]] = field(default_factory=dict)  # partition-id -> config records
 
 
 Listener = Callable[[RoundReport], None]
@@ -42,9 +43,12 @@ class ObservedStrategy:
         report = RoundReport(server_round, phase)
         for m in good:
             metrics = _metrics(m)
-            report.hospitals[int(metrics.get(PARTITION_KEY, -1))] = {
+            pid = int(metrics.get(PARTITION_KEY, -1))
+            report.hospitals[pid] = {
                 k: float(v) for k, v in metrics.items() if k != PARTITION_KEY and isinstance(v, (int, float))
             }
+            if m.content.config_records:
+                report.extras[pid] = {name: dict(rec) for name, rec in m.content.config_records.items()}
         report.failures = [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in bad]
         if self.listener is not None:
             self.listener(report)

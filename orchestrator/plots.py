@@ -1,0 +1,59 @@
+"""Figures for a run and for comparisons: matplotlib on the Agg backend, no display needed."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+Series = dict[str, list[tuple[int, float]]]  # label -> [(step, value)]
+
+
+def curves(series: Series, title: str, xlabel: str, ylabel: str = "") -> Figure:
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for label, points in sorted(series.items()):
+        if points:
+            steps, values = zip(*sorted(points))
+            ax.plot(steps, values, marker="o" if len(steps) <= 30 else None, markersize=3, label=label)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=7, ncol=2 if len(series) > 6 else 1)
+    fig.tight_layout()
+    return fig
+
+
+def partition(names: list[str], label_counts: np.ndarray, classes: list[str]) -> Figure:
+    """Stacked bars: rows per hospital, split by label."""
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(names) + 2), 4), dpi=110)
+    bottom = np.zeros(len(names))
+    for k, cls in enumerate(classes):
+        ax.bar(names, label_counts[:, k], bottom=bottom, label=str(cls))
+        bottom += label_counts[:, k]
+    ax.set(title="Training rows per hospital, by label", xlabel="hospital", ylabel="rows")
+    ax.legend(fontsize=7, title="label")
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    fig.tight_layout()
+    return fig
+
+
+def confusion(matrix: np.ndarray, classes: list[str], title: str) -> Figure:
+    side = max(4.0, 1.5 + 0.5 * len(classes))
+    fig, ax = plt.subplots(figsize=(side, side), dpi=110)
+    ax.imshow(matrix, cmap="Blues")
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
+           xlabel="predicted", ylabel="true")
+    ax.set_title(title, fontsize=8, wrap=True)
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    top = matrix.max() if matrix.size else 0
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, int(v), ha="center", va="center", fontsize=7, color="white" if v > top / 2 else "black")
+    fig.tight_layout()
+    return fig
+
+
+def close(fig: Figure) -> None:
+    plt.close(fig)
