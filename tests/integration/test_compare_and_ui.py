@@ -154,6 +154,11 @@ def test_ui_serves_on_loopback_and_ctrl_c_leaves_nothing_running(two_runs):
         with socket.socket() as s:  # bound to the loopback address only
             s.settimeout(1)
             assert s.connect_ex(("127.0.0.1", port)) == 0
+        # compare works against a tracking server as well as a SQLite file
+        over_http = CliRunner(env={"COLUMNS": "400"}).invoke(
+            app, ["compare", "--experiment", "lr-study", "--tracking-uri", f"http://127.0.0.1:{port}"])
+        assert over_http.exit_code == 0, over_http.output
+        assert all(r.run_id[:8] in over_http.output for r in two_runs["results"])
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
         output, _ = proc.communicate(timeout=60)
     finally:
