@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -15,16 +14,11 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from tests.conftest import CONFIGS
+from orchestrator.ui import wait_healthy
+from tests.conftest import CONFIGS, free_port as _free_port
 
 pytestmark = pytest.mark.integration
 ARTIFACTS = Path(os.environ.get("CONSORTIUM_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -122,18 +116,6 @@ def _start_ui(uri: str, port: int, cwd: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def _wait_health(port: int, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError("the UI never answered /health")
-
-
 def _group_alive(pgid: int) -> bool:
     import psutil
 
@@ -150,7 +132,7 @@ def test_ui_serves_on_loopback_and_ctrl_c_leaves_nothing_running(two_runs):
     port = _free_port()
     proc = _start_ui(two_runs["uri"], port, two_runs["dir"])
     try:
-        _wait_health(port)
+        wait_healthy(port, proc, timeout=90)
         with socket.socket() as s:  # bound to the loopback address only
             s.settimeout(1)
             assert s.connect_ex(("127.0.0.1", port)) == 0
@@ -184,7 +166,7 @@ def test_browser_compares_two_runs_in_the_mlflow_ui(two_runs):
     port = _free_port()
     proc = _start_ui(two_runs["uri"], port, two_runs["dir"])
     try:
-        _wait_health(port)
+        wait_healthy(port, proc, timeout=90)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1600, "height": 1000})

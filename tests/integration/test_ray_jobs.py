@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,19 +13,13 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import CONFIGS, run_cli
+from tests.conftest import CONFIGS, free_port as _free_port, run_cli
 
 pytestmark = pytest.mark.integration
 DDP = CONFIGS / "cluster_ddp.yaml"
 RAY = Path(sys.executable).with_name("ray")
 # Epochs long enough (~1 s each on 2 cores) to interrupt a run in the middle.
 SLOW = ["model.channels=[64,128]", "train.epochs=8", "tracking.register_model=null"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(predicate, timeout: float, what: str, every: float = 0.5):
