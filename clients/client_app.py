@@ -97,9 +97,11 @@ def train(message: Message, context: Context) -> Message:
     h = _hospital(message, context)
     model = _model(h, message)
     X, y, _, _ = h.tensors(standardizer(model).mean.numpy())
-    server_round = int(message.content["config"]["server-round"])
+    config = message.content["config"]
+    server_round = int(config["server-round"])
     loss = train_epochs(model, X, y, h.job.train, h.job.train.epochs,
-                        seed=h.job.seed * 100_003 + server_round * 1_009 + h.partition_id)
+                        seed=h.job.seed * 100_003 + server_round * 1_009 + h.partition_id,
+                        proximal_mu=float(config.get("proximal-mu", 0.0)))  # set by FedProx
     metrics = {PARTITION_KEY: h.partition_id, "num-examples": int(len(y)), "train_loss": loss}
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=message)

@@ -69,8 +69,42 @@ class PartitionSpec(Spec):
     min_size: Annotated[int, Field(ge=2)] = 10
 
 
+STRATEGY_OPTIONS = {  # which strategy uses which option (an option set for another strategy is an error)
+    "fedavg": (), "fedmedian": (),
+    "fedprox": ("mu",),
+    "fedadam": ("server_lr", "tau", "beta1", "beta2"),
+    "fedyogi": ("server_lr", "tau", "beta1", "beta2"),
+    "fedadagrad": ("server_lr", "tau"),
+    "trimmed_mean": ("beta",),
+    "krum": ("f",),
+    "multi_krum": ("f", "select"),
+}
+
+
 class StrategySpec(Spec):
-    name: Literal["fedavg"] = "fedavg"
+    name: Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedmedian", "trimmed_mean", "krum",
+                  "multi_krum"] = "fedavg"
+    mu: Annotated[float, Field(ge=0.0)] = 0.01            # fedprox: weight of the proximal term
+    server_lr: Annotated[float, Field(gt=0.0)] = 0.1      # fedadam/fedyogi/fedadagrad: server step (eta)
+    tau: Annotated[float, Field(gt=0.0)] = 1e-3           # adaptivity (epsilon) of the server optimizer
+    beta1: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    beta2: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.99
+    beta: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.2   # trimmed_mean: fraction cut at each end
+    f: Annotated[int, Field(ge=0)] = 0                    # krum/multi_krum: hospitals assumed malicious
+    select: Annotated[int, Field(ge=1)] = 1               # multi_krum: updates averaged
+
+    @model_validator(mode="after")
+    def _options_belong_to_the_strategy(self) -> StrategySpec:
+        # Compared with the defaults, not with what was typed: a dumped spec (sent to hospitals,
+        # saved as resolved.yaml) carries every option and must load again.
+        allowed = set(STRATEGY_OPTIONS[self.name])
+        defaults = type(self).model_fields
+        stray = sorted(k for k in self.model_fields_set - {"name"}
+                       if k not in allowed and getattr(self, k) != defaults[k].default)
+        if stray:
+            users = {k: [n for n, opts in STRATEGY_OPTIONS.items() if k in opts] for k in stray}
+            raise ValueError(f"{stray[0]}: not used by '{self.name}' (it belongs to {', '.join(users[stray[0]])})")
+        return self
 
 
 class ClientResources(Spec):

@@ -142,7 +142,7 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun) -> FederatedOut
         (mean, scale), outcome.label_counts = _census(grid, nodes, config, plan.num_features, plan.num_classes)
         if job.data.standardize:
             standardizer(model).set(mean, scale)
-        strategy = build_strategy(fed.strategy.name, num_clients=num_clients, fraction_fit=fed.fraction_fit,
+        strategy = build_strategy(fed.strategy, num_clients=num_clients, fraction_fit=fed.fraction_fit,
                                   fraction_evaluate=fed.fraction_evaluate, listener=logger)
         result = strategy.start(
             grid=grid,

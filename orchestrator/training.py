@@ -31,10 +31,16 @@ def tensors(X: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: nn.Module, X: torch.Tensor,
-                y: torch.Tensor, batches, autocast_dtype: torch.dtype | None = None) -> tuple[float, int]:
-    """One pass over `batches` (index tensors); returns (sum of per-example losses, examples)."""
+                y: torch.Tensor, batches, autocast_dtype: torch.dtype | None = None,
+                proximal: tuple[float, list[torch.Tensor]] | None = None) -> tuple[float, int]:
+    """One pass over `batches` (index tensors); returns (sum of per-example losses, examples).
+
+    `proximal=(mu, anchor)` adds FedProx's (mu/2)·||w - anchor||² to every step's loss; the
+    returned loss is the task loss alone, comparable across strategies.
+    """
     model.train()
     total, seen = 0.0, 0
+    params = [p for p in model.parameters() if p.requires_grad]
     for idx in batches:
         opt.zero_grad(set_to_none=True)
         if autocast_dtype is not None:
@@ -42,7 +48,12 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: nn.Module
                 loss = loss_fn(model(X[idx]), y[idx])
         else:
             loss = loss_fn(model(X[idx]), y[idx])
-        loss.backward()
+        if proximal is not None and proximal[0] > 0:
+            mu, anchor = proximal
+            penalty = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
+            (loss + 0.5 * mu * penalty).backward()
+        else:
+            loss.backward()
         opt.step()
         total += float(loss.detach()) * len(idx)
         seen += len(idx)
@@ -55,15 +66,22 @@ def shuffled_batches(n: int, batch_size: int, gen: torch.Generator) -> list[torc
 
 
 def train_epochs(model: nn.Module, X: torch.Tensor, y: torch.Tensor, spec: TrainSpec, epochs: int,
-                 seed: int, on_epoch=None) -> float:
-    """Minibatch training; returns the mean loss of the last epoch. `on_epoch(epoch, loss)` per epoch."""
+                 seed: int, on_epoch=None, proximal_mu: float = 0.0) -> float:
+    """Minibatch training; returns the mean loss of the last epoch. `on_epoch(epoch, loss)` per epoch.
+
+    With `proximal_mu` > 0 (FedProx) every step is pulled towards the weights the model started with.
+    """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout masks
     opt = make_optimizer(model.parameters(), spec.optimizer)
     loss_fn = make_loss(spec.loss)
+    proximal = None
+    if proximal_mu > 0:
+        proximal = (proximal_mu, [p.detach().clone() for p in model.parameters() if p.requires_grad])
     last = float("nan")
     for epoch in range(epochs):
-        total, seen = train_epoch(model, opt, loss_fn, X, y, shuffled_batches(len(y), spec.batch_size, gen))
+        total, seen = train_epoch(model, opt, loss_fn, X, y, shuffled_batches(len(y), spec.batch_size, gen),
+                                  proximal=proximal)
         last = total / max(seen, 1)
         if on_epoch is not None:
             on_epoch(epoch + 1, last)
