@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from orchestrator.ui import stop as stop_ui
 from orchestrator.ui import wait_healthy
 from tests.conftest import CONFIGS, free_port as _free_port
 
@@ -194,10 +195,5 @@ def test_browser_compares_two_runs_in_the_mlflow_ui(two_runs):
             page.screenshot(path=str(ARTIFACTS / "ui_model_versions.png"))
             browser.close()
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_ui(proc)
     assert (ARTIFACTS / "ui_compare.png").stat().st_size > 10_000
