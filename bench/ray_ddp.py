@@ -84,7 +84,7 @@ def run_plain(epochs: int) -> dict:
     from orchestrator.loading import load_job
     from orchestrator.models import build_model, mean_scale, moments, standardizer
     from orchestrator.plan import plan_data
-    from orchestrator.training import evaluate, make_loss, make_optimizer, shuffled_batches, tensors, train_epoch
+    from orchestrator.training import Objective, evaluate, make_optimizer, shuffled_batches, tensors, train_epoch
 
     t0 = time.time()
     job = load_job(CONFIG, ["kind=centralized", f"train.epochs={epochs}"])
@@ -92,7 +92,7 @@ def run_plain(epochs: int) -> dict:
     torch.manual_seed(job.seed)
     model = build_model(job.model, data.X_train.shape[1], 10)
     standardizer(model).set(*mean_scale(*moments(data.X_train)))
-    opt, loss_fn = make_optimizer(model.parameters(), job.train.optimizer), make_loss(job.train.loss)
+    opt, loss_fn = make_optimizer(model.parameters(), job.train.optimizer), Objective.of(job, 10)
     X, y = tensors(data.X_train, data.y_train)
     gen = torch.Generator().manual_seed(0)
     times, first = [], None

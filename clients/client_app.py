@@ -7,7 +7,8 @@ in Flower's simulation engine and in its deployment engine (`flower-supernode` w
 Messages a hospital answers:
   query     per-feature observed count, sum and sum of squares of its training rows (input scaling)
   train     local epochs from the global model -> updated weights + train loss
-  evaluate  the global model on its own test rows -> loss, accuracy
+  evaluate  the global model on its own test rows -> loss and metrics, confusion counts
+            (classification) or error sums (regression) for exact pooling
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ from clients.hospitals import hospital_share
 from orchestrator.config import JobSpec
 from orchestrator.data import Schema, Split, column_fill, fill
 from orchestrator.models import build_model, moments, standardizer
-from orchestrator.training import confusion_counts
+from orchestrator import metrics as M
+from orchestrator.training import Objective, confusion_counts, tensors, train_epochs
 from orchestrator.training import evaluate as evaluate_model
-from orchestrator.training import tensors, train_epochs
 
 PARTITION_KEY = "partition-id"
 
@@ -79,13 +80,25 @@ def _model(h: Hospital, message: Message) -> torch.nn.Module:
     return model
 
 
+def _objective(h: Hospital, model: torch.nn.Module, message: Message) -> Objective:
+    config = message.content["config"]
+    weights = json.loads(str(config["class-weights"])) if "class-weights" in config else None
+    return Objective.of(h.job, len(h.schema.classes), weights, model)
+
+
 @app.query()
 def query(message: Message, context: Context) -> Message:
     h = _hospital(message, context)
     count, total, sumsq = moments(h.raw.X_train)
-    labels = np.bincount(h.raw.y_train, minlength=len(h.schema.classes)).tolist()
+    stats = [count, total, sumsq]
+    if h.schema.regression:  # the target's sums set the regression output's scale
+        y = h.raw.y_train.astype(np.float64)
+        stats.append(np.array([len(y), y.sum(), (y**2).sum()]))
+        labels: list[int] = []
+    else:
+        labels = np.bincount(h.raw.y_train, minlength=len(h.schema.classes)).tolist()
     content = RecordDict({
-        "stats": ArrayRecord([count, total, sumsq]),
+        "stats": ArrayRecord(stats),
         "metrics": MetricRecord({PARTITION_KEY: h.partition_id, "num-examples": len(h.raw.y_train)}),
         "labels": ConfigRecord({"train": labels}),  # label histogram: counts only, no rows
     })
@@ -99,9 +112,12 @@ def train(message: Message, context: Context) -> Message:
     X, y, _, _ = h.tensors(standardizer(model).mean.numpy())
     config = message.content["config"]
     server_round = int(config["server-round"])
-    loss = train_epochs(model, X, y, h.job.train, h.job.train.epochs,
+    epochs = h.job.train.epochs
+    loss = train_epochs(model, X, y, h.job.train, epochs,
                         seed=h.job.seed * 100_003 + server_round * 1_009 + h.partition_id,
-                        proximal_mu=float(config.get("proximal-mu", 0.0)))  # set by FedProx
+                        proximal_mu=float(config.get("proximal-mu", 0.0)),  # set by FedProx
+                        objective=_objective(h, model, message),
+                        epoch_offset=(server_round - 1) * epochs, total_epochs=h.job.federated.rounds * epochs)
     metrics = {PARTITION_KEY: h.partition_id, "num-examples": int(len(y)), "train_loss": loss}
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=message)
@@ -112,10 +128,19 @@ def evaluate(message: Message, context: Context) -> Message:
     h = _hospital(message, context)
     model = _model(h, message)
     _, _, X, y = h.tensors(standardizer(model).mean.numpy())
-    res = evaluate_model(model, X, y, h.job.train.loss)
-    metrics = {PARTITION_KEY: h.partition_id, "num-examples": res["num_examples"],
-               "eval_loss": res["loss"], "eval_accuracy": res["accuracy"]}
-    confusion = confusion_counts(model, X, y, len(h.schema.classes))
-    content = RecordDict({"metrics": MetricRecord(metrics),
-                          "confusion": ConfigRecord({"counts": confusion.ravel().tolist()})})
-    return Message(content=content, reply_to=message)
+    objective = _objective(h, model, message)
+    res = evaluate_model(model, X, y, objective)
+    metrics = {PARTITION_KEY: h.partition_id, "num-examples": res.pop("num_examples")}
+    # every hospital sends the same keys (Flower aggregates only uniform records); NaN = undefined
+    # here, e.g. AUROC on a test split holding one class
+    metrics.update({f"eval_{k}": float(v) for k, v in res.items()})
+    records: dict = {"metrics": MetricRecord(metrics)}
+    # sums the server pools into the consortium's exact metrics (counts, never rows)
+    if h.schema.regression:
+        with torch.no_grad():
+            pred = objective.predict(model(X)) if len(y) else np.zeros(0)
+        records["regression"] = ConfigRecord({"sums": M.regression_sums(y.numpy(), pred).tolist()})
+    else:
+        confusion = confusion_counts(model, X, y, len(h.schema.classes), objective)
+        records["confusion"] = ConfigRecord({"counts": confusion.ravel().tolist()})
+    return Message(content=RecordDict(records), reply_to=message)

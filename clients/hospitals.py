@@ -14,7 +14,7 @@ import numpy as np
 
 from clients.partitioning import partition
 from orchestrator.config import JobSpec
-from orchestrator.data import Schema, Split, Table, csv_files, load_bundled, read_table, split_indices
+from orchestrator.data import Schema, Split, Table, csv_files, load_source, split_indices
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-.]")
 
@@ -25,10 +25,8 @@ def hospital_name(stem: str) -> str:
 
 
 def single_table(job: JobSpec, schema: Schema | None = None) -> tuple[Table, Schema]:
-    if job.data.source != "csv":
-        return load_bundled(job.data.source)
-    (path,) = csv_files(job.data)
-    return read_table(path, job.data.target, schema)
+    (table,), schema = load_source(job, schema)
+    return table, schema
 
 
 def pool_and_central(table: Table, job: JobSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +60,7 @@ def hospital_share(job: JobSpec, schema: Schema, partition_id: int, num_partitio
     """(name, raw split with NaN for missing cells) of hospital `partition_id`."""
     if job.federated.partition.name == "natural":
         path = Path(data_path) if data_path else csv_files(job.data)[partition_id]
-        table, _ = read_table(path, job.data.target, schema)
+        (table,), _ = load_source(job, schema, path)
         return hospital_name(path.stem), own_split(table.X, table.y, job, partition_id)
     table, shares = _shares(job.model_dump_json(), schema, num_partitions)
     rows = shares[partition_id]

@@ -10,9 +10,17 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-BUNDLED_DATASETS = ("breast_cancer", "digits", "wine")
-JobKind = Literal["federated", "centralized", "ray"]
-POOLED_KINDS = ("centralized", "ray")  # kinds that train one model on the pooled data
+BUNDLED_DATASETS = ("breast_cancer", "digits", "wine", "diabetes")
+# Generated in-process from the seed (no download): xor (2 features), sequences (20 steps x 1).
+GENERATED_DATASETS = ("xor", "sequences")
+JobKind = Literal["federated", "centralized", "ray", "sweep"]
+Head = Literal["softmax", "sigmoid", "linear"]
+Loss = Literal["cross_entropy", "bce", "mse", "mae", "huber"]
+# Which head each loss trains: classification (softmax), binary (sigmoid), regression (linear).
+LOSS_HEAD = {"cross_entropy": "softmax", "bce": "sigmoid", "mse": "linear", "mae": "linear", "huber": "linear"}
+HEAD_LOSS = {"softmax": "cross_entropy", "sigmoid": "bce", "linear": "mse"}
+SEQUENCE_MODELS = ("rnn", "lstm", "gru", "transformer")
+POOLED_KINDS = ("centralized", "ray", "sweep")  # kinds that train one model on the pooled data
 
 
 class Spec(BaseModel):
@@ -20,9 +28,13 @@ class Spec(BaseModel):
 
 
 class DataSpec(Spec):
-    source: Literal["breast_cancer", "digits", "wine", "csv"] = "breast_cancer"
+    source: Literal["breast_cancer", "digits", "wine", "diabetes", "xor", "sequences", "csv"] = "breast_cancer"
     path: str | None = None
     target: str = "target"
+    # Keep only the rows of these classes (names as in the data, e.g. digits "0".."9").
+    classes: list[str] | None = None
+    # Rows generated for the xor / sequences sources.
+    rows: Annotated[int, Field(ge=8)] = 600
     test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
     # Missing cells are filled per hospital from that hospital's own training rows.
     impute: Literal["median", "mean"] = "median"
@@ -40,26 +52,93 @@ class DataSpec(Spec):
 
 class ModelSpec(Spec):
     # cnn: a small conv net for square images given as flat pixel rows (digits: 8x8 = 64 columns)
-    name: Literal["mlp", "logistic", "cnn"] = "mlp"
+    # rnn/lstm/gru/transformer: sequences given as flat rows of steps x input_size columns
+    name: Literal["mlp", "logistic", "cnn", "rnn", "lstm", "gru", "transformer"] = "mlp"
     channels: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [16, 32])
+    # mlp: one entry per hidden layer; rnn/lstm/gru: hidden size per stacked layer;
+    # transformer: model width (d_model) per encoder layer
     hidden: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64])
     activation: Literal["relu", "tanh", "sigmoid", "gelu"] = "relu"
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    batchnorm: bool = False
+    # softmax: one output per class; sigmoid: one output, binary; linear: one output, regression
+    head: Head = "softmax"
+    input_size: Annotated[int, Field(ge=1)] = 1   # sequence models: features per time step
+    heads: Annotated[int, Field(ge=1)] = 2        # transformer: attention heads
+    # Transfer learning: start from a logged model (models:/NAME/VERSION, runs:/RUN_ID/model);
+    # layers whose names and shapes match are copied, the rest start fresh.
+    init_from: str | None = None
+    # Parameter name prefixes to keep fixed while training, e.g. [input, body] to tune only the head.
+    freeze: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        if self.name in ("rnn", "lstm", "gru", "transformer") and len(set(self.hidden)) > 1:
+            raise ValueError(f"hidden: stacked {self.name} layers share one width (got {self.hidden})")
+        if self.name == "transformer" and self.hidden[0] % self.heads:
+            raise ValueError(f"heads: the transformer width hidden[0]={self.hidden[0]} must divide by heads={self.heads}")
+        if self.init_from is not None and not re.match(r"^(models|runs):/.+", self.init_from):
+            raise ValueError(f"init_from: expected models:/NAME/VERSION or runs:/RUN_ID/model (got {self.init_from!r})")
+        return self
 
 
 class OptimizerSpec(Spec):
     name: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
     lr: Annotated[float, Field(gt=0.0)] = 0.05
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    nesterov: bool = False
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+
+    @model_validator(mode="after")
+    def _check(self) -> OptimizerSpec:
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov: needs optimizer.name sgd with momentum > 0")
+        if self.momentum and self.name not in ("sgd", "rmsprop"):
+            raise ValueError(f"momentum: not used by '{self.name}' (sgd and rmsprop take it; adam has betas)")
+        return self
+
+
+class ScheduleSpec(Spec):
+    """Learning-rate schedule, stepped once per epoch (federated: per local epoch across rounds)."""
+
+    name: Literal["constant", "step", "cosine"] = "constant"
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0   # linear ramp from lr/(warmup+1) to lr
+    step_size: Annotated[int, Field(ge=1)] = 10      # step: multiply by gamma every step_size epochs
+    gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    min_lr_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # cosine: floor, as a fraction of lr
+
+
+class EarlyStoppingSpec(Spec):
+    """Stop when a validation metric stops improving; the validation rows come out of the training rows."""
+
+    enabled: bool = False
+    metric: str = "val/loss"
+    mode: Literal["min", "max"] = "min"
+    patience: Annotated[int, Field(ge=1)] = 5
+    min_delta: Annotated[float, Field(ge=0.0)] = 0.0
+    restore_best: bool = True
+    validation_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.15
+
+    @model_validator(mode="after")
+    def _check(self) -> EarlyStoppingSpec:
+        if not self.metric.startswith("val/"):
+            raise ValueError(f"metric: early stopping watches a validation metric such as val/loss or "
+                             f"val/accuracy (got {self.metric!r})")
+        return self
 
 
 class TrainSpec(Spec):
-    loss: Literal["cross_entropy"] = "cross_entropy"
+    # null: the loss that goes with model.head (softmax: cross_entropy, sigmoid: bce, linear: mse)
+    loss: Loss | None = None
+    # Per-class loss weights for imbalanced data: a list in class order, or "balanced" (n / (k * count)).
+    class_weights: list[Annotated[float, Field(gt=0.0)]] | Literal["balanced"] | None = None
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     batch_size: Annotated[int, Field(gt=0)] = 32
     # centralized: epochs; federated: local epochs per round
     epochs: Annotated[int, Field(gt=0)] = 1
+    grad_clip: Annotated[float, Field(gt=0.0)] | None = None   # max global gradient norm
+    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
 
 
 class PartitionSpec(Spec):
@@ -151,6 +230,51 @@ class CheckpointSpec(Spec):
     keep: Annotated[int, Field(ge=1)] = 2
 
 
+class ExplainSpec(Spec):
+    """Permutation feature importance on the held-out rows after training (tabular models)."""
+
+    enabled: bool = True
+    repeats: Annotated[int, Field(ge=1)] = 5
+    max_rows: Annotated[int, Field(ge=10)] = 2000
+    top: Annotated[int, Field(ge=1)] = 20   # features in the bar chart
+
+
+SWEEP_SEARCHES = ("grid", "random")
+
+
+class SweepSpec(Spec):
+    """kind: sweep. Ray Tune runs the rest of the file as a `trial_kind` job once per trial.
+
+    `space` maps dotted keys of the job to a list of values (grid: every combination; random:
+    choice) or, for random search, to {low, high, log} ranges.
+    """
+
+    trial_kind: Literal["centralized"] = "centralized"
+    search: Literal["grid", "random"] = "grid"
+    space: dict[str, list | dict] = Field(default_factory=dict)
+    num_samples: Annotated[int, Field(ge=1)] | None = None  # random: trials (default 4); grid: repeats (default 1)
+    metric: str = "eval/loss"
+    mode: Literal["min", "max"] = "min"
+    scheduler: Literal["none", "asha"] = "none"
+    grace_period: Annotated[int, Field(ge=1)] = 2     # asha: epochs before a trial may be stopped
+    max_concurrent: Annotated[int, Field(ge=1)] = 2
+    register_best: bool = False                       # register the best trial's model (tracking.register_model)
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepSpec:
+        for key, values in self.space.items():
+            if isinstance(values, list) and not values:
+                raise ValueError(f"space.{key}: an empty list of values")
+            if isinstance(values, dict):
+                if self.search != "random":
+                    raise ValueError(f"space.{key}: a range needs search: random (grid takes a list of values)")
+                if set(values) - {"low", "high", "log"} or not {"low", "high"} <= set(values):
+                    raise ValueError(f"space.{key}: a range is {{low, high, log}} (got {sorted(values)})")
+                if not float(values["low"]) < float(values["high"]):
+                    raise ValueError(f"space.{key}: low must be below high")
+        return self
+
+
 class TrackingSpec(Spec):
     # null: a SQLite store ./mlruns.db (MLFLOW_TRACKING_URI wins when set)
     uri: str | None = None
@@ -170,6 +294,20 @@ class JobSpec(Spec):
     ray: RaySpec = Field(default_factory=RaySpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    explain: ExplainSpec = Field(default_factory=ExplainSpec)
+    sweep: SweepSpec | None = None
+
+    @property
+    def head(self) -> str:
+        return self.model.head
+
+    @property
+    def loss(self) -> str:
+        return self.train.loss or HEAD_LOSS[self.model.head]
+
+    @property
+    def task(self) -> str:
+        return "regression" if self.model.head == "linear" else "classification"
 
     @model_validator(mode="after")
     def _cross_checks(self) -> JobSpec:
@@ -184,4 +322,30 @@ class JobSpec(Spec):
                 raise ValueError(f"federated.num_clients: required with partition '{part}'")
         if self.model.name == "cnn" and self.data.source not in ("digits", "csv"):
             raise ValueError("model.name: cnn needs image rows (data.source digits, or a csv of square images)")
+        if self.train.loss is not None and LOSS_HEAD[self.train.loss] != self.model.head:
+            raise ValueError(f"train.loss: '{self.train.loss}' trains a {LOSS_HEAD[self.train.loss]} head, but "
+                             f"model.head is '{self.model.head}' (set model.head: {LOSS_HEAD[self.train.loss]})")
+        regression_data = self.data.source == "diabetes"
+        if regression_data and self.model.head != "linear":
+            raise ValueError("model.head: diabetes is a regression target: set model.head: linear")
+        if self.data.source in ("breast_cancer", "digits", "wine", "xor", "sequences") and self.model.head == "linear":
+            raise ValueError(f"model.head: linear is for regression, but {self.data.source} has class labels")
+        if self.model.head == "linear":
+            if self.train.class_weights is not None:
+                raise ValueError("train.class_weights: a regression (model.head linear) has no classes")
+            if self.data.classes is not None:
+                raise ValueError("data.classes: a regression (model.head linear) has no classes")
+            if self.kind == "federated" and part == "dirichlet":
+                raise ValueError("federated.partition.name: dirichlet skews class labels; a regression target "
+                                 "needs iid or natural")
+        if self.model.name in SEQUENCE_MODELS and self.data.source in ("breast_cancer", "digits", "wine", "diabetes", "xor"):
+            raise ValueError(f"model.name: {self.model.name} reads sequences (data.source sequences, or a csv of "
+                             f"steps x model.input_size columns)")
+        if self.kind == "federated" and self.train.early_stopping.enabled:
+            raise ValueError("train.early_stopping: stops epochs of a centralized or ray job; a federated job "
+                             "runs federated.rounds rounds")
+        if self.kind == "sweep" and self.sweep is None:
+            raise ValueError("sweep: kind sweep needs a sweep section with the space to search")
+        if self.kind != "sweep" and self.sweep is not None:
+            raise ValueError(f"sweep: only used with kind: sweep (kind is '{self.kind}')")
         return self

@@ -25,10 +25,17 @@ class Table:
 
 @dataclass(frozen=True)
 class Schema:
-    """What every party must agree on: feature order and label encoding (never any rows)."""
+    """What every party must agree on: feature order and label encoding (never any rows).
+
+    No classes: the target is a number (regression), y is float32.
+    """
 
     features: tuple[str, ...]
     classes: tuple[str, ...]
+
+    @property
+    def regression(self) -> bool:
+        return not self.classes
 
     def to_dict(self) -> dict:
         return {"features": list(self.features), "classes": list(self.classes)}
@@ -59,7 +66,32 @@ _BUNDLED = {
                                "od280/od315_of_diluted_wines", "proline"], ("class_0", "class_1", "class_2")),
     "digits": ("digits.csv.gz", [f"pixel_{r}_{c}" for r in range(8) for c in range(8)],
                tuple(str(d) for d in range(10))),
+    # regression: disease progression one year after baseline; raw (unscaled) values
+    "diabetes": ("diabetes_data_raw.csv.gz", ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"], ()),
 }
+
+
+def generated(name: str, rows: int, seed: int) -> tuple[Table, Schema]:
+    """Small tasks made from the seed, for the primer examples (nothing is downloaded).
+
+    xor: two noisy coordinates near the corners of the unit square, label x1 XOR x2.
+    sequences: 20 noisy steps that rise, fall, or rise then fall (label), at a random level and
+    slope, so the class is in the order of the steps, not in their mean.
+    """
+    rng = np.random.default_rng(seed + 7919)
+    if name == "xor":
+        corners = rng.integers(0, 2, size=(rows, 2))
+        X = (corners + rng.normal(0, 0.15, size=(rows, 2))).astype(np.float32)
+        return Table(X, (corners[:, 0] ^ corners[:, 1]).astype(np.int64), name), Schema(("x1", "x2"), ("0", "1"))
+    if name == "sequences":
+        steps = 20
+        t = np.linspace(0.0, 1.0, steps)
+        y = rng.integers(0, 3, size=rows)
+        shape = np.stack([t, 1.0 - t, 1.0 - np.abs(2.0 * t - 1.0)])[y]
+        X = rng.normal(0, 1, (rows, 1)) + rng.uniform(0.6, 1.6, (rows, 1)) * shape + rng.normal(0, 0.25, (rows, steps))
+        features = tuple(f"step_{i:02d}" for i in range(steps))
+        return Table(X.astype(np.float32), y.astype(np.int64), name), Schema(features, ("rise", "fall", "peak"))
+    raise ValueError(f"unknown generated dataset {name!r}")
 
 
 def load_bundled(name: str) -> tuple[Table, Schema]:
@@ -74,11 +106,29 @@ def load_bundled(name: str) -> tuple[Table, Schema]:
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
         raise DataError(f"data.source {name}", ["scikit-learn is not installed: it ships the bundled datasets"])
-    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / filename
+    folder = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+    if name == "diabetes":
+        X = np.loadtxt(folder / filename, dtype=np.float64)
+        y = np.loadtxt(folder / "diabetes_target.csv.gz", dtype=np.float64)
+        return Table(X.astype(np.float32), y.astype(np.float32), name), Schema(tuple(features), classes)
     skip = 0 if name == "digits" else 1  # the others open with a "rows,cols,class names" line
-    raw = np.loadtxt(path, delimiter=",", skiprows=skip, dtype=np.float64)
+    raw = np.loadtxt(folder / filename, delimiter=",", skiprows=skip, dtype=np.float64)
     table = Table(raw[:, :-1].astype(np.float32), raw[:, -1].astype(np.int64), name)
     return table, Schema(tuple(features), classes)
+
+
+def keep_classes(table: Table, schema: Schema, wanted: list[str], where: str) -> tuple[Table, Schema]:
+    """Only the rows of `wanted` classes, relabelled 0..k-1 in the order given (data.classes)."""
+    unknown = [c for c in wanted if c not in schema.classes]
+    if unknown:
+        raise DataError(where, [f"data.classes: {unknown} not among the classes {list(schema.classes)}"])
+    if len(set(wanted)) < 2:
+        raise DataError(where, [f"data.classes: {wanted} keeps fewer than two classes: nothing to learn"])
+    old = [schema.classes.index(c) for c in wanted]
+    mask = np.isin(table.y, old)
+    remap = np.full(len(schema.classes), -1, dtype=np.int64)
+    remap[old] = np.arange(len(old))
+    return Table(table.X[mask], remap[table.y[mask]], table.name), Schema(schema.features, tuple(wanted))
 
 
 def csv_files(spec: DataSpec) -> list[Path]:
@@ -129,8 +179,9 @@ def read_frame(path: Path, target: str):
     return df
 
 
-def csv_schema(frames: list, target: str, files: list[Path]) -> Schema:
-    """Agree on feature order (first file's) and the sorted union of labels across files."""
+def csv_schema(frames: list, target: str, files: list[Path], regression: bool = False) -> Schema:
+    """Agree on feature order (first file's) and the sorted union of labels across files
+    (no classes for a regression target, which must be numeric)."""
     features = tuple(str(c) for c in frames[0].columns if c != target)
     problems = []
     for df, f in zip(frames[1:], files[1:]):
@@ -141,6 +192,16 @@ def csv_schema(frames: list, target: str, files: list[Path]) -> Schema:
             problems.append(f"{f.name}: columns differ from {files[0].name} (missing {missing}, extra {extra})")
     if problems:
         raise DataError(str(files[0].parent), problems)
+    if regression:
+        import pandas as pd
+
+        for df, f in zip(frames, files):
+            values = pd.to_numeric(df[target], errors="coerce")
+            if values.isna().any():
+                line = int(values.isna().idxmax()) + 2
+                raise DataError(str(f), [f"data.target: a regression target (model.head linear) must be numeric; "
+                                         f"line {line} holds {df[target][values.isna()].iloc[0]!r}"])
+        return Schema(features, ())
     labels = set()
     for df in frames:
         labels.update(df[target].tolist())
@@ -164,6 +225,8 @@ def frame_to_table(df, target: str, schema: Schema, name: str) -> Table:
     import pandas as pd
 
     X = df[list(schema.features)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32)
+    if schema.regression:
+        return Table(X, pd.to_numeric(df[target]).to_numpy(dtype=np.float32), name)
     index = {c: i for i, c in enumerate(schema.classes)}
     labels = [_label_str(v) for v in df[target].tolist()]
     unknown = sorted({lab for lab in labels if lab not in index})
@@ -173,9 +236,10 @@ def frame_to_table(df, target: str, schema: Schema, name: str) -> Table:
     return Table(X, y, name)
 
 
-def read_table(path: Path, target: str, schema: Schema | None = None) -> tuple[Table, Schema]:
+def read_table(path: Path, target: str, schema: Schema | None = None, regression: bool = False
+               ) -> tuple[Table, Schema]:
     df = read_frame(path, target)
-    schema = schema or csv_schema([df], target, [path])
+    schema = schema or csv_schema([df], target, [path], regression)
     return frame_to_table(df, target, schema, path.stem), schema
 
 
@@ -186,7 +250,7 @@ def split_indices(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.nd
     rng = np.random.default_rng(seed)
     n_test = min(max(1, int(round(n * test_fraction))), n - 1)
     labels, counts = np.unique(y, return_counts=True)
-    if len(labels) > 1 and counts.min() >= 2 and n_test >= len(labels) and n - n_test >= len(labels):
+    if np.issubdtype(y.dtype, np.integer) and len(labels) > 1 and counts.min() >= 2 and n_test >= len(labels) and n - n_test >= len(labels):
         test = []
         for lab in labels:
             idx = rng.permutation(np.flatnonzero(y == lab))
@@ -227,3 +291,33 @@ def impute_split(split: Split, how: str, fallback: np.ndarray | None = None) -> 
     missing = int(np.isnan(split.X_train).sum() + np.isnan(split.X_test).sum())
     return Split(fill(split.X_train, values), split.y_train, fill(split.X_test, values), split.y_test,
                  {**split.notes, "imputed_cells": missing})
+
+
+# --------------------------------------------------------------------------- one entry point
+def load_source(job, schema: Schema | None = None, path: Path | None = None) -> tuple[list[Table], Schema]:
+    """The job's data as tables (one per CSV file, else one) and the agreed schema.
+
+    `schema` (already agreed) and `path` (one hospital's own file) serve the hospitals.
+    `data.classes` keeps only the rows of those classes, relabelled in the order given.
+    """
+    spec = job.data
+    where = str(path or spec.path or spec.source)
+    if spec.source != "csv":
+        table, found = generated(spec.source, spec.rows, job.seed) if spec.source in ("xor", "sequences") \
+            else load_bundled(spec.source)
+        if spec.classes:
+            table, found = keep_classes(table, found, spec.classes, where)
+        return [table], found
+    files = [path] if path is not None else csv_files(spec)
+    frames = [read_frame(f, spec.target) for f in files]
+    if spec.classes:
+        frames = [df[df[spec.target].map(_label_str).isin(spec.classes)] for df in frames]
+    agreed = schema
+    if agreed is None:
+        agreed = csv_schema(frames, spec.target, files, regression=job.model.head == "linear")
+        if spec.classes:
+            absent = [c for c in spec.classes if c not in agreed.classes]
+            if absent:
+                raise DataError(where, [f"data.classes: {absent} do not occur in column '{spec.target}'"])
+            agreed = Schema(agreed.features, tuple(spec.classes))
+    return [frame_to_table(df, spec.target, agreed, f.stem) for df, f in zip(frames, files)], agreed

@@ -19,11 +19,13 @@ from flwr.serverapp import Grid, ServerApp
 
 from clients.client_app import app as client_app
 from orchestrator.config import JobSpec
-from orchestrator.models import build_model, mean_scale, standardizer
+from orchestrator import metrics as M
+from orchestrator.models import mean_scale, standardizer
 from orchestrator.plan import DataPlan
 from orchestrator.runtime import quiet_flower, ray_init_args
 from orchestrator.tracking import TrackedRun
-from orchestrator.training import evaluate, tensors
+from orchestrator.training import Objective, balanced_weights, evaluate, tensors
+from orchestrator.transfer import Start, initial_model
 from strategies.base import RoundReport
 from strategies.registry import build_strategy
 
@@ -38,7 +40,7 @@ class FederatedOutcome:
 
 
 def _weighted(hospitals: dict[int, dict[str, float]], key: str) -> float | None:
-    pairs = [(m[key], m.get("num-examples", 0.0)) for m in hospitals.values() if key in m]
+    pairs = [(m[key], m.get("num-examples", 0.0)) for m in hospitals.values() if key in m and not np.isnan(m[key])]
     total = sum(w for _, w in pairs)
     if not pairs or total <= 0:
         return None
@@ -46,7 +48,11 @@ def _weighted(hospitals: dict[int, dict[str, float]], key: str) -> float | None:
 
 
 class RoundLogger:
-    """Turns Flower round reports into MLflow metrics, one log_batch per round."""
+    """Turns Flower round reports into MLflow metrics, one log_batch per round.
+
+    The consortium's eval metrics are pooled exactly from the hospitals' sums (confusion counts,
+    regression sums); AUROC, which sums cannot give, is the row-weighted mean over hospitals.
+    """
 
     def __init__(self, run: TrackedRun, names: list[str], num_classes: int):
         self.run, self.names, self.num_classes = run, names, num_classes
@@ -58,18 +64,24 @@ class RoundLogger:
         key = "train_loss" if report.phase == "train" else "eval_loss"
         if (v := _weighted(report.hospitals, key)) is not None:
             m[f"{prefix}/loss"] = v
-        if report.phase == "evaluate" and (v := _weighted(report.hospitals, "eval_accuracy")) is not None:
-            m["eval/accuracy"] = v
         for pid, hm in report.hospitals.items():
             name = self.names[pid] if 0 <= pid < len(self.names) else str(pid)
-            m[f"hospital_{name}/{prefix}/loss"] = hm[key]
             m[f"hospital_{name}/{prefix}/num_examples"] = hm.get("num-examples", 0.0)
-            if report.phase == "evaluate":
-                m[f"hospital_{name}/eval/accuracy"] = hm["eval_accuracy"]
-        counts = [e["confusion"]["counts"] for e in report.extras.values() if "confusion" in e]
-        if counts:
-            k = self.num_classes
-            self.confusion = np.sum([np.asarray(c, dtype=np.int64).reshape(k, k) for c in counts], axis=0)
+            for k, v in hm.items():
+                if k.startswith(f"{prefix}_") and not np.isnan(v):
+                    m[f"hospital_{name}/{prefix}/{k[len(prefix) + 1:]}"] = v
+        if report.phase == "evaluate":
+            if (v := _weighted(report.hospitals, "eval_auroc")) is not None and not np.isnan(v):
+                m["eval/auroc"] = v
+            counts = [e["confusion"]["counts"] for e in report.extras.values() if "confusion" in e]
+            if counts:
+                k = self.num_classes
+                self.confusion = np.sum([np.asarray(c, dtype=np.int64).reshape(k, k) for c in counts], axis=0)
+                m.update({f"eval/{name}": v for name, v in M.from_confusion(self.confusion).items()})
+            sums = [e["regression"]["sums"] for e in report.extras.values() if "regression" in e]
+            if sums:
+                pooled = np.sum([np.asarray(x, dtype=np.float64) for x in sums], axis=0)
+                m.update({f"eval/{name}": v for name, v in M.from_regression_sums(pooled).items()})
         m[f"{prefix}/failures"] = len(report.failures)
         m[f"{prefix}/hospitals"] = len(report.hospitals)
         self.run.log_metrics(m, step)
@@ -84,35 +96,50 @@ def _wait_for_nodes(grid: Grid, n: int, timeout: float = 120.0) -> list[int]:
     return nodes
 
 
-def _census(grid: Grid, nodes: list[int], config: ConfigRecord, dim: int, num_classes: int
-            ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+@dataclass
+class Census:
+    mean: np.ndarray
+    scale: np.ndarray
+    labels: np.ndarray          # hospitals x classes, training rows
+    target: np.ndarray          # regression: (count, sum, sum of squares) of the training targets
+
+
+def _census(grid: Grid, nodes: list[int], config: ConfigRecord, dim: int, num_classes: int) -> Census:
     """Ask every hospital for aggregates only: per-feature sums (-> the consortium's feature mean
-    and standard deviation) and its training-label histogram (-> the partition plot)."""
+    and standard deviation), its training-label histogram (-> the partition plot, balanced class
+    weights) or, for a regression, its target's sums (-> the output scaling)."""
     messages = [Message(content=RecordDict({"config": config}), message_type=MessageType.QUERY, dst_node_id=n)
                 for n in nodes]
     totals = np.zeros((3, dim))
+    target = np.zeros(3)
     labels = np.zeros((len(nodes), num_classes), dtype=np.int64)
     failures = []
     for reply in grid.send_and_receive(messages, timeout=600):
         if reply.has_error():
             failures.append(reply.error.reason)
             continue
-        totals += np.stack(reply.content["stats"].to_numpy_ndarrays())
+        arrays = reply.content["stats"].to_numpy_ndarrays()
+        totals += np.stack(arrays[:3])
+        if len(arrays) > 3:
+            target += arrays[3]
         pid = int(reply.content["metrics"]["partition-id"])
-        if 0 <= pid < len(nodes):
+        if 0 <= pid < len(nodes) and num_classes:
             labels[pid] = reply.content["labels"]["train"]
     if failures:
         raise RuntimeError(f"{len(failures)} hospital(s) failed the census query: {failures[0]}")
-    return mean_scale(*totals), labels
+    mean, scale = mean_scale(*totals)
+    return Census(mean, scale, labels, target)
 
 
-def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun) -> FederatedOutcome:
+def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | None = None) -> FederatedOutcome:
     from flwr.simulation import run_simulation
 
     fed = job.federated
     num_clients = len(plan.hospitals)
-    torch.manual_seed(job.seed)
-    model = build_model(job.model, plan.num_features, plan.num_classes)
+    model, notes = initial_model(job, plan.num_features, plan.num_classes, start)
+    if notes:
+        run.log_params(notes)
+    copied = set(start.weights) if start is not None and start.weights is not None else set()
     outcome = FederatedOutcome(model=model)
     logger = RoundLogger(run, plan.hospitals, plan.num_classes)
     central = tensors(plan.central.X_test, plan.central.y_test) if plan.central else None
@@ -123,9 +150,10 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun) -> FederatedOut
         res = None
         if central is not None:
             model.load_state_dict(arrays.to_torch_state_dict())
-            r = evaluate(model, *central, job.train.loss)
-            run.log_metrics({"central/accuracy": r["accuracy"], "central/loss": r["loss"]}, server_round)
-            res = MetricRecord({"accuracy": r["accuracy"], "loss": r["loss"]})
+            r = {k: v for k, v in evaluate(model, *central, Objective.of(job, plan.num_classes, None, model)).items()
+                 if k != "num_examples"}
+            run.log_metrics({f"central/{k}": v for k, v in r.items()}, server_round)
+            res = MetricRecord({k: float(v) for k, v in r.items() if not np.isnan(v)})
         if server_round > 0:
             run.log_metrics({"time/round_end_s": time.perf_counter() - t0}, server_round)
             if outcome.first_round_s is None:
@@ -139,9 +167,22 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun) -> FederatedOut
     def main(grid: Grid, context: Context) -> None:
         config = ConfigRecord({"job": job.model_dump_json(), "schema": json.dumps(plan.schema.to_dict())})
         nodes = _wait_for_nodes(grid, num_clients)
-        (mean, scale), outcome.label_counts = _census(grid, nodes, config, plan.num_features, plan.num_classes)
-        if job.data.standardize:
-            standardizer(model).set(mean, scale)
+        census = _census(grid, nodes, config, plan.num_features, plan.num_classes)
+        outcome.label_counts = census.labels
+        if job.data.standardize and "input.mean" not in copied:
+            standardizer(model).set(census.mean, census.scale)
+        if plan.regression and "output.mean" not in copied:
+            n, total, sumsq = census.target
+            mean = total / max(n, 1.0)
+            model.output.set(mean, float(np.sqrt(max(sumsq / max(n, 1.0) - mean**2, 0.0))))
+        weights = None
+        if job.train.class_weights == "balanced":
+            weights = balanced_weights(census.labels.sum(0))  # consortium-wide label counts
+        elif job.train.class_weights:
+            weights = list(job.train.class_weights)
+        if weights is not None:
+            config["class-weights"] = json.dumps(weights)
+            run.log_params({"train.class_weights_resolved": ",".join(f"{w:.4g}" for w in weights)})
         strategy = build_strategy(fed.strategy, num_clients=num_clients, fraction_fit=fed.fraction_fit,
                                   fraction_evaluate=fed.fraction_evaluate, listener=logger)
         result = strategy.start(

@@ -70,6 +70,13 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         raise ValueError(f"{key}: override value {text!r} is not valid YAML") from None
+    set_dotted(raw, key, value)
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """raw[a][b][c] = value for key 'a.b.c', creating sections on the way."""
+    if not _KEY.match(key):
+        raise ValueError(f"'{key}': expected a dotted key such as train.optimizer.lr")
     node = raw
     parts = key.split(".")
     for i, part in enumerate(parts[:-1]):
@@ -86,7 +93,11 @@ def validate(raw: dict[str, Any], source: str = "config") -> JobSpec:
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(source, [_describe(err) for err in exc.errors()]) from None
+        raise ConfigError(source, problems_of(exc)) from None
+
+
+def problems_of(exc: ValidationError) -> list[str]:
+    return [_describe(err) for err in exc.errors()]
 
 
 def _describe(err: dict[str, Any]) -> str:

@@ -12,17 +12,13 @@ import numpy as np
 
 from clients.hospitals import hospital_name, own_split, pool_and_central, pool_partition
 from clients.partitioning import PartitionError
-from orchestrator.config import POOLED_KINDS, JobSpec
+from orchestrator.config import POOLED_KINDS, SEQUENCE_MODELS, JobSpec
 from orchestrator.data import (
     Schema,
     Split,
     Table,
-    csv_files,
-    csv_schema,
-    frame_to_table,
     impute_split,
-    load_bundled,
-    read_frame,
+    load_source,
 )
 from orchestrator.errors import DataError
 from orchestrator.models import image_side
@@ -45,16 +41,13 @@ class DataPlan:
     def num_classes(self) -> int:
         return len(self.schema.classes)
 
+    @property
+    def regression(self) -> bool:
+        return self.schema.regression
+
 
 def load_tables(job: JobSpec) -> tuple[list[Table], Schema]:
-    if job.data.source != "csv":
-        table, schema = load_bundled(job.data.source)
-        return [table], schema
-    files = csv_files(job.data)
-    frames = [read_frame(f, job.data.target) for f in files]
-    schema = csv_schema(frames, job.data.target, files)
-    tables = [frame_to_table(df, job.data.target, schema, f.stem) for df, f in zip(frames, files)]
-    return tables, schema
+    return load_source(job)
 
 
 def plan_data(job: JobSpec) -> DataPlan:
@@ -62,6 +55,19 @@ def plan_data(job: JobSpec) -> DataPlan:
     if job.model.name == "cnn" and image_side(len(schema.features)) is None:
         raise DataError(job.data.path or job.data.source,
                         [f"model.name: cnn needs square images, but the data has {len(schema.features)} feature columns"])
+    if job.model.name in SEQUENCE_MODELS and len(schema.features) % job.model.input_size:
+        raise DataError(job.data.path or job.data.source,
+                        [f"model.input_size: {job.model.input_size} features per step do not divide the "
+                         f"{len(schema.features)} feature columns into whole time steps"])
+    if job.model.head == "sigmoid" and len(schema.classes) != 2:
+        raise DataError(job.data.path or job.data.source,
+                        [f"model.head: sigmoid is for two classes, the data has {len(schema.classes)}: "
+                         f"use model.head: softmax"])
+    weights = job.train.class_weights
+    if isinstance(weights, list) and len(weights) != len(schema.classes):
+        raise DataError(job.data.path or job.data.source,
+                        [f"train.class_weights: {len(weights)} weights for {len(schema.classes)} classes "
+                         f"{list(schema.classes)}"])
     natural = len(tables) > 1 or (job.kind == "federated" and job.federated.partition.name == "natural")
     source = job.data.path or job.data.source
     if job.kind == "federated" and not natural and len(tables) > 1:

@@ -55,5 +55,19 @@ def confusion(matrix: np.ndarray, classes: list[str], title: str) -> Figure:
     return fig
 
 
+def importance(ranked: list[dict], title: str) -> Figure:
+    """Horizontal bars, most important feature on top, with the spread over repeats."""
+    rows = list(reversed(ranked))
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.3 * len(rows) + 1.2)), dpi=110)
+    ax.barh([r["feature"] for r in rows], [r["importance"] for r in rows], xerr=[r["std"] for r in rows],
+            color="tab:blue", alpha=0.8)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("importance")
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def close(fig: Figure) -> None:
     plt.close(fig)

@@ -152,41 +152,59 @@ def _save_checkpoint(module: torch.nn.Module, opt, epoch: int, history: dict):
 
 
 def train_loop_per_worker(config: dict) -> None:
+    import numpy as np
     import ray.train
     import ray.train.torch
     import torch.distributed as dist
 
-    from orchestrator.models import build_model, mean_scale, moments, standardizer
     from orchestrator.plan import plan_data
-    from orchestrator.training import make_loss, make_optimizer, tensors, train_epoch
+    from orchestrator.training import (
+        EarlyStopping,
+        Objective,
+        class_weights,
+        evaluate,
+        lr_factor,
+        make_optimizer,
+        set_lr,
+        tensors,
+        train_epoch,
+        validation_split,
+    )
+    from orchestrator.transfer import Start, initial_model
 
     job = JobSpec.model_validate_json(config["job"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(job.ray.resources_per_worker.get("CPU", 1))))
-    data = plan_data(job).centralized  # each worker reads the data itself; nothing is shipped
-    torch.manual_seed(job.seed)
-    model = build_model(job.model, data.X_train.shape[1], int(config["num_classes"]))
-    if job.data.standardize:
-        standardizer(model).set(*mean_scale(*moments(data.X_train)))
-    start, history = 1, {}
+    plan = plan_data(job)  # each worker reads the data itself; nothing is shipped
+    data = plan.centralized
+    X_np, y_np = data.X_train, data.y_train
+    stopper = val = None
+    if job.train.early_stopping.enabled:  # every worker carves the same validation rows
+        stopper = EarlyStopping(job.train.early_stopping)
+        tr, va = validation_split(len(y_np), job.train.early_stopping.validation_fraction, job.seed)
+        val = tuple(t.to(device) for t in tensors(X_np[va], y_np[va]))
+        X_np, y_np = X_np[tr], y_np[tr]
+    start = Start(config.get("init_weights"))
+    model, _ = initial_model(job, plan.num_features, plan.num_classes, start, X_np, y_np)
+    counts = None if plan.regression else np.bincount(y_np, minlength=plan.num_classes)
+    objective = Objective.of(job, plan.num_classes, class_weights(job.train, counts), model)
+    start_epoch, history = 1, {}
     checkpoint = ray.train.get_checkpoint()
     state = None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
-        start, history = state["epoch"] + 1, state.get("history", {})
+        start_epoch, history = state["epoch"] + 1, state.get("history", {})
     model = ray.train.torch.prepare_model(model)  # moves to the device and wraps in DDP
     module = model.module if hasattr(model, "module") else model
     opt = make_optimizer(model.parameters(), job.train.optimizer)
     if state is not None:
         opt.load_state_dict(state["optimizer"])
-    loss_fn = make_loss(job.train.loss)
-    X, y = (t.to(device) for t in tensors(data.X_train, data.y_train))
+    X, y = (t.to(device) for t in tensors(X_np, y_np))
     Xt, yt = (t.to(device) for t in tensors(data.X_test, data.y_test))
-    mine_t = torch.arange(rank, len(yt), world, device=device)
     per_worker_batch = max(1, job.train.batch_size // world)  # train.batch_size is the global batch
     amp = torch.bfloat16 if (job.ray.mixed_precision and device.type == "cuda") else None
     nodes = [ray.get_runtime_context().get_node_id()]
@@ -200,44 +218,59 @@ def train_loop_per_worker(config: dict) -> None:
 
         run = attach_run(config["tracking_uri"], config["run_id"])
         run.set_tags({"ray.worker_nodes": ",".join(nodes), "ray.num_nodes": len(set(nodes))})
-        if start > 1:
-            run.log_metrics({"ray/resumed_from_epoch": start - 1}, step=start - 1)
-    for epoch in range(start, job.train.epochs + 1):
+        if start_epoch > 1:
+            run.log_metrics({"ray/resumed_from_epoch": start_epoch - 1}, step=start_epoch - 1)
+    for epoch in range(start_epoch, job.train.epochs + 1):
         torch.manual_seed(job.seed * 1000 + epoch * 10 + rank)  # dropout masks
+        lr = set_lr(opt, job.train.optimizer.lr, lr_factor(job.train.schedule, epoch - 1, job.train.epochs))
         t0 = time.perf_counter()
         batches = [b.to(device) for b in _shard_batches(len(y), per_worker_batch, job.seed, epoch, rank, world)]
-        loss_sum, seen = train_epoch(model, opt, loss_fn, X, y, batches, amp)
+        loss_sum, seen = train_epoch(model, opt, objective, X, y, batches, amp, grad_clip=job.train.grad_clip)
         if device.type == "cuda":
             torch.cuda.synchronize()
         epoch_s = time.perf_counter() - t0
-        module.eval()
-        with torch.no_grad():
-            logits = module(Xt[mine_t]).float()
-            ev_loss = float(torch.nn.functional.cross_entropy(logits, yt[mine_t], reduction="sum"))
-            ev_correct = float((logits.argmax(1) == yt[mine_t]).sum())
-        sums = torch.tensor([loss_sum, seen, ev_loss, ev_correct, len(mine_t), epoch_s], dtype=torch.float64,
-                            device=device)
-        epoch_max = sums[5:].clone()
+        sums = torch.tensor([loss_sum, seen], dtype=torch.float64, device=device)
+        epoch_max = torch.tensor([epoch_s], dtype=torch.float64, device=device)
         if world > 1:
-            dist.all_reduce(sums[:5], op=dist.ReduceOp.SUM)
+            dist.all_reduce(sums, op=dist.ReduceOp.SUM)
             dist.all_reduce(epoch_max, op=dist.ReduceOp.MAX)
         s = sums.tolist()
         slowest = float(epoch_max[0])
-        metrics = {"epoch": epoch, "train/loss": s[0] / max(s[1], 1), "eval/loss": s[2] / max(s[4], 1),
-                   "eval/accuracy": s[3] / max(s[4], 1), "time/epoch_s": slowest,
+        # every worker holds the whole test split: evaluating it once on each is exact and cheap
+        ev = {k: v for k, v in evaluate(module, Xt, yt, objective).items() if k != "num_examples"}
+        metrics = {"epoch": epoch, "train/loss": s[0] / max(s[1], 1), "train/lr": lr, "time/epoch_s": slowest,
                    "perf/samples_per_s": s[1] / max(slowest, 1e-9), "ray/world_size": world}
+        metrics.update({f"eval/{k}": v for k, v in ev.items()})
+        stop = False
+        if stopper is not None:
+            vm = {f"val/{k}": v for k, v in evaluate(module, *val, objective).items() if k != "num_examples"}
+            metrics.update(vm)
+            stop = stopper.step(epoch, vm.get(job.train.early_stopping.metric, float("nan")), module)
         history[str(epoch)] = {k: v for k, v in metrics.items() if k != "epoch"}
         if run is not None:
             run.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
             run.flush()
+        last = stop or epoch == job.train.epochs
         ckpt = None
-        if rank == 0 and (epoch % job.checkpoint.every_epochs == 0 or epoch == job.train.epochs):
+        if rank == 0 and (epoch % job.checkpoint.every_epochs == 0 or last):
+            best = None
+            if last and stopper is not None and stopper.restore(module):
+                best = stopper.summary()
+                best["early_stopping/restored"] = 1.0
+                best.update({f"eval/{k}": v for k, v in evaluate(module, Xt, yt, objective).items()
+                             if k != "num_examples"})
+                history[str(epoch)].update(best)
+                if run is not None:
+                    run.log_metrics(stopper.summary(), step=0)
+                    run.flush()
             ckpt = _save_checkpoint(module, opt, epoch, history)
         ray.train.report(metrics, checkpoint=ckpt)
+        if stop:  # the same decision on every worker: each evaluated the same rows with the same weights
+            break
 
 
 # --------------------------------------------------------------------------- the driver side
-def run_ray(job: JobSpec, plan, run, session: RaySession) -> RayOutcome:
+def run_ray(job: JobSpec, plan, run, session: RaySession, start=None) -> RayOutcome:
     """Fit with Ray Train; storage is named after the MLflow run so `resume` finds it again."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -252,7 +285,7 @@ def run_ray(job: JobSpec, plan, run, session: RaySession) -> RayOutcome:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job.model_dump_json(), "run_id": run.run_id, "tracking_uri": run.tracking_uri,
-                           "num_classes": plan.num_classes},
+                           "init_weights": start.weights if start is not None else None},
         scaling_config=ray.train.ScalingConfig(num_workers=job.ray.num_workers, use_gpu=job.ray.use_gpu,
                                                resources_per_worker=worker_resources(job)),
         run_config=ray.train.RunConfig(
@@ -269,6 +302,8 @@ def run_ray(job: JobSpec, plan, run, session: RaySession) -> RayOutcome:
         state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
     model = build_model(job.model, plan.num_features, plan.num_classes)
     model.load_state_dict(state["model"])
+    if start is not None and start.weights is not None:
+        run.log_params({"transfer.copied": sum(1 for k in start.weights if k in state["model"])})
     last = state["history"][str(state["epoch"])]
     outcome = RayOutcome(model=model, final=dict(last))
     first = state["history"].get("1")

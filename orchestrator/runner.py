@@ -65,6 +65,10 @@ def run_job(job: JobSpec, plan: DataPlan | None = None, resume_run_id: str | Non
     """Run `job`; with `resume_run_id`, continue that run from its last checkpoint instead."""
     prepare_environment()
     plan = plan or plan_data(job)  # DataError here: nothing created in MLflow yet
+    if job.kind == "sweep":
+        from orchestrator.sweep import run_sweep
+
+        return run_sweep(job, plan)
     session = None
     if job.kind == "ray":
         from orchestrator import ray_job
@@ -73,17 +77,22 @@ def run_job(job: JobSpec, plan: DataPlan | None = None, resume_run_id: str | Non
     try:
         from orchestrator.tracking import Tracker
 
+        from orchestrator.transfer import resolve
+
         tracker = Tracker(job.tracking.uri, job.tracking.experiment)
-        return _tracked(job, plan, tracker, session, resume_run_id)
+        start = resolve(job, tracker.uri)  # a wrong model.init_from: exit 2, no run
+        return _tracked(job, plan, tracker, session, resume_run_id, start)
     finally:
         if session is not None:
             ray_job.disconnect(session)
 
 
-def _tracked(job: JobSpec, plan: DataPlan, tracker, session, resume_run_id: str | None) -> JobResult:
+def _tracked(job: JobSpec, plan: DataPlan, tracker, session, resume_run_id: str | None, start=None) -> JobResult:
     t0 = time.perf_counter()
-    opened = (tracker.reopen(resume_run_id) if resume_run_id
-              else tracker.run(run_name(job, plan), run_tags(job, plan)))
+    tags = run_tags(job, plan)
+    if start is not None:
+        tags.update(start.tags)
+    opened = tracker.reopen(resume_run_id) if resume_run_id else tracker.run(run_name(job, plan), tags)
     with opened as run:
         params = flatten(job.model_dump(mode="json"))
         params.update(plan.notes)
@@ -96,15 +105,15 @@ def _tracked(job: JobSpec, plan: DataPlan, tracker, session, resume_run_id: str 
         if job.kind == "ray":
             from orchestrator.ray_job import run_ray
 
-            outcome = run_ray(job, plan, run, session)
+            outcome = run_ray(job, plan, run, session, start)
         elif job.kind == "federated":
             from orchestrator.federated_job import run_federated
 
-            outcome = run_federated(job, plan, run)
+            outcome = run_federated(job, plan, run, start)
         else:
             from orchestrator.centralized_job import run_centralized
 
-            outcome = run_centralized(job, plan, run)
+            outcome = run_centralized(job, plan, run, start)
         wall = time.perf_counter() - t0
         run.log_metrics({"time/wall_s": wall, "time/first_round_s": outcome.first_round_s or 0.0}, 0)
         run.flush()
@@ -113,6 +122,9 @@ def _tracked(job: JobSpec, plan: DataPlan, tracker, session, resume_run_id: str 
         from orchestrator.report import log_report
 
         log_report(run, job, plan, outcome)
+        from orchestrator.explain import explain_run
+
+        explain_run(run, job, plan, outcome.model)
         if job.tracking.log_model:
             example = _input_example(plan)
             record = run.log_model(outcome.model, example, job.tracking.register_model)

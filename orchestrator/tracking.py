@@ -132,6 +132,13 @@ class TrackedRun:
         return ModelRecord(info.model_uri, registered_name, str(version) if version is not None else None)
 
 
+    def register(self, model_uri: str, name: str) -> str:
+        """Register a logged model under `name`; returns models:/NAME/VERSION."""
+        mlflow.set_tracking_uri(self.tracking_uri)
+        version = mlflow.register_model(model_uri, name, await_registration_for=0)
+        return f"models:/{name}/{version.version}"
+
+
 def _param_str(v: Any) -> str:
     s = "null" if v is None else str(v)
     return s if len(s) <= 6000 else s[:5997] + "..."
@@ -198,6 +205,36 @@ class Tracker:
 
     def get_run(self, run_id: str):
         return self.client.get_run(run_id)
+
+
+# --------------------------------------------------------------------------- transfer learning
+def load_source_weights(uri: str, model_uri: str) -> tuple[dict, dict[str, str]]:
+    """The weights of a logged model (models:/NAME/VERSION or runs:/RUN_ID/model) and its lineage tags."""
+    import mlflow.pytorch
+
+    client = MlflowClient(uri)
+    lineage = {"lineage.init_from": model_uri}
+    try:
+        if model_uri.startswith("models:/"):
+            name, _, version = model_uri[len("models:/"):].partition("/")
+            if version in ("", "latest"):
+                versions = client.search_model_versions(f"name='{name}'")
+                if not versions:
+                    raise ValueError(f"no registered model '{name}'")
+                mv = max(versions, key=lambda v: int(v.version))
+                model_uri = f"models:/{name}/{mv.version}"
+            else:
+                mv = client.get_model_version(name, version)
+            lineage.update({"lineage.source_model": name, "lineage.source_version": str(mv.version),
+                            "lineage.source_run_id": mv.run_id or ""})
+        else:
+            lineage["lineage.source_run_id"] = model_uri[len("runs:/"):].split("/")[0]
+        mlflow.set_tracking_uri(uri)
+        model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError("model.init_from", [f"cannot load {model_uri} from {uri}: {first[:300]}"]) from None
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, lineage
 
 
 # --------------------------------------------------------------------------- reading runs back

@@ -1,0 +1,203 @@
+"""kind: sweep — a Ray Tune search over dotted keys of a job, one MLflow child run per trial.
+
+The parent run holds the search (space, scheduler, the table of trials, the best trial); every trial
+is a `sweep.trial_kind` job in a child run (tag mlflow.parentRunId), reporting each epoch's metrics
+to Tune so ASHA can stop the unpromising ones early. Every grid point is validated before anything
+starts, so a bad value is a user error (exit 2) with nothing recorded.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import time
+
+from orchestrator.config import JobSpec
+from orchestrator.errors import ConfigError
+from orchestrator.loading import dump_yaml, flatten, set_dotted
+
+TRIAL_TAG = "sweep.trial"
+
+
+def trial_spec(base: dict, overrides: dict) -> JobSpec:
+    data = json.loads(json.dumps(base))
+    for key, value in overrides.items():
+        set_dotted(data, key, value)
+    return JobSpec.model_validate(data)
+
+
+def base_of(job: JobSpec) -> dict:
+    base = job.model_dump(mode="json")
+    base["kind"], base["sweep"] = job.sweep.trial_kind, None
+    return base
+
+
+def check_space(job: JobSpec) -> None:
+    """Every value the search can pick must make a valid job (ranges: both ends)."""
+    from pydantic import ValidationError
+
+    from orchestrator.loading import problems_of
+
+    base, space = base_of(job), job.sweep.space
+    choices = {k: (v if isinstance(v, list) else [v["low"], v["high"]]) for k, v in space.items()}
+    problems: list[str] = []
+    for key, values in choices.items():
+        for value in values:
+            try:
+                trial_spec(base, {key: value})
+            except ValidationError as exc:
+                problems += [f"sweep.space.{key}={value!r}: {p}" for p in problems_of(exc)]
+            except ValueError as exc:
+                problems.append(f"sweep.space.{key}: {exc}")
+    if problems:
+        raise ConfigError("sweep.space", sorted(set(problems)))
+    if job.sweep.search == "grid":
+        trial_spec(base, {k: v[0] for k, v in choices.items()})
+
+
+def grid_points(job: JobSpec) -> list[dict]:
+    space = job.sweep.space
+    keys = list(space)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(space[k] for k in keys))]
+
+
+def _trial(config: dict) -> None:
+    """One trial, in a Ray Tune actor: the job with this trial's values, in a child MLflow run."""
+    from ray import tune
+
+    from orchestrator.centralized_job import run_centralized
+    from orchestrator.plan import plan_data
+    from orchestrator.runner import _input_example
+    from orchestrator.tracking import Tracker
+
+    overrides = {key: config[f"p{i}"] for i, key in enumerate(config["__keys"])}
+    job = trial_spec(config["__base"], overrides)
+    plan = plan_data(job)
+    tracker = Tracker(config["__uri"], job.tracking.experiment)
+    label = ", ".join(f"{k}={v}" for k, v in overrides.items())
+    tags = {"mlflow.parentRunId": config["__parent"], TRIAL_TAG: label, "kind": job.kind, "job": job.name,
+            "model": job.model.name, "dataset": job.data.path or job.data.source}
+    with tracker.run(f"{job.name}-trial", tags) as run:
+        run.log_params({**flatten(job.model_dump(mode="json")), **{f"sweep.{k}": v for k, v in overrides.items()}})
+
+        last: dict = {}
+
+        def report(epoch: int, metrics: dict) -> None:
+            # Tune may end this trial (ASHA, or the last epoch) as soon as it hears a report: the
+            # last one waits until the model is logged and the run is complete.
+            if last:
+                tune.report(dict(last))
+            last.clear()
+            last.update({**metrics, "epoch": epoch, "run_id": run.run_id})
+
+        outcome = run_centralized(job, plan, run, on_epoch_metrics=report)
+        record = run.log_model(outcome.model, _input_example(plan), None)
+        run.set_tags({"sweep.completed": "true", "sweep.model_uri": record.model_uri})
+        final = {**last, **{k: v for k, v in outcome.final.items() if k.startswith(("eval/", "central/", "val/"))}}
+    tune.report(final)
+
+
+def _space(job: JobSpec) -> dict:
+    from ray import tune
+
+    out = {}
+    for i, (key, values) in enumerate(job.sweep.space.items()):
+        if isinstance(values, dict):
+            low, high = float(values["low"]), float(values["high"])
+            out[f"p{i}"] = tune.loguniform(low, high) if values.get("log") else tune.uniform(low, high)
+        elif job.sweep.search == "grid":
+            out[f"p{i}"] = tune.grid_search(values)
+        else:
+            out[f"p{i}"] = tune.choice(values)
+    return out
+
+
+def run_sweep(job: JobSpec, plan):
+    """Run the search; the parent run ends FINISHED with the best trial's metrics and run id."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from orchestrator.ray_job import worker_env
+    from orchestrator.runner import JobResult
+    from orchestrator.runtime import consortium_home, ray_init_args, stop_on_sigterm
+    from orchestrator.tracking import Tracker
+
+    spec = job.sweep
+    check_space(job)
+    tracker = Tracker(job.tracking.uri, job.tracking.experiment)
+    t0 = time.perf_counter()
+    tags = {"kind": "sweep", "job": job.name, "model": job.model.name, "dataset": job.data.path or job.data.source,
+            "sweep.search": spec.search, "sweep.scheduler": spec.scheduler,
+            "mlflow.note.content": f"Ray Tune {spec.search} search over {', '.join(spec.space)}; "
+                                   f"one child run per trial, best by {spec.metric} ({spec.mode})."}
+    with tracker.run(f"{job.name}-sweep", tags) as parent:
+        parent.log_params({**flatten(job.model_dump(mode="json")), "sweep.space": json.dumps(spec.space)})
+        parent.log_text(dump_yaml(job), "config/resolved.yaml")
+        if ray.is_initialized():
+            ray.shutdown()
+        ray.init(runtime_env={"env_vars": worker_env()}, **ray_init_args())
+        stop_on_sigterm()
+        try:
+            scheduler = (ASHAScheduler(time_attr="epoch", max_t=job.train.epochs, grace_period=spec.grace_period,
+                                       reduction_factor=2) if spec.scheduler == "asha" else FIFOScheduler())
+            param_space = {**_space(job), "__keys": list(spec.space), "__base": base_of(job),
+                           "__uri": tracker.uri, "__parent": parent.run_id}
+            storage = consortium_home() / "tune"
+            storage.mkdir(parents=True, exist_ok=True)
+            tuner = tune.Tuner(
+                tune.with_resources(_trial, {"cpu": 1}),
+                param_space=param_space,
+                tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=scheduler,
+                                            num_samples=spec.num_samples or (1 if spec.search == "grid" else 4),
+                                            max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
+                run_config=tune.RunConfig(name=parent.run_id, storage_path=str(storage), verbose=0),
+            )
+            grid = tuner.fit()
+        finally:
+            ray.shutdown()
+        trials = _summarise(grid, job, tracker)
+        if not trials:
+            raise RuntimeError("sweep: no trial reported a metric; see the trials' errors above")
+        done = [t for t in trials if t["completed"]] or trials
+        best = (min if spec.mode == "min" else max)(done, key=lambda t: t["value"])
+        parent.log_dict({"metric": spec.metric, "mode": spec.mode, "best_run_id": best["run_id"], "trials": trials},
+                        "sweep/trials.json")
+        for i, t in enumerate(sorted(trials, key=lambda t: t["started"])):
+            parent.log_metrics({f"trial/{spec.metric}": t["value"]}, i)
+        final = {f"best/{k}": v for k, v in best["metrics"].items() if isinstance(v, (int, float))
+                 and "/" in k and not k.startswith("time/")}
+        parent.log_metrics({**final, "sweep/trials": len(trials),
+                            "sweep/stopped_early": sum(not t["completed"] for t in trials)}, 0)
+        parent.set_tags({"sweep.best_run_id": best["run_id"], "sweep.best": best["label"]})
+        result = JobResult(parent.run_id, parent.experiment, parent.experiment_id, tracker.uri,
+                           final={**final, "sweep/trials": float(len(trials))},
+                           wall_s=time.perf_counter() - t0)
+        if spec.register_best and job.tracking.register_model and best.get("model_uri"):
+            record = parent.register(best["model_uri"], job.tracking.register_model)
+            result.model_uri, result.registered = best["model_uri"], record
+            parent.set_tags({"registered_model": record})
+        parent.flush()
+    return result
+
+
+def _summarise(grid, job: JobSpec, tracker) -> list[dict]:
+    """One row per trial; a child run that ASHA stopped mid-training is closed here (FINISHED,
+    tagged sweep.stopped_early) instead of being left RUNNING."""
+    spec = job.sweep
+    rows = []
+    for res in grid:
+        m = res.metrics or {}
+        run_id = m.get("run_id")
+        if run_id is None or spec.metric not in m:
+            continue
+        child = tracker.client.get_run(run_id)
+        completed = child.data.tags.get("sweep.completed") == "true"
+        if not completed and res.error is None and child.info.status in ("RUNNING", "FAILED"):
+            # stopped by the scheduler, not by an error
+            tracker.client.set_tag(run_id, "sweep.stopped_early", "true")
+            tracker.client.set_terminated(run_id, "FINISHED")
+        rows.append({"run_id": run_id, "label": child.data.tags.get(TRIAL_TAG, ""), "value": float(m[spec.metric]),
+                     "epochs": int(m.get("epoch", 0)), "completed": completed, "started": child.info.start_time,
+                     "model_uri": child.data.tags.get("sweep.model_uri"),
+                     "metrics": {k: v for k, v in m.items() if isinstance(v, (int, float))}})
+    return rows
