@@ -20,6 +20,7 @@ from orchestrator.training import (
     train_epochs,
     validation_split,
 )
+from orchestrator.models import train_mode
 from orchestrator.transfer import Start, initial_model
 
 
@@ -76,7 +77,7 @@ def run_centralized(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start 
                                 [f"'{watched}' is not a metric of this job; it has "
                                  f"{', '.join(k for k in m if k.startswith('val/'))}"])
             stop = stopper.step(epoch, m[watched], model)
-        model.train()
+        train_mode(model)
         run.log_metrics(m, epoch)
         run.flush()
         if on_epoch_metrics is not None:

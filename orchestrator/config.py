@@ -5,6 +5,7 @@ extra keys, so a typo is an error with a suggestion, never a silently ignored se
 """
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Literal
 
@@ -348,4 +349,33 @@ class JobSpec(Spec):
             raise ValueError("sweep: kind sweep needs a sweep section with the space to search")
         if self.kind != "sweep" and self.sweep is not None:
             raise ValueError(f"sweep: only used with kind: sweep (kind is '{self.kind}')")
+        if self.sweep is not None:
+            _check_sweep_space(self)
         return self
+
+
+def _check_sweep_space(job: JobSpec) -> None:
+    """Every value a sweep can pick must make a valid job (for a range: both ends)."""
+    from pydantic import ValidationError
+
+    base = job.model_dump(mode="json")
+    base["kind"], base["sweep"] = job.sweep.trial_kind, None
+    for key, values in job.sweep.space.items():
+        if not re.match(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", key):
+            raise ValueError(f"sweep.space: '{key}' is not a dotted key such as train.optimizer.lr")
+        for value in values if isinstance(values, list) else [values["low"], values["high"]]:
+            data = json.loads(json.dumps(base))
+            node = data
+            parts = key.split(".")
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    raise ValueError(f"sweep.space: '{key}' is not a key of the job")
+                node = node[part]
+            node[parts[-1]] = value
+            try:
+                JobSpec.model_validate(data)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err["loc"]) or key
+                msg = str(err.get("ctx", {}).get("error", err["msg"]))
+                raise ValueError(f"sweep.space: {key}={value!r} makes an invalid job: {where}: {msg}") from None

@@ -172,12 +172,16 @@ def build_model(spec: ModelSpec, num_features: int, num_classes: int) -> Net:
 
 
 def parameter_groups(model: nn.Module) -> list[str]:
-    """The names `model.freeze` accepts: every module path that holds parameters."""
-    names = set()
-    for name, _ in model.named_parameters():
-        parts = name.split(".")[:-1]
-        names.update(".".join(parts[: i + 1]) for i in range(len(parts)))
-    return sorted(names)
+    """The names `model.freeze` accepts: every named layer (input, body, body.features.0, head ...)."""
+    return sorted(name for name, _ in model.named_modules() if name)
+
+
+def train_mode(model: nn.Module) -> None:
+    """model.train(), except that batch norm inside frozen layers keeps its running statistics."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()
 
 
 def freeze(model: nn.Module, prefixes: list[str]) -> None:

@@ -63,6 +63,14 @@ def plan_data(job: JobSpec) -> DataPlan:
         raise DataError(job.data.path or job.data.source,
                         [f"model.head: sigmoid is for two classes, the data has {len(schema.classes)}: "
                          f"use model.head: softmax"])
+    if job.model.freeze:
+        from orchestrator.errors import ConfigError
+        from orchestrator.models import build_model
+
+        try:
+            build_model(job.model, len(schema.features), max(len(schema.classes), 1))
+        except ValueError as exc:
+            raise ConfigError("model.freeze", [str(exc).removeprefix("model.freeze: ")]) from None
     weights = job.train.class_weights
     if isinstance(weights, list) and len(weights) != len(schema.classes):
         raise DataError(job.data.path or job.data.source,

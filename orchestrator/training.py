@@ -144,7 +144,9 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn, X: torch.
     returned loss is the task loss alone, comparable across strategies. `grad_clip` caps the
     global gradient norm of every step.
     """
-    model.train()
+    from orchestrator.models import train_mode
+
+    train_mode(model)
     total, seen = 0.0, 0
     params = [p for p in model.parameters() if p.requires_grad]
     for idx in batches:

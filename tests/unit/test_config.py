@@ -94,6 +94,28 @@ BAD_INPUTS = [
     ("num-clients-vs-files", None, ["data.source=csv", "data.path={tmp}/ok_sites", "federated.partition.name=natural",
                                     "federated.num_clients=5"], "holds 2 hospital files"),
     ("missing-config-file", "<missing>", [], "does not exist"),
+    # the deep-learning toolbox
+    ("loss-head-mismatch", None, ["train.loss=mse"], "train.loss: 'mse' trains a linear head"),
+    ("nesterov-without-momentum", None, ["train.optimizer.nesterov=true"], "nesterov: needs optimizer.name sgd with momentum"),
+    ("unknown-activation", None, ["model.activation=relu6"], "model.activation"),
+    ("regression-data-softmax", None, ["data.source=diabetes"], "diabetes is a regression target"),
+    ("regression-dirichlet", None, ["data.source=diabetes", "model.head=linear", "train.loss=null"], "needs iid or natural"),
+    ("sequence-model-on-tabular", None, ["model.name=lstm"], "lstm reads sequences"),
+    ("bad-init-from", None, ["model.init_from=digits-cnn"], "model.init_from: expected models:/NAME/VERSION"),
+    ("unknown-frozen-layer", None, ["model.freeze=[encoder]"], "['encoder'] name no layer of this model"),
+    ("sigmoid-three-classes", None, ["data.source=wine", "model.head=sigmoid", "train.loss=bce"], "sigmoid is for two classes"),
+    ("class-weights-length", None, ["train.class_weights=[1,2,3]"], "3 weights for 2 classes"),
+    ("unknown-class", None, ["data.classes=[benign,cat]"], "['cat'] not among the classes"),
+    ("steps-do-not-divide", None, ["data.source=sequences", "model.name=gru", "model.input_size=3"],
+     "model.input_size: 3 features per step"),
+    ("early-stopping-federated", None, ["train.early_stopping.enabled=true"], "train.early_stopping"),
+    ("early-stopping-metric", None, ["kind=centralized", "train.early_stopping.metric=eval/loss"],
+     "watches a validation metric"),
+    ("sweep-without-space", None, ["kind=sweep"], "sweep: kind sweep needs a sweep section"),
+    ("sweep-bad-value", None, ["kind=sweep", "sweep.space={train.optimizer.lr: [0.1, -1]}"],
+     "train.optimizer.lr=-1 makes an invalid job"),
+    ("sweep-unknown-key", None, ["kind=sweep", "sweep.space={train.optimiser.lr: [0.1]}"],
+     "'train.optimiser.lr' is not a key of the job"),
 ]
 
 
