@@ -100,7 +100,7 @@ def _execute(job, plan, debug: bool, resume_run_id: str | None = None) -> None:
         _fail_user(exc)
     except KeyboardInterrupt:
         err.print("[bold red]consortium:[/] interrupted; the MLflow run is marked KILLED, what was logged is kept")
-        raise typer.Exit(130)
+        _exit_interrupted()
     except Exception as exc:  # a failure after the run started: report it, keep the record
         if debug:
             traceback.print_exc()
@@ -212,6 +212,18 @@ def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1"),
         serve(tracking_uri, port, log=lambda m: out.print(m, highlight=False))
     except UserError as exc:
         _fail_user(exc)
+
+
+def _exit_interrupted() -> None:
+    """Exit 130 now. The run is already marked KILLED and its metrics flushed; a simulation's
+    server thread may still be waiting on hospitals that are gone, and must not hold the exit."""
+    import threading
+
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    raise typer.Exit(130)
 
 
 def _print_result(result) -> None:

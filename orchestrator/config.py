@@ -276,12 +276,26 @@ class SweepSpec(Spec):
         return self
 
 
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,255}$")
+
+
 class TrackingSpec(Spec):
     # null: a SQLite store ./mlruns.db (MLFLOW_TRACKING_URI wins when set)
     uri: str | None = None
     experiment: Annotated[str, Field(min_length=1)] = "consortium"
     register_model: str | None = None
     log_model: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> TrackingSpec:
+        if self.register_model is not None and not _MODEL_NAME.match(self.register_model):
+            raise ValueError(f"register_model: {self.register_model!r} is not a valid model name: use letters, "
+                             f"digits, '_', '-' and '.', starting with a letter or digit")
+        if self.uri is not None and not re.match(r"^(sqlite|file|https?|postgresql|mysql|mssql|databricks)[:+]|^/",
+                                                 self.uri):
+            raise ValueError(f"uri: {self.uri!r} is not an MLflow store: expected sqlite:///path.db, "
+                             f"http://host:port, a file path, or a database URI")
+        return self
 
 
 class JobSpec(Spec):

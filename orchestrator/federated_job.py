@@ -131,6 +131,25 @@ def _census(grid: Grid, nodes: list[int], config: ConfigRecord, dim: int, num_cl
     return Census(mean, scale, labels, target)
 
 
+def _start_ray_for_flower(init_args: dict) -> None:
+    """Start the runtime Flower's simulation would start (same arguments and runtime env), here in
+    the main thread, so SIGTERM can be bound again afterwards: ray.init installs a handler that
+    aborts the process, and a stopped job must instead end its run as KILLED with its rounds kept.
+    Flower sees a runtime already up and uses it (and still shuts it down at the end)."""
+    import sys
+
+    import ray
+
+    from orchestrator.runtime import stop_on_sigterm
+
+    pythonpath = os.pathsep.join(sys.path)
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = pythonpath
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
+    stop_on_sigterm()
+
+
 def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | None = None) -> FederatedOutcome:
     from flwr.simulation import run_simulation
 
@@ -205,10 +224,15 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | 
         # Flower shuts its runtime down when the simulation ends: it must never be one that a
         # Ray Train job (or the user) still needs, so the simulation always starts its own.
         ray.shutdown()
+    _start_ray_for_flower(backend_config["init_args"])
     verbose = os.environ.get("CONSORTIUM_VERBOSE") == "1"
     quiet_flower(verbose)
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients,
-                   backend_config=backend_config, verbose_logging=verbose)
+    try:
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients,
+                       backend_config=backend_config, verbose_logging=verbose)
+    except KeyboardInterrupt:
+        ray.shutdown()  # Ctrl-C / SIGTERM: stop the runtime and the hospitals' actors now
+        raise
     outcome.final = {k: v for k, v in run.last.items() if "/" in k and not k.startswith("hospital_")}
     outcome.confusion = logger.confusion
     return outcome

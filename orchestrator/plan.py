@@ -52,6 +52,10 @@ def load_tables(job: JobSpec) -> tuple[list[Table], Schema]:
 
 def plan_data(job: JobSpec) -> DataPlan:
     tables, schema = load_tables(job)
+    empty = [f for j, f in enumerate(schema.features) if all(np.isnan(t.X[:, j]).all() for t in tables)]
+    if empty:
+        raise DataError(job.data.path or job.data.source,
+                        [f"column '{c}' has no values in any row: drop it or fill it" for c in empty])
     if job.model.name == "cnn" and image_side(len(schema.features)) is None:
         raise DataError(job.data.path or job.data.source,
                         [f"model.name: cnn needs square images, but the data has {len(schema.features)} feature columns"])

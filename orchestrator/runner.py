@@ -116,7 +116,9 @@ def _tracked(job: JobSpec, plan: DataPlan, tracker, session, resume_run_id: str 
             outcome = run_centralized(job, plan, run, start)
         wall = time.perf_counter() - t0
         run.log_metrics({"time/wall_s": wall, "time/first_round_s": outcome.first_round_s or 0.0}, 0)
-        run.flush()
+        from orchestrator.tracking import RETRY_S
+
+        run.flush(wait=RETRY_S)  # every metric is in the store before the report reads them back
         result = JobResult(run.run_id, run.experiment, run.experiment_id, tracker.uri,
                            final=dict(outcome.final), wall_s=wall)
         from orchestrator.report import log_report

@@ -29,6 +29,11 @@ def prepare_environment() -> None:
         "RAY_DEDUP_LOGS": "0",
         "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
         "GIT_PYTHON_REFRESH": "quiet",
+        # A tracking server that is briefly away must not stall training: MLflow gives up fast
+        # and Consortium keeps the metrics and sends them again (tracking.TrackedRun.flush).
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
         "TOKENIZERS_PARALLELISM": "false",
     }
     for k, v in defaults.items():

@@ -15,6 +15,8 @@ from orchestrator.errors import UserError
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
+        # as the server itself will: connections of a previous server in TIME_WAIT don't count
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True

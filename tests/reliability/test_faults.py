@@ -1,0 +1,107 @@
+"""Faults with real components: signals mid-run, concurrent jobs on one SQLite store, and a
+tracking server that restarts while a job is logging to it."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import CONFIGS, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _start(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    full = {**os.environ, "CONSORTIUM_HOME": str(cwd / ".consortium"), **(env or {})}
+    full.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_steps(client: MlflowClient, key: str, n: int, proc: subprocess.Popen, timeout: float = 240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"job ended early: {proc.communicate()}"
+        try:
+            runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        except Exception:
+            runs = []
+        for r in runs:
+            if len(client.get_metric_history(r.info.run_id, key)) >= n:
+                return r.info.run_id
+        time.sleep(0.5)
+    raise AssertionError(f"no run reached {n} steps of {key} in {timeout}s")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_during_a_federated_run_marks_it_killed_and_keeps_the_rounds(tmp_path, sig):
+    store = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    proc = _start(["run", str(CONFIGS / "hospitals_fedavg.yaml"), f"tracking.uri={store}", "federated.rounds=500"],
+                  tmp_path)
+    client = MlflowClient(store)
+    run_id = _wait_for_steps(client, "eval/accuracy", 3, proc)
+    os.kill(proc.pid, sig)
+    out, errs = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + errs
+    assert "interrupted" in errs and "Traceback" not in errs
+    run = client.get_run(run_id)
+    rounds = client.get_metric_history(run_id, "eval/accuracy")
+    print(f"\n{sig.name}: run {run.info.status} after {len(rounds)} rounds")
+    assert run.info.status == "KILLED"
+    assert 3 <= len(rounds) < 500
+    time.sleep(2)
+    import psutil
+
+    left = [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])
+            or p.ppid() == proc.pid]
+    assert not left, f"processes left behind: {[p.info['cmdline'] for p in left]}"
+
+
+def test_four_jobs_at_once_on_one_sqlite_store_all_finish(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    procs = [_start(["run", str(CONFIGS / "centralized.yaml"), f"tracking.uri={store}", f"seed={i}",
+                     "train.epochs=10", "explain.enabled=false"], tmp_path) for i in range(4)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, errs) in zip(procs, outputs):
+        assert p.returncode == 0, out + errs
+        assert "database is locked" not in out + errs
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("consortium").experiment_id])
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    assert all(len(client.get_metric_history(r.info.run_id, "eval/accuracy")) == 10 for r in runs)
+    assert sorted(int(v.version) for v in client.search_model_versions("name='centralized-mlp'")) == [1, 2, 3, 4]
+
+
+def test_a_tracking_server_restart_mid_run_loses_no_metrics(tmp_path):
+    from orchestrator import ui
+
+    port = free_port()
+    backend = f"sqlite:///{tmp_path / 'server.db'}"
+    server = ui.start(backend, port)
+    try:
+        ui.wait_healthy(port, server)
+        uri = f"http://127.0.0.1:{port}"
+        epochs = 25
+        job = _start(["run", str(CONFIGS / "sequences_lstm.yaml"), f"tracking.uri={uri}", f"train.epochs={epochs}",
+                      "data.rows=2000"], tmp_path)
+        client = MlflowClient(uri)
+        run_id = _wait_for_steps(client, "eval/accuracy", 3, job)
+        ui.stop(server)                       # the server goes away mid-run ...
+        time.sleep(4)
+        assert job.poll() is None, "the job must keep training while the server is down"
+        server = ui.start(backend, port)      # ... and comes back on the same address
+        ui.wait_healthy(port, server)
+        out, errs = job.communicate(timeout=300)
+        assert job.returncode == 0, out + errs
+        assert "metrics are buffered" in errs, errs  # the outage really happened mid-run
+        history = client.get_metric_history(run_id, "eval/accuracy")
+        assert sorted(m.step for m in history) == list(range(1, epochs + 1))
+        assert client.get_run(run_id).info.status == "FINISHED"
+    finally:
+        ui.stop(server)
