@@ -22,7 +22,7 @@ from orchestrator.config import JobSpec
 from orchestrator import metrics as M
 from orchestrator.models import mean_scale, standardizer
 from orchestrator.plan import DataPlan
-from orchestrator.runtime import quiet_flower, ray_init_args
+from orchestrator.runtime import EarlyRuntime, quiet_flower, ray_init_args, start_simulation_runtime
 from orchestrator.tracking import TrackedRun
 from orchestrator.training import Objective, balanced_weights, evaluate, tensors
 from orchestrator.transfer import Start, initial_model
@@ -131,26 +131,8 @@ def _census(grid: Grid, nodes: list[int], config: ConfigRecord, dim: int, num_cl
     return Census(mean, scale, labels, target)
 
 
-def _start_ray_for_flower(init_args: dict) -> None:
-    """Start the runtime Flower's simulation would start (same arguments and runtime env), here in
-    the main thread, so SIGTERM can be bound again afterwards: ray.init installs a handler that
-    aborts the process, and a stopped job must instead end its run as KILLED with its rounds kept.
-    Flower sees a runtime already up and uses it (and still shuts it down at the end)."""
-    import sys
-
-    import ray
-
-    from orchestrator.runtime import stop_on_sigterm
-
-    pythonpath = os.pathsep.join(sys.path)
-    if os.environ.get("PYTHONPATH"):
-        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
-    os.environ["PYTHONPATH"] = pythonpath
-    ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
-    stop_on_sigterm()
-
-
-def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | None = None) -> FederatedOutcome:
+def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | None = None,
+                  runtime: EarlyRuntime | None = None) -> FederatedOutcome:
     from flwr.simulation import run_simulation
 
     fed = job.federated
@@ -220,11 +202,8 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | 
     }
     import ray
 
-    if ray.is_initialized():
-        # Flower shuts its runtime down when the simulation ends: it must never be one that a
-        # Ray Train job (or the user) still needs, so the simulation always starts its own.
-        ray.shutdown()
-    _start_ray_for_flower(backend_config["init_args"])
+    runtime = runtime or start_simulation_runtime()
+    runtime.join()
     verbose = os.environ.get("CONSORTIUM_VERBOSE") == "1"
     quiet_flower(verbose)
     try:
@@ -233,6 +212,8 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | 
     except KeyboardInterrupt:
         ray.shutdown()  # Ctrl-C / SIGTERM: stop the runtime and the hospitals' actors now
         raise
+    finally:
+        runtime.stop()
     outcome.final = {k: v for k, v in run.last.items() if "/" in k and not k.startswith("hospital_")}
     outcome.confusion = logger.confusion
     return outcome

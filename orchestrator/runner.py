@@ -69,7 +69,11 @@ def run_job(job: JobSpec, plan: DataPlan | None = None, resume_run_id: str | Non
         from orchestrator.sweep import run_sweep
 
         return run_sweep(job, plan)
-    session = None
+    session = runtime = None
+    if job.kind == "federated":
+        from orchestrator.runtime import start_simulation_runtime
+
+        runtime = start_simulation_runtime()  # Ray starts while MLflow opens the run
     if job.kind == "ray":
         from orchestrator import ray_job
 
@@ -81,13 +85,16 @@ def run_job(job: JobSpec, plan: DataPlan | None = None, resume_run_id: str | Non
 
         tracker = Tracker(job.tracking.uri, job.tracking.experiment)
         start = resolve(job, tracker.uri)  # a wrong model.init_from: exit 2, no run
-        return _tracked(job, plan, tracker, session, resume_run_id, start)
+        return _tracked(job, plan, tracker, session, resume_run_id, start, runtime)
     finally:
         if session is not None:
             ray_job.disconnect(session)
+        if runtime is not None:
+            runtime.stop()  # a simulation shuts its runtime down itself; this covers early exits
 
 
-def _tracked(job: JobSpec, plan: DataPlan, tracker, session, resume_run_id: str | None, start=None) -> JobResult:
+def _tracked(job: JobSpec, plan: DataPlan, tracker, session, resume_run_id: str | None, start=None,
+             runtime=None) -> JobResult:
     t0 = time.perf_counter()
     tags = run_tags(job, plan)
     if start is not None:
@@ -109,7 +116,7 @@ def _tracked(job: JobSpec, plan: DataPlan, tracker, session, resume_run_id: str 
         elif job.kind == "federated":
             from orchestrator.federated_job import run_federated
 
-            outcome = run_federated(job, plan, run, start)
+            outcome = run_federated(job, plan, run, start, runtime)
         else:
             from orchestrator.centralized_job import run_centralized
 

@@ -95,3 +95,76 @@ def quiet_flower(verbose: bool) -> None:
     logger.setLevel(logging.WARNING)
     if not any(isinstance(f, _DropDeprecationNotices) for f in logger.filters):
         logger.addFilter(_DropDeprecationNotices())
+
+
+class EarlyRuntime:
+    """Start the local Ray runtime in a background thread while the driver does other work.
+
+    ray.init spends most of its ~10 s waiting for its own processes; importing MLflow and Flower
+    and opening the run meanwhile takes about as long. (Warming worker processes with imports
+    does not help: Ray starts fresh processes for the simulation's actors.)
+
+    The thread stays alive until `release()`: Ray's processes are tied to the thread that started
+    them (they are killed when it ends).
+    """
+
+    def __init__(self, init_args: dict):
+        import sys
+
+        pythonpath = os.pathsep.join(sys.path)  # what Flower's own ray.init would give its actors
+        if os.environ.get("PYTHONPATH"):
+            pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+        os.environ["PYTHONPATH"] = pythonpath
+        self.runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
+        self.error: BaseException | None = None
+        self._up = threading.Event()
+        self._released = threading.Event()
+        self._thread = threading.Thread(target=self._start, args=(init_args,),
+                                        name="consortium-ray-runtime", daemon=True)
+        self._thread.start()
+
+    def _start(self, init_args: dict) -> None:
+        try:
+            import ray
+
+            ray.init(runtime_env=self.runtime_env, **init_args)
+        except BaseException as exc:  # reported by join()
+            self.error = exc
+        finally:
+            self._up.set()
+        self._released.wait()
+
+    def join(self) -> None:
+        """Wait until the runtime is up; bind SIGTERM again (ray.init replaced the handler)."""
+        self._up.wait()
+        if self.error is not None:
+            self.release()
+            raise self.error
+        stop_on_sigterm()
+
+    def release(self) -> None:
+        """The runtime has been shut down (Flower does at the end of a simulation): let the thread end."""
+        self._released.set()
+
+    def stop(self) -> None:
+        """Shut the runtime down if it is still up (the job ended before its simulation did)."""
+        self._up.wait()
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        self.release()
+
+
+def start_simulation_runtime() -> EarlyRuntime:
+    """The Ray runtime Flower's simulation would start (same arguments and runtime env), started by
+    us in the background: the job opens its MLflow run meanwhile, and SIGTERM can be bound again
+    once it is up (ray.init installs a handler that aborts the process; a stopped job must instead
+    end its run as KILLED with its rounds kept). Flower finds it running, uses it, shuts it down."""
+    import ray
+
+    if ray.is_initialized():
+        # Flower shuts its runtime down when the simulation ends: it must never be one that a
+        # Ray Train job (or the user) still needs, so the simulation always starts its own.
+        ray.shutdown()
+    return EarlyRuntime(ray_init_args())

@@ -62,7 +62,10 @@ def stop(proc: subprocess.Popen) -> None:
 def serve(tracking_uri: str | None, port: int, log=print) -> None:
     from orchestrator.tracking import resolve_uri
 
+    from orchestrator.runtime import stop_on_sigterm
+
     uri = resolve_uri(tracking_uri)
+    stop_on_sigterm()  # `kill` stops the server it started too, like Ctrl-C
     proc = start(uri, port)
     try:
         wait_healthy(port, proc)

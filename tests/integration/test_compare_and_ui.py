@@ -195,5 +195,8 @@ def test_browser_compares_two_runs_in_the_mlflow_ui(two_runs):
             page.screenshot(path=str(ARTIFACTS / "ui_model_versions.png"))
             browser.close()
     finally:
-        stop_ui(proc)
+        stop_ui(proc)  # SIGTERM: the CLI stops the MLflow server it started
+    time.sleep(1)
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0, "the MLflow server outlived `consortium ui`"
     assert (ARTIFACTS / "ui_compare.png").stat().st_size > 10_000

@@ -45,9 +45,13 @@ def test_a_signal_during_a_federated_run_marks_it_killed_and_keeps_the_rounds(tm
     proc = _start(["run", str(CONFIGS / "hospitals_fedavg.yaml"), f"tracking.uri={store}", "federated.rounds=500"],
                   tmp_path)
     client = MlflowClient(store)
-    run_id = _wait_for_steps(client, "eval/accuracy", 3, proc)
-    os.kill(proc.pid, sig)
-    out, errs = proc.communicate(timeout=120)
+    try:
+        run_id = _wait_for_steps(client, "eval/accuracy", 3, proc)
+        os.kill(proc.pid, sig)
+        out, errs = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 130, out + errs
     assert "interrupted" in errs and "Traceback" not in errs
     run = client.get_run(run_id)
@@ -67,7 +71,12 @@ def test_four_jobs_at_once_on_one_sqlite_store_all_finish(tmp_path):
     store = f"sqlite:///{tmp_path / 'mlruns.db'}"
     procs = [_start(["run", str(CONFIGS / "centralized.yaml"), f"tracking.uri={store}", f"seed={i}",
                      "train.epochs=10", "explain.enabled=false"], tmp_path) for i in range(4)]
-    outputs = [p.communicate(timeout=300) for p in procs]
+    try:
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
     for p, (out, errs) in zip(procs, outputs):
         assert p.returncode == 0, out + errs
         assert "database is locked" not in out + errs
@@ -84,6 +93,7 @@ def test_a_tracking_server_restart_mid_run_loses_no_metrics(tmp_path):
     port = free_port()
     backend = f"sqlite:///{tmp_path / 'server.db'}"
     server = ui.start(backend, port)
+    job = None
     try:
         ui.wait_healthy(port, server)
         uri = f"http://127.0.0.1:{port}"
@@ -104,4 +114,6 @@ def test_a_tracking_server_restart_mid_run_loses_no_metrics(tmp_path):
         assert sorted(m.step for m in history) == list(range(1, epochs + 1))
         assert client.get_run(run_id).info.status == "FINISHED"
     finally:
+        if job is not None and job.poll() is None:
+            job.kill()
         ui.stop(server)
