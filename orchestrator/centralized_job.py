@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from orchestrator.config import JobSpec
 from orchestrator.plan import DataPlan
-from orchestrator.tracking import TrackedRun
 from orchestrator.training import (
     EarlyStopping,
     Objective,
@@ -23,12 +23,16 @@ from orchestrator.training import (
 from orchestrator.models import train_mode
 from orchestrator.transfer import Start, initial_model
 
+if TYPE_CHECKING:
+    from orchestrator.tracking import TrackedRun
+
 
 @dataclass
 class CentralizedOutcome:
     model: torch.nn.Module
     final: dict[str, float] = field(default_factory=dict)
     first_round_s: float | None = None
+    first_round_at: float | None = None   # time.time() at the end of the first round/epoch
     objective: Objective | None = None
 
 
@@ -84,6 +88,7 @@ def run_centralized(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start 
             on_epoch_metrics(epoch, m)
         if outcome.first_round_s is None:
             outcome.first_round_s = time.perf_counter() - t0
+            outcome.first_round_at = time.time()
         return stop
 
     train_epochs(model, X, y, job.train, job.train.epochs, seed=job.seed, on_epoch=on_epoch, objective=objective)

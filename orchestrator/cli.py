@@ -70,7 +70,8 @@ def validate(config: str = typer.Argument(..., help="Job YAML file"),
 @app.command()
 def run(config: str = typer.Argument(..., help="Job YAML file"),
         overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
-        debug: bool = typer.Option(False, help="Show the full traceback when a job fails.")) -> None:
+        debug: bool = typer.Option(False, help="Show the full traceback when a job fails."),
+        json_out: bool = typer.Option(False, "--json", help="Also print the result as one JSON line.")) -> None:
     """Run a job: train, track every round/epoch in MLflow, register the model."""
     try:
         job = _load(config, overrides)
@@ -85,10 +86,10 @@ def run(config: str = typer.Argument(..., help="Job YAML file"),
     out.print(f"[bold]consortium[/] {job.kind} job [cyan]{job.name}[/] "
               f"({len(plan.hospitals) or 'pooled'} {'hospitals' if plan.hospitals else 'data'}) ...",
               highlight=False)
-    _execute(job, plan, debug)
+    _execute(job, plan, debug, json_out=json_out)
 
 
-def _execute(job, plan, debug: bool, resume_run_id: str | None = None) -> None:
+def _execute(job, plan, debug: bool, resume_run_id: str | None = None, json_out: bool = False) -> None:
     from orchestrator.runtime import stop_on_sigterm
 
     stop_on_sigterm()
@@ -112,6 +113,11 @@ def _execute(job, plan, debug: bool, resume_run_id: str | None = None) -> None:
                   highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(1)
     _print_result(result)
+    if json_out:
+        import dataclasses
+        import json
+
+        print(json.dumps(dataclasses.asdict(result)))
 
 
 @app.command()

@@ -285,9 +285,13 @@ class TrackingSpec(Spec):
     experiment: Annotated[str, Field(min_length=1)] = "consortium"
     register_model: str | None = None
     log_model: bool = True
+    # false: keep metrics in memory only (dry runs, benchmarks); nothing is written, MLflow not imported
+    enabled: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> TrackingSpec:
+        if not self.enabled and self.register_model is not None:
+            raise ValueError("register_model: registering needs tracking.enabled: true (set register_model: null)")
         if self.register_model is not None and not _MODEL_NAME.match(self.register_model):
             raise ValueError(f"register_model: {self.register_model!r} is not a valid model name: use letters, "
                              f"digits, '_', '-' and '.', starting with a letter or digit")

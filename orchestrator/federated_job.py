@@ -11,6 +11,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,11 +24,13 @@ from orchestrator import metrics as M
 from orchestrator.models import mean_scale, standardizer
 from orchestrator.plan import DataPlan
 from orchestrator.runtime import EarlyRuntime, quiet_flower, ray_init_args, start_simulation_runtime
-from orchestrator.tracking import TrackedRun
 from orchestrator.training import Objective, balanced_weights, evaluate, tensors
 from orchestrator.transfer import Start, initial_model
 from strategies.base import RoundReport
 from strategies.registry import build_strategy
+
+if TYPE_CHECKING:
+    from orchestrator.tracking import TrackedRun
 
 
 @dataclass
@@ -35,6 +38,7 @@ class FederatedOutcome:
     model: torch.nn.Module
     final: dict[str, float] = field(default_factory=dict)
     first_round_s: float | None = None
+    first_round_at: float | None = None   # time.time() at the end of the first round/epoch
     label_counts: np.ndarray | None = None   # hospitals x classes, training rows
     confusion: np.ndarray | None = None      # summed over hospitals' test rows, last round
 
@@ -159,6 +163,7 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | 
             run.log_metrics({"time/round_end_s": time.perf_counter() - t0}, server_round)
             if outcome.first_round_s is None:
                 outcome.first_round_s = time.perf_counter() - t0
+                outcome.first_round_at = time.time()
         run.flush()
         return res
 

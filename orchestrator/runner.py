@@ -22,6 +22,8 @@ class JobResult:
     model_uri: str | None = None
     registered: str | None = None          # models:/NAME/VERSION
     wall_s: float = 0.0
+    first_round_at: float | None = None    # time.time() when the first round/epoch ended
+    round_ends_s: list[float] = field(default_factory=list)  # federated: seconds from start, per round
 
 
 def run_name(job: JobSpec, plan: DataPlan) -> str:
@@ -51,7 +53,7 @@ def describe(job: JobSpec, plan: DataPlan) -> str:
 
 
 def run_tags(job: JobSpec, plan: DataPlan) -> dict[str, str]:
-    from orchestrator.tracking import git_commit
+    from orchestrator.runtime import git_commit
 
     tags = {"kind": job.kind, "dataset": job.data.path or job.data.source, "job": job.name,
             "git_commit": git_commit(), "model": job.model.name, "mlflow.note.content": describe(job, plan)}
@@ -79,11 +81,17 @@ def run_job(job: JobSpec, plan: DataPlan | None = None, resume_run_id: str | Non
 
         session = ray_job.connect(job)  # unreachable cluster, impossible placement: exit 2, no run
     try:
-        from orchestrator.tracking import Tracker
+        if job.tracking.enabled:
+            from orchestrator.tracking import Tracker
 
         from orchestrator.transfer import resolve
 
-        tracker = Tracker(job.tracking.uri, job.tracking.experiment)
+        if job.tracking.enabled:
+            tracker = Tracker(job.tracking.uri, job.tracking.experiment)
+        else:
+            from orchestrator.memory_tracking import MemoryTracker
+
+            tracker = MemoryTracker()
         start = resolve(job, tracker.uri)  # a wrong model.init_from: exit 2, no run
         return _tracked(job, plan, tracker, session, resume_run_id, start, runtime)
     finally:
@@ -123,11 +131,16 @@ def _tracked(job: JobSpec, plan: DataPlan, tracker, session, resume_run_id: str 
             outcome = run_centralized(job, plan, run, start)
         wall = time.perf_counter() - t0
         run.log_metrics({"time/wall_s": wall, "time/first_round_s": outcome.first_round_s or 0.0}, 0)
+        result = JobResult(run.run_id, run.experiment, run.experiment_id, tracker.uri,
+                           final=dict(outcome.final), wall_s=wall,
+                           first_round_at=getattr(outcome, "first_round_at", None),
+                           round_ends_s=[v for _, v in sorted(run.history(["time/round_end_s"])["time/round_end_s"])]
+                           if job.kind == "federated" else [])
+        if not job.tracking.enabled:
+            return result  # nothing to report into
         from orchestrator.tracking import RETRY_S
 
         run.flush(wait=RETRY_S)  # every metric is in the store before the report reads them back
-        result = JobResult(run.run_id, run.experiment, run.experiment_id, tracker.uri,
-                           final=dict(outcome.final), wall_s=wall)
         from orchestrator.report import log_report
 
         log_report(run, job, plan, outcome)
@@ -136,7 +149,10 @@ def _tracked(job: JobSpec, plan: DataPlan, tracker, session, resume_run_id: str 
         explain_run(run, job, plan, outcome.model)
         if job.tracking.log_model:
             example = _input_example(plan)
+            t_model = time.perf_counter()
             record = run.log_model(outcome.model, example, job.tracking.register_model)
+            run.log_metrics({"time/log_model_s": time.perf_counter() - t_model}, 0)
+            run.flush()
             result.model_uri, result.registered = record.model_uri, record.registry_uri
             if record.registry_uri:
                 run.set_tags({"registered_model": record.registry_uri})

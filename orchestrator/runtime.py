@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import signal
 import threading
 import tempfile
@@ -168,3 +169,14 @@ def start_simulation_runtime() -> EarlyRuntime:
         # Ray Train job (or the user) still needs, so the simulation always starts its own.
         ray.shutdown()
     return EarlyRuntime(ray_init_args())
+
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=_REPO, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

@@ -92,12 +92,7 @@ def retrying(fn, *args, attempts: int = 5, **kwargs):
             time.sleep(0.2 * 2**i)
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=_REPO, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+from orchestrator.runtime import git_commit  # noqa: E402,F401  (re-exported)
 
 
 @dataclass

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 DDP = CONFIGS / "cluster_ddp.yaml"
 RAY = Path(sys.executable).with_name("ray")
 # Epochs long enough (~1 s each on 2 cores) to interrupt a run in the middle.
-SLOW = ["model.channels=[64,128]", "train.epochs=8", "tracking.register_model=null"]
+SLOW = ["model.channels=[64,128]", "train.epochs=6", "tracking.register_model=null"]
 
 
 def _wait_for(predicate, timeout: float, what: str, every: float = 0.5):
@@ -124,9 +124,9 @@ def test_submit_runs_the_job_on_a_running_head_and_exits_with_its_status(cluster
     assert run.data.tags["registered_model"].startswith("models:/digits-cnn/")
 
 
+# (a real local runtime; more workers than fit is the same check, unit-tested in test_ray_config)
 @pytest.mark.parametrize("override,expected", [
     ("ray.use_gpu=true", "the cluster has no GPU"),
-    ("ray.num_workers=5", "cannot be placed on this cluster"),
 ])
 def test_a_job_the_local_runtime_cannot_place_exits_2_before_any_run(tmp_path, override, expected):
     out = run_cli("run", str(DDP), override, cwd=tmp_path, timeout=180)
@@ -183,7 +183,7 @@ def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(
     assert run.info.status == "FINISHED"
     client = MlflowClient(uri)
     steps = {m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")}
-    assert steps == set(range(1, 9))  # continuous: no epoch missing
+    assert steps == set(range(1, 7))  # continuous: no epoch missing
     resumed = client.get_metric_history(run.info.run_id, "ray/resumed_from_epoch")
     assert resumed and resumed[0].value >= 1  # the new worker group started from a checkpoint
     assert run.data.metrics["eval/accuracy"] > 0.85
@@ -201,7 +201,7 @@ def test_resume_continues_an_interrupted_job_into_the_same_run(tmp_path):
     (run,) = _runs(uri)
     assert run.info.status == "KILLED"
     stopped_at = _epochs_logged(uri)
-    assert stopped_at < 8
+    assert stopped_at < 6
 
     out = run_cli("resume", run.info.run_id, cwd=tmp_path)
 
@@ -210,7 +210,7 @@ def test_resume_continues_an_interrupted_job_into_the_same_run(tmp_path):
     (after,) = _runs(uri)
     assert after.info.run_id == run.info.run_id and after.info.status == "FINISHED"
     steps = {m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")}
-    assert steps == set(range(1, 9))
+    assert steps == set(range(1, 7))
     resumed = client.get_metric_history(run.info.run_id, "ray/resumed_from_epoch")
     assert resumed and 1 <= resumed[-1].value <= stopped_at
 
@@ -222,8 +222,16 @@ def test_flower_and_ray_train_jobs_run_one_after_the_other_in_one_process(store)
     small_fl = [f"tracking.uri={store}", "federated.rounds=2", "federated.num_clients=3",
                 "tracking.register_model=null", "tracking.log_model=false"]
     first = run_job(load_job(CONFIGS / "hospitals_fedavg.yaml", small_fl))
-    middle = run_job(load_job(DDP, [f"tracking.uri={store}", "train.epochs=1", "tracking.log_model=false"]))
+    # the Ray job also runs the toolbox's training controls on its workers
+    middle = run_job(load_job(DDP, [f"tracking.uri={store}", "train.epochs=4", "tracking.log_model=false",
+                                    "model.batchnorm=true", "train.schedule.name=cosine", "train.grad_clip=1.0",
+                                    "train.class_weights=balanced", "train.early_stopping.enabled=true",
+                                    "train.early_stopping.patience=1", "train.early_stopping.metric=val/accuracy",
+                                    "train.early_stopping.mode=max", "explain.enabled=false"]))
     last = run_job(load_job(CONFIGS / "hospitals_fedavg.yaml", small_fl))
     client = MlflowClient(store)
     assert [client.get_run(r.run_id).info.status for r in (first, middle, last)] == ["FINISHED"] * 3
     assert first.final["eval/accuracy"] == last.final["eval/accuracy"]
+    lrs = [m.value for m in sorted(client.get_metric_history(middle.run_id, "train/lr"), key=lambda m: m.step)]
+    assert lrs[0] > lrs[-1] and len(client.get_metric_history(middle.run_id, "val/accuracy")) == len(lrs)
+    assert middle.final["eval/accuracy"] > 0.8 and "eval/f1_macro" in middle.final

@@ -1,0 +1,96 @@
+"""Federated round overhead: the same workload three ways, side by side, median of N repeats.
+
+    .venv/bin/python bench/federated_overhead.py [--repeats 3] [--rounds 20]
+
+Workload (configs/hospitals_fedavg.yaml): breast cancer, MLP 30-64-2, 10 Dirichlet(0.5) hospitals,
+20 rounds of 1 local epoch. Contenders, each a fresh process:
+  floor       a hand-written in-process FedAvg loop in plain torch (bench/fed_contenders.py)
+  flower      Flower's FedAvg in run_simulation, no tracking (bench/fed_contenders.py)
+  consortium  `consortium run configs/hospitals_fedavg.yaml` with MLflow tracking (SQLite)
+Reported: time from launch to the first finished round, median later-round time, total wall,
+peak RSS of the process tree, final accuracy on the central held-out split.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ROOT, consortium_cmd, measured, median_of, mlflow_timings, save  # noqa: E402
+
+CONFIG = ROOT / "configs/hospitals_fedavg.yaml"
+
+
+def consortium(rounds: int) -> dict:
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="bench-fl-"))
+    uri = f"sqlite:///{work / 'mlruns.db'}"
+    m = measured(consortium_cmd(CONFIG, f"tracking.uri={uri}", f"federated.rounds={rounds}",
+                                "tracking.register_model=null"), cwd=work)
+    t = mlflow_timings(uri)
+    return {**m, "first_round_s": t["first_round_at"] - m["_t0"], "later_round_s": t["later_round_s"],
+            "accuracy": t["accuracy"], "log_model_s": t["log_model_s"]}
+
+
+def untracked(rounds: int) -> dict:
+    """The same job with tracking.enabled: false (MLflow never imported): what tracking costs."""
+    import statistics
+
+    m = measured(consortium_cmd(CONFIG, "tracking.enabled=false", f"federated.rounds={rounds}",
+                                "tracking.register_model=null", "--json"))
+    ends = m.pop("round_ends_s")
+    final = m.pop("final")
+    return {**{k: v for k, v in m.items() if not isinstance(v, (dict, list))},
+            "wall_s": m["wall_s"], "first_round_s": m["first_round_at"] - m["_t0"],
+            "later_round_s": statistics.median(b - a for a, b in zip(ends, ends[1:])),
+            "accuracy": final["central/accuracy"]}
+
+
+def contender(which: str, rounds: int) -> dict:
+    return measured([sys.executable, str(ROOT / "bench/fed_contenders.py"), which, str(rounds)])
+
+
+def main(repeats: int = 3, rounds: int = 20) -> dict:
+    contenders = {"floor (plain torch loop)": lambda: contender("floor", rounds),
+                  "raw Flower run_simulation": lambda: contender("flower", rounds),
+                  "consortium run": lambda: consortium(rounds),
+                  "consortium run, tracking off": lambda: untracked(rounds)}
+    runs: dict[str, list[dict]] = {k: [] for k in contenders}
+    for _ in range(repeats):  # interleaved: drift on a shared machine hits every contender alike
+        for name, fn in contenders.items():
+            runs[name].append(fn())
+    med = {k: median_of(v) for k, v in runs.items()}
+    floor, flower = med["floor (plain torch loop)"], med["raw Flower run_simulation"]
+    rows = ["| contender | first round after launch (s) | later round (s) | vs raw Flower | vs floor | wall (s) | "
+            "peak RSS (MB) | accuracy |", "|---|---|---|---|---|---|---|---|"]
+    for name, m in med.items():
+        rows.append(f"| {name} | {m['first_round_s']:.1f} | {m['later_round_s']:.3f} | "
+                    f"{m['later_round_s'] / flower['later_round_s']:.2f}x | {m['later_round_s'] / floor['later_round_s']:.1f}x | "
+                    f"{m['wall_s']:.1f} | {m['peak_rss_mb']:.0f} | {m['accuracy']:.4f} |")
+    on, off = med["consortium run"], med["consortium run, tracking off"]
+    tracking = {"wall_on_s": on["wall_s"], "wall_off_s": off["wall_s"],
+                "overhead_pct": 100 * (on["wall_s"] - off["wall_s"]) / off["wall_s"],
+                "round_overhead_pct": 100 * (on["later_round_s"] - off["later_round_s"]) / off["later_round_s"],
+                "log_model_s": on.get("log_model_s")}
+    rows += ["", f"Tracking: wall {on['wall_s']:.1f} s with MLflow vs {off['wall_s']:.1f} s without "
+                 f"({tracking['overhead_pct']:+.1f}%); per later round {tracking['round_overhead_pct']:+.1f}%; "
+                 f"logging the model {tracking['log_model_s'] or float('nan'):.2f} s."]
+    table = (f"Federated round overhead: breast cancer, MLP 30-64-2, 10 Dirichlet(0.5) hospitals, {rounds} rounds; "
+             f"median of {repeats}.\n\n" + "\n".join(rows))
+    save("federated_overhead", {"repeats": repeats, "rounds": rounds, "median": med, "tracking": tracking,
+                                "runs": runs}, table)
+    return med
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=20)
+    a = ap.parse_args()
+    t = time.time()
+    main(a.repeats, a.rounds)
+    print(f"({time.time() - t:.0f} s)")

@@ -1,0 +1,60 @@
+"""Scale: 100 / 1 000 / 10 000 simulated hospitals on one machine, seconds per round and peak memory.
+
+    .venv/bin/python bench/scale.py [--sizes 100 1000 10000] [--rounds 3] [--repeats 1]
+
+Each hospital holds ~12 generated rows (data.source xor, rows = 15 x hospitals, IID), an MLP 2-64-2;
+fraction_fit = fraction_evaluate from 0.1 (100) to 0.01 (10 000), so every round trains 10 to 100
+hospitals. Before round 1 the census queries every hospital once (input scaling).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ROOT, consortium_cmd, measured, median_of, mlflow_timings, save  # noqa: E402
+
+FRACTION = {100: 0.1, 1000: 0.05, 10000: 0.01}
+
+
+def one(n: int, rounds: int) -> dict:
+    work = Path(tempfile.mkdtemp(prefix=f"bench-scale{n}-"))
+    uri = f"sqlite:///{work / 'mlruns.db'}"
+    frac = FRACTION.get(n, max(0.01, min(0.1, 10 / n)))
+    m = measured(consortium_cmd(ROOT / "configs/hospitals_fedavg.yaml", f"tracking.uri={uri}", "data.source=xor",
+                                f"data.rows={15 * n}", "federated.partition.name=iid", f"federated.num_clients={n}",
+                                f"federated.rounds={rounds}", f"federated.fraction_fit={frac}",
+                                f"federated.fraction_evaluate={frac}", "tracking.register_model=null",
+                                "explain.enabled=false"), cwd=work, timeout=1800)
+    t = mlflow_timings(uri)
+    return {**m, "hospitals": n, "fraction_fit": frac, "first_round_s": t["first_round_at"] - m["_t0"],
+            "round_s": t["later_round_s"], "accuracy": t["accuracy"]}
+
+
+def main(sizes=(100, 1000, 10000), rounds: int = 3, repeats: int = 1) -> dict:
+    med = {}
+    for n in sizes:
+        med[n] = median_of([one(n, rounds) for _ in range(repeats)])
+    rows = ["| hospitals | fraction_fit | trained per round | first round after launch (s) | later round (s) | "
+            "wall (s) | peak RSS (MiB) |", "|---|---|---|---|---|---|---|"]
+    for n, m in med.items():
+        rows.append(f"| {n} | {m['fraction_fit']:g} | {round(n * m['fraction_fit'])} | {m['first_round_s']:.1f} | "
+                    f"{m['round_s']:.2f} | {m['wall_s']:.1f} | {m['peak_rss_mb']:.0f} |")
+    table = f"Scale: simulated hospitals on this machine, {rounds} rounds, median of {repeats}.\n\n" + "\n".join(rows)
+    save("scale", {"rounds": rounds, "repeats": repeats, "median": med}, table)
+    return med
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=1)
+    a = ap.parse_args()
+    t = time.time()
+    main(a.sizes, a.rounds, a.repeats)
+    print(f"({time.time() - t:.0f} s)")
