@@ -72,6 +72,10 @@ def connect(job: JobSpec) -> RaySession:
         ray.init(runtime_env=runtime_env, **args)
         session = RaySession(None, True)
     else:
+        from ray._private import ray_constants
+
+        # A cluster's nodes reach each other by routable address: undo the loopback-only default.
+        ray_constants.ENABLE_RAY_CLUSTER = True
         if spec.address != "auto" and not _reachable(spec.address):
             raise UserError("ray.address", [f"nothing answers at {spec.address}: start a head with "
                                             f"`ray start --head --node-ip-address=127.0.0.1` or fix the address"])

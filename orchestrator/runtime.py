@@ -29,6 +29,10 @@ def prepare_environment() -> None:
         "RAY_TMPDIR": str(Path(tempfile.gettempdir()) / f"consortium-ray-{os.getuid()}"),
         "RAY_DEDUP_LOGS": "0",
         "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+        # A local runtime on loopback only: without this Ray swaps 127.0.0.1 for the machine's
+        # routable address and its servers listen on every interface. (Joining a cluster by
+        # address turns cluster addressing back on: ray_job.connect.)
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "GIT_PYTHON_REFRESH": "quiet",
         # A tracking server that is briefly away must not stall training: MLflow gives up fast
         # and Consortium keeps the metrics and sends them again (tracking.TrackedRun.flush).

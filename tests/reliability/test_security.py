@@ -50,12 +50,36 @@ def test_checkpoints_are_loaded_with_weights_only():
     assert source.count("torch.load(") == source.count("weights_only=True")
 
 
-def test_servers_bind_the_loopback_address_by_default():
+def test_the_local_ray_runtime_listens_on_loopback_only(tmp_path):
+    """Every server socket of the runtime a job starts (GCS, raylet, agents, workers) is on 127.0.0.1."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import psutil, ray\n"
+        "from orchestrator.runtime import prepare_environment, ray_init_args\n"
+        "prepare_environment()\n"
+        "ray.init(**ray_init_args())\n"
+        "ray.get(ray.remote(lambda: 1).remote())\n"
+        "pids = {c.pid for c in psutil.Process().children(recursive=True)} | {psutil.Process().pid}\n"
+        "ips = {c.laddr.ip for c in psutil.net_connections('inet') if c.status == 'LISTEN' and c.pid in pids}\n"
+        "print(sorted(ips), ray.nodes()[0]['NodeManagerAddress'])\n"
+        "ray.shutdown()\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("RAY_")}
+    env["CONSORTIUM_HOME"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=180, env=env,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = out.stdout.strip().splitlines()[-1]
+    ips, node = eval(line.rsplit(" ", 1)[0]), line.rsplit(" ", 1)[1]
+    assert node == "127.0.0.1"
+    assert ips and set(ips) <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, ips
+
+
+def test_the_mlflow_ui_binds_loopback():
     import inspect
 
     from orchestrator import ui
-    from orchestrator.runtime import ray_init_args
 
-    assert ray_init_args()["_node_ip_address"] == "127.0.0.1"
-    assert ray_init_args()["include_dashboard"] is False
-    assert '"--host", "127.0.0.1"' in inspect.getsource(ui.start)
+    assert '"--host", "127.0.0.1"' in inspect.getsource(ui.start)  # served and probed in test_compare_and_ui
