@@ -75,6 +75,12 @@ def leave_submission_dir() -> None:
 
 def ray_init_args() -> dict:
     """A local Ray runtime pinned to the loopback address, sized to this machine."""
+    import sys
+
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:  # ray imported before prepare_environment(): same effect as the env var
+        constants.ENABLE_RAY_CLUSTER = False
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # inherited by the runtime's processes
     return {
         "num_cpus": os.cpu_count() or 1,
         "include_dashboard": False,
