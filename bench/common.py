@@ -51,7 +51,15 @@ def measured(cmd: list[str], cwd: Path | None = None, env: dict | None = None, t
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+        proc.kill()
+        proc.communicate()
+        stop.set()
+        raise
     wall = time.time() - t0
     stop.set()
     th.join()

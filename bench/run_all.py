@@ -22,15 +22,19 @@ from bench.common import RESULTS, ROOT, machine  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--skip", nargs="*", default=[], help="benchmarks to take from bench/results as they are")
     a = ap.parse_args()
     repeats = 1 if a.quick else 3
     t0 = time.time()
     from bench import federated_overhead, scale
 
-    federated_overhead.main(repeats=repeats, rounds=5 if a.quick else 20)
-    scale.main(sizes=(100, 1000) if a.quick else (100, 1000, 10000), rounds=3, repeats=1)
-    subprocess.run([sys.executable, str(ROOT / "bench/ray_ddp.py"), "--repeats", str(repeats)], check=True,
-                   stdout=open(RESULTS / "ray_ddp.md", "w"))
+    if "federated_overhead" not in a.skip:
+        federated_overhead.main(repeats=repeats, rounds=5 if a.quick else 20)
+    if "scale" not in a.skip:
+        scale.main(sizes=(100, 1000) if a.quick else (100, 1000, 10000), rounds=3, repeats=1)
+    if "ray_ddp" not in a.skip:
+        subprocess.run([sys.executable, str(ROOT / "bench/ray_ddp.py"), "--repeats", str(repeats)], check=True,
+                       stdout=open(RESULTS / "ray_ddp.md", "w"))
     parts = [f"# Benchmarks\n\n{time.strftime('%Y-%m-%d')}, {machine()}; `python bench/run_all.py` "
              f"took {(time.time() - t0) / 60:.1f} min.\n"]
     for name in ("federated_overhead", "scale", "ray_ddp"):

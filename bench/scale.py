@@ -21,7 +21,7 @@ from bench.common import ROOT, consortium_cmd, measured, median_of, mlflow_timin
 FRACTION = {100: 0.1, 1000: 0.05, 10000: 0.01}
 
 
-def one(n: int, rounds: int) -> dict:
+def one(n: int, rounds: int, timeout: float = 1800) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"bench-scale{n}-"))
     uri = f"sqlite:///{work / 'mlruns.db'}"
     frac = FRACTION.get(n, max(0.01, min(0.1, 10 / n)))
@@ -29,23 +29,30 @@ def one(n: int, rounds: int) -> dict:
                                 f"data.rows={15 * n}", "federated.partition.name=iid", f"federated.num_clients={n}",
                                 f"federated.rounds={rounds}", f"federated.fraction_fit={frac}",
                                 f"federated.fraction_evaluate={frac}", "tracking.register_model=null",
-                                "explain.enabled=false"), cwd=work, timeout=1800)
+                                "explain.enabled=false"), cwd=work, timeout=timeout)
     t = mlflow_timings(uri)
     return {**m, "hospitals": n, "fraction_fit": frac, "first_round_s": t["first_round_at"] - m["_t0"],
             "round_s": t["later_round_s"], "accuracy": t["accuracy"]}
 
 
-def main(sizes=(100, 1000, 10000), rounds: int = 3, repeats: int = 1) -> dict:
-    med = {}
+def main(sizes=(100, 1000, 10000), rounds: int = 3, repeats: int = 1, timeout: float = 120) -> dict:
+    import subprocess
+
+    med, failed = {}, {}
     for n in sizes:
-        med[n] = median_of([one(n, rounds) for _ in range(repeats)])
+        try:
+            med[n] = median_of([one(n, rounds, timeout) for _ in range(repeats)])
+        except subprocess.TimeoutExpired:
+            failed[n] = f"no round within {timeout:.0f} s (killed)"
     rows = ["| hospitals | fraction_fit | trained per round | first round after launch (s) | later round (s) | "
             "wall (s) | peak RSS (MiB) |", "|---|---|---|---|---|---|---|"]
     for n, m in med.items():
         rows.append(f"| {n} | {m['fraction_fit']:g} | {round(n * m['fraction_fit'])} | {m['first_round_s']:.1f} | "
                     f"{m['round_s']:.2f} | {m['wall_s']:.1f} | {m['peak_rss_mb']:.0f} |")
+    for n, why in failed.items():
+        rows.append(f"| {n} | {FRACTION.get(n, 0.01):g} | | {why} | | | |")
     table = f"Scale: simulated hospitals on this machine, {rounds} rounds, median of {repeats}.\n\n" + "\n".join(rows)
-    save("scale", {"rounds": rounds, "repeats": repeats, "median": med}, table)
+    save("scale", {"rounds": rounds, "repeats": repeats, "median": med, "failed": failed}, table)
     return med
 
 
