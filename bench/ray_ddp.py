@@ -12,32 +12,18 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 CONFIG = ROOT / "configs/cluster_ddp.yaml"
 
-
-def _tree_rss(pid: int) -> int:
-    try:
-        p = psutil.Process(pid)
-        procs = [p, *p.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for q in procs:
-        try:
-            total += q.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
+from bench.common import measured  # noqa: E402
 
 
 def run_consortium(overrides: list[str]) -> dict:
@@ -45,36 +31,17 @@ def run_consortium(overrides: list[str]) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
     uri = f"sqlite:///{work / 'mlruns.db'}"
-    env = {**os.environ, "CONSORTIUM_HOME": str(work / ".consortium")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(CONFIG), f"tracking.uri={uri}",
-                             "tracking.register_model=null", *overrides], cwd=work, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak = 0
-    stop = threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, _tree_rss(proc.pid))
-            time.sleep(0.2)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    proc.wait()
-    wall = time.time() - t0
-    stop.set()
-    th.join()
-    assert proc.returncode == 0, f"consortium run failed ({proc.returncode})"
+    m = measured([sys.executable, "-m", "orchestrator.cli", "run", str(CONFIG), f"tracking.uri={uri}",
+                  "tracking.register_model=null", *overrides], cwd=work)
     client = MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name("consortium").experiment_id])[0]
     hist = sorted(client.get_metric_history(run.info.run_id, "eval/accuracy"), key=lambda m: m.step)
     epoch_s = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "time/epoch_s"), key=lambda m: m.step)]
     sps = [m.value for m in client.get_metric_history(run.info.run_id, "perf/samples_per_s")]
-    return {"first_epoch_s": hist[0].timestamp / 1000 - t0, "steady_epoch_s": statistics.median(epoch_s[1:] or epoch_s),
-            "samples_per_s": statistics.median(sps[1:] or sps) if sps else None, "wall_s": wall,
-            "peak_rss_mb": peak / 2**20, "accuracy": hist[-1].value}
+    return {"first_epoch_s": hist[0].timestamp / 1000 - m["_t0"],
+            "steady_epoch_s": statistics.median(epoch_s[1:] or epoch_s),
+            "samples_per_s": statistics.median(sps[1:] or sps) if sps else None, "wall_s": m["wall_s"],
+            "peak_rss_mb": m["peak_rss_mb"], "accuracy": hist[-1].value}
 
 
 def run_plain(epochs: int) -> dict:
