@@ -53,6 +53,8 @@ def cluster(tmp_path_factory):
     port, dash = _free_port(), _free_port()
     temp = tempfile.mkdtemp(prefix="crt-", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{RAY.parent}:{os.environ['PATH']}"}
+    # a user's multi-node cluster: not the loopback-only setting a local Consortium runtime uses
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
     procs = []
     try:
