@@ -1,6 +1,7 @@
 """Security defaults: YAML is loaded safely, user files are never unpickled, servers bind loopback."""
 from __future__ import annotations
 
+import ast
 import pickle
 
 import pytest
@@ -72,7 +73,7 @@ def test_the_local_ray_runtime_listens_on_loopback_only(tmp_path):
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     line = out.stdout.strip().splitlines()[-1]
-    ips, node = eval(line.rsplit(" ", 1)[0]), line.rsplit(" ", 1)[1]
+    ips, node = ast.literal_eval(line.rsplit(" ", 1)[0]), line.rsplit(" ", 1)[1]
     assert node == "127.0.0.1"
     assert ips and set(ips) <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, ips
 
