@@ -105,22 +105,118 @@ def query(message: Message, context: Context) -> Message:
     return Message(content=content, reply_to=message)
 
 
+class InjectedFault(RuntimeError):
+    """A failure drill (federated.faults): this hospital fails this round on purpose."""
+
+
 @app.train()
 def train(message: Message, context: Context) -> Message:
     h = _hospital(message, context)
-    model = _model(h, message)
-    X, y, _, _ = h.tensors(standardizer(model).mean.numpy())
     config = message.content["config"]
     server_round = int(config["server-round"])
+    fed = h.job.federated
+    if fed.faults is not None and h.partition_id in fed.faults.hospitals and (
+            not fed.faults.rounds or server_round in fed.faults.rounds):
+        raise InjectedFault(f"hospital {h.name} fails round {server_round} (federated.faults drill)")
+    model = _model(h, message)
+    X, y, _, _ = h.tensors(standardizer(model).mean.numpy())
     epochs = h.job.train.epochs
-    loss = train_epochs(model, X, y, h.job.train, epochs,
-                        seed=h.job.seed * 100_003 + server_round * 1_009 + h.partition_id,
-                        proximal_mu=float(config.get("proximal-mu", 0.0)),  # set by FedProx
-                        objective=_objective(h, model, message),
-                        epoch_offset=(server_round - 1) * epochs, total_epochs=h.job.federated.rounds * epochs)
-    metrics = {PARTITION_KEY: h.partition_id, "num-examples": int(len(y)), "train_loss": loss}
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
+    seed = h.job.seed * 100_003 + server_round * 1_009 + h.partition_id
+    objective = _objective(h, model, message)
+    schedule = dict(epoch_offset=(server_round - 1) * epochs, total_epochs=fed.rounds * epochs)
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    extra: dict = {}
+    metrics: dict = {}
+    if fed.dp is not None and fed.dp.mode == "local":
+        from clients import privacy
+
+        loss, steps = privacy.dp_sgd(model, X, y, h.job, seed, objective, **schedule)
+        metrics["dp_epsilon"] = privacy.epsilon(fed.dp.noise_multiplier, len(y), h.job.train.batch_size, epochs,
+                                                server_round, fed.dp.delta)
+    elif "control" in message.content:  # SCAFFOLD
+        loss, steps, extra["control_delta"] = _scaffold_train(h, model, X, y, message, context, seed, objective,
+                                                              schedule)
+    else:
+        stats: dict = {}
+        loss = train_epochs(model, X, y, h.job.train, epochs, seed=seed,
+                            proximal_mu=float(config.get("proximal-mu", 0.0)),  # set by FedProx
+                            objective=objective, stats=stats, **schedule)
+        steps = stats.get("steps", 0)
+    state = model.state_dict()
+    if fed.attack is not None and h.partition_id in fed.attack.hospitals:
+        from strategies.arithmetic import poison
+
+        poisoned = poison({k: v.numpy() for k, v in start.items()}, {k: v.numpy() for k, v in state.items()},
+                          fed.attack.kind, fed.attack.factor)
+        state = {k: torch.from_numpy(v) for k, v in poisoned.items()}
+    metrics.update({PARTITION_KEY: h.partition_id, "num-examples": int(len(y)), "train_loss": loss,
+                    "local-steps": int(steps), "momentum": float(h.job.train.optimizer.momentum)})
+    if "uniform-weight" in config:  # central DP: every hospital counts once
+        metrics["uniform-weight"] = 1.0
+    content = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics), **extra})
     return Message(content=content, reply_to=message)
+
+
+def _scaffold_train(h: Hospital, model: torch.nn.Module, X, y, message: Message, context: Context, seed: int,
+                    objective, schedule: dict) -> tuple[float, int, ArrayRecord]:
+    """Local SGD with gradients corrected by c - c_i; returns (loss, steps, c_i+ - c_i).
+
+    c_i lives in this hospital's Flower Context.state between rounds and, when the server names a
+    `state-dir`, in a file of its own per round, so a resumed run finds the c_i it had."""
+    from strategies.arithmetic import scaffold_client_control
+    from strategies.base import from_state, to_state
+
+    server_round = int(message.content["config"]["server-round"])
+    c = to_state(message.content["control"])
+    c_i = _load_control(h, context, message, server_round) or {k: np.zeros_like(v) for k, v in c.items()}
+    params = dict(model.named_parameters())
+    correction = [torch.from_numpy(c[k] - c_i[k]) if k in c else torch.zeros_like(p)
+                  for k, p in params.items() if p.requires_grad]
+    x = {k: params[k].detach().numpy().copy() for k in c}
+    stats: dict = {}
+    loss = train_epochs(model, X, y, h.job.train, h.job.train.epochs, seed=seed, objective=objective,
+                        correction=correction, stats=stats, **schedule)
+    y_state = {k: params[k].detach().numpy().copy() for k in c}
+    c_new = scaffold_client_control(c_i, c, x, y_state, stats.get("lr_sum", 0.0))
+    _save_control(h, context, message, server_round, c_new)
+    return loss, stats.get("steps", 0), from_state({k: c_new[k] - c_i[k] for k in c})
+
+
+def _control_dir(message: Message):
+    from pathlib import Path
+
+    d = message.content["config"].get("state-dir")
+    return Path(str(d)) if d else None
+
+
+def _load_control(h: Hospital, context: Context, message: Message, server_round: int):
+    from strategies.base import to_state
+
+    if "scaffold.c_i" in context.state:
+        return to_state(context.state["scaffold.c_i"])
+    d = _control_dir(message)
+    if d is None or not d.is_dir():
+        return None
+    saved = sorted((int(f.stem.rsplit("_r", 1)[1]), f) for f in d.glob(f"hospital{h.partition_id}_r*.npz"))
+    saved = [(r, f) for r, f in saved if r < server_round]
+    if not saved:
+        return None
+    with np.load(saved[-1][1]) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _save_control(h: Hospital, context: Context, message: Message, server_round: int, c_i: dict) -> None:
+    from strategies.base import from_state
+
+    context.state["scaffold.c_i"] = from_state(c_i)
+    d = _control_dir(message)
+    if d is None:
+        return
+    d.mkdir(parents=True, exist_ok=True)
+    np.savez(d / f"hospital{h.partition_id}_r{server_round}.npz", **c_i)
+    for old in sorted(d.glob(f"hospital{h.partition_id}_r*.npz"),
+                      key=lambda f: int(f.stem.rsplit("_r", 1)[1]))[:-2]:
+        old.unlink(missing_ok=True)
 
 
 @app.evaluate()
@@ -131,6 +227,8 @@ def evaluate(message: Message, context: Context) -> Message:
     objective = _objective(h, model, message)
     res = evaluate_model(model, X, y, objective)
     metrics = {PARTITION_KEY: h.partition_id, "num-examples": res.pop("num_examples")}
+    if "uniform-weight" in message.content["config"]:  # central DP weights every hospital alike
+        metrics["uniform-weight"] = 1.0
     # every hospital sends the same keys (Flower aggregates only uniform records); NaN = undefined
     # here, e.g. AUROC on a test split holding one class
     metrics.update({f"eval_{k}": float(v) for k, v in res.items()})

@@ -37,7 +37,7 @@ def pool_and_central(table: Table, job: JobSpec) -> tuple[np.ndarray, np.ndarray
 def pool_partition(table: Table, job: JobSpec, num_clients: int) -> tuple[np.ndarray, list[np.ndarray]]:
     pool, _ = pool_and_central(table, job)
     p = job.federated.partition
-    parts = partition(table.y[pool], p.name, num_clients, job.seed + 1, p.alpha, p.min_size)
+    parts = partition(table.y[pool], p.name, num_clients, job.seed + 1, p.alpha, p.min_size, p.labels_per_hospital)
     return pool, [pool[part] for part in parts]
 
 
@@ -59,6 +59,12 @@ def hospital_share(job: JobSpec, schema: Schema, partition_id: int, num_partitio
                    data_path: str | None = None) -> tuple[str, Split]:
     """(name, raw split with NaN for missing cells) of hospital `partition_id`."""
     if job.federated.partition.name == "natural":
+        if job.federated.partition.site_column is not None:
+            # one shared file in simulation (this hospital keeps only its site's rows); in deployment
+            # the hospital's own file, which names its site
+            tables, _ = load_source(job, schema, Path(data_path) if data_path else None)
+            table = tables[0] if data_path else tables[partition_id]
+            return hospital_name(table.name), own_split(table.X, table.y, job, partition_id)
         path = Path(data_path) if data_path else csv_files(job.data)[partition_id]
         (table,), _ = load_source(job, schema, path)
         return hospital_name(path.stem), own_split(table.X, table.y, job, partition_id)

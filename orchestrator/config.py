@@ -143,8 +143,13 @@ class TrainSpec(Spec):
 
 
 class PartitionSpec(Spec):
-    name: Literal["iid", "dirichlet", "natural"] = "dirichlet"
+    # iid; dirichlet: label skew, each class shared ~ Dir(alpha); shards: each hospital holds
+    # `labels_per_hospital` labels; quantity: sizes ~ Dir(alpha), labels iid; natural: one CSV per
+    # hospital, or one CSV whose `site_column` names each row's hospital.
+    name: Literal["iid", "dirichlet", "shards", "quantity", "natural"] = "dirichlet"
     alpha: Annotated[float, Field(gt=0.0)] = 0.5
+    labels_per_hospital: Annotated[int, Field(ge=1)] = 2
+    site_column: str | None = None
     # Every hospital gets at least this many rows (before its own train/test split).
     min_size: Annotated[int, Field(ge=2)] = 10
 
@@ -158,14 +163,18 @@ STRATEGY_OPTIONS = {  # which strategy uses which option (an option set for anot
     "trimmed_mean": ("beta",),
     "krum": ("f",),
     "multi_krum": ("f", "select"),
+    "scaffold": ("server_lr",),
+    "fednova": (),
 }
+SERVER_LR_DEFAULT = {"fedadam": 0.1, "fedyogi": 0.1, "fedadagrad": 0.1, "scaffold": 1.0}
 
 
 class StrategySpec(Spec):
     name: Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedmedian", "trimmed_mean", "krum",
-                  "multi_krum"] = "fedavg"
+                  "multi_krum", "scaffold", "fednova"] = "fedavg"
     mu: Annotated[float, Field(ge=0.0)] = 0.01            # fedprox: weight of the proximal term
-    server_lr: Annotated[float, Field(gt=0.0)] = 0.1      # fedadam/fedyogi/fedadagrad: server step (eta)
+    # fedadam/fedyogi/fedadagrad (default 0.1), scaffold (default 1.0): the server's step (eta_g)
+    server_lr: Annotated[float, Field(gt=0.0)] | None = None
     tau: Annotated[float, Field(gt=0.0)] = 1e-3           # adaptivity (epsilon) of the server optimizer
     beta1: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
     beta2: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.99
@@ -192,6 +201,42 @@ class ClientResources(Spec):
     num_gpus: Annotated[float, Field(ge=0.0)] = 0.0
 
 
+class AttackSpec(Spec):
+    """Robustness experiments: these hospitals send poisoned updates. `scale` sends
+    w + factor*(update), `sign_flip` sends w - factor*(update), where update = trained - global."""
+    kind: Literal["scale", "sign_flip"] = "sign_flip"
+    hospitals: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)   # partition ids
+    factor: Annotated[float, Field(gt=0.0)] = 10.0
+
+
+class FaultSpec(Spec):
+    """Failure drills: these hospitals raise in these rounds (empty: every round)."""
+    hospitals: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+    rounds: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+
+
+class DPSpec(Spec):
+    """Differential privacy. central: the server clips every hospital's update to `clipping_norm`
+    and adds Gaussian noise (std noise_multiplier*clipping_norm/hospitals) to the average
+    (Flower's server-side fixed clipping, RDP accountant). local: every hospital trains with
+    DP-SGD (Opacus): per-example gradients clipped to `clipping_norm`, noise_multiplier*clipping_norm
+    noise per step. The run refuses to start when `target_epsilon` would be exceeded."""
+    mode: Literal["central", "local"] = "central"
+    noise_multiplier: Annotated[float, Field(gt=0.0)] = 1.0
+    clipping_norm: Annotated[float, Field(gt=0.0)] = 1.0
+    delta: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-5
+    target_epsilon: Annotated[float, Field(gt=0.0)] | None = None
+
+
+class SecAggSpec(Spec):
+    """Secure aggregation (Flower's SecAgg+): the server only ever sees the sum of masked updates."""
+    enabled: bool = True
+    num_shares: Annotated[int, Field(ge=2)] = 3
+    reconstruction_threshold: Annotated[int, Field(ge=2)] = 2
+    clipping_range: Annotated[float, Field(gt=0.0)] = 8.0
+    quantization_range: Annotated[int, Field(ge=2)] = 4194304
+
+
 class FederatedSpec(Spec):
     # null with a natural partition: one hospital per CSV file.
     num_clients: Annotated[int, Field(ge=1)] | None = 10
@@ -201,6 +246,17 @@ class FederatedSpec(Spec):
     fraction_fit: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     fraction_evaluate: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     client_resources: ClientResources = Field(default_factory=ClientResources)
+    # simulation: Flower's simulation engine (Ray actors); inline: the same ClientApp called in
+    # this process one hospital after another, no Ray start-up (quick studies, tests)
+    engine: Literal["simulation", "inline"] = "simulation"
+    min_fit_clients: Annotated[int, Field(ge=1)] | None = None        # default: min(2, hospitals)
+    min_available_clients: Annotated[int, Field(ge=1)] | None = None  # default: every hospital
+    accept_failures: bool = True      # false: a hospital that fails a round stops the run
+    round_timeout_s: Annotated[float, Field(gt=0.0)] = 3600.0
+    attack: AttackSpec | None = None
+    faults: FaultSpec | None = None
+    dp: DPSpec | None = None
+    secagg: SecAggSpec | None = None
 
 
 _ADDRESS = re.compile(r"^(auto|(ray://)?[A-Za-z0-9_.\-]+:\d{1,5})$")
@@ -339,6 +395,7 @@ class JobSpec(Spec):
                 )
             if part != "natural" and self.federated.num_clients is None:
                 raise ValueError(f"federated.num_clients: required with partition '{part}'")
+            _check_federated(self)
         if self.model.name == "cnn" and self.data.source not in ("digits", "csv"):
             raise ValueError("model.name: cnn needs image rows (data.source digits, or a csv of square images)")
         if self.train.loss is not None and LOSS_HEAD[self.train.loss] != self.model.head:
@@ -370,6 +427,62 @@ class JobSpec(Spec):
         if self.sweep is not None:
             _check_sweep_space(self)
         return self
+
+
+def _check_federated(job: JobSpec) -> None:
+    fed, part = job.federated, job.federated.partition
+    n = fed.num_clients
+    if part.site_column is not None and part.name != "natural":
+        raise ValueError(f"federated.partition.site_column: only used with name natural (name is '{part.name}')")
+    if part.site_column is not None and part.site_column == job.data.target:
+        raise ValueError(f"federated.partition.site_column: '{part.site_column}' is the target column")
+    if part.name in ("shards",) and job.model.head == "linear":
+        raise ValueError("federated.partition.name: shards splits by class label; a regression target needs "
+                         "iid, quantity or natural")
+    for section in ("attack", "faults"):
+        spec = getattr(fed, section)
+        if spec is not None and n is not None:
+            bad = [h for h in spec.hospitals if h >= n]
+            if bad:
+                raise ValueError(f"federated.{section}.hospitals: {bad} out of range for {n} hospitals "
+                                 f"(partition ids 0..{n - 1})")
+        if spec is not None and fed.rounds and section == "faults":
+            late = [r for r in spec.rounds if r > fed.rounds]
+            if late:
+                raise ValueError(f"federated.faults.rounds: {late} beyond federated.rounds ({fed.rounds})")
+    if n is not None:
+        for key in ("min_fit_clients", "min_available_clients"):
+            v = getattr(fed, key)
+            if v is not None and v > n:
+                raise ValueError(f"federated.{key}: {v} is more than the {n} hospitals")
+    name = fed.strategy.name
+    if name in ("scaffold", "fednova") and job.train.optimizer.name != "sgd":
+        raise ValueError(f"train.optimizer.name: {name} corrects plain SGD steps; set train.optimizer.name: sgd "
+                         f"(it is '{job.train.optimizer.name}')")
+    if fed.dp is not None:
+        if job.model.batchnorm:
+            raise ValueError("federated.dp: batch norm's running statistics are neither clipped nor noised; "
+                             "set model.batchnorm: false")
+        if fed.dp.mode == "central" and name != "fedavg":
+            raise ValueError(f"federated.dp: central DP clips and noises FedAvg's average; strategy is '{name}' "
+                             "(set federated.strategy.name: fedavg, or dp.mode: local)")
+        if fed.dp.mode == "local":
+            if job.model.name not in ("mlp", "logistic", "cnn") or job.model.batchnorm:
+                raise ValueError("federated.dp: local DP-SGD needs per-example gradients: model.name mlp, logistic "
+                                 "or cnn without model.batchnorm")
+            if name == "scaffold":
+                raise ValueError("federated.dp: local DP-SGD does not combine with scaffold's corrected gradients")
+        if fed.secagg is not None and fed.secagg.enabled:
+            raise ValueError("federated.dp: combine DP with secagg is not supported yet (choose one)")
+    if fed.secagg is not None and fed.secagg.enabled:
+        if name != "fedavg":
+            raise ValueError(f"federated.secagg: SecAgg+ sums masked updates, which only FedAvg can use; "
+                             f"strategy is '{name}'")
+        if fed.secagg.reconstruction_threshold > fed.secagg.num_shares:
+            raise ValueError(f"federated.secagg.reconstruction_threshold: "
+                             f"{fed.secagg.reconstruction_threshold} is more than num_shares ({fed.secagg.num_shares})")
+        if fed.attack is not None or fed.faults is not None:
+            raise ValueError("federated.secagg: attack and faults drills run without secure aggregation")
 
 
 def _check_sweep_space(job: JobSpec) -> None:

@@ -144,7 +144,7 @@ def csv_files(spec: DataSpec) -> list[Path]:
     return [p]
 
 
-def read_frame(path: Path, target: str):
+def read_frame(path: Path, target: str, site_column: str | None = None):
     """Read one CSV; check the target column and that every feature is numeric."""
     import pandas as pd
 
@@ -164,9 +164,17 @@ def read_frame(path: Path, target: str):
         problems.append(f"data.target: column '{target}' has empty cells (lines {rows})")
     if len(df) == 0:
         problems.append("no data rows under the header")
+    if site_column is not None:
+        if site_column not in df.columns:
+            cols = ", ".join(map(str, df.columns[:12]))
+            problems.append(f"federated.partition.site_column: column '{site_column}' not found (columns: {cols})")
+        elif df[site_column].isna().any():
+            rows = (df.index[df[site_column].isna()] + 2).tolist()[:5]
+            problems.append(f"federated.partition.site_column: '{site_column}' has empty cells (lines {rows}): "
+                            "every row must name its hospital")
     bad = []
     for col in df.columns:
-        if col == target:
+        if col == target or col == site_column:
             continue
         converted = pd.to_numeric(df[col], errors="coerce")
         wrong = converted.isna() & df[col].notna()
@@ -309,7 +317,15 @@ def load_source(job, schema: Schema | None = None, path: Path | None = None) -> 
             table, found = keep_classes(table, found, spec.classes, where)
         return [table], found
     files = [path] if path is not None else csv_files(spec)
-    frames = [read_frame(f, spec.target) for f in files]
+    site = job.federated.partition.site_column if job.federated.partition.name == "natural" else None
+    frames = [read_frame(f, spec.target, site) for f in files]
+    if site is not None:  # one file, one hospital per value of the site column (sorted)
+        if len(files) != 1:
+            raise DataError(where, ["federated.partition.site_column: needs data.path to be one CSV file, "
+                                    "not a directory"])
+        groups = sorted(frames[0].groupby(site, sort=True), key=lambda kv: str(kv[0]))
+        frames = [g.drop(columns=[site]).reset_index(drop=True) for _, g in groups]
+        files = [Path(f"{name}.csv") for name, _ in groups]  # .stem is the site
     if spec.classes:
         frames = [df[df[spec.target].map(_label_str).isin(spec.classes)] for df in frames]
     agreed = schema

@@ -11,6 +11,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,7 +28,7 @@ from orchestrator.runtime import EarlyRuntime, quiet_flower, ray_init_args, star
 from orchestrator.training import Objective, balanced_weights, evaluate, tensors
 from orchestrator.transfer import Start, initial_model
 from strategies.base import RoundReport
-from strategies.registry import build_strategy
+from strategies.registry import build_strategy, sample_size
 
 if TYPE_CHECKING:
     from orchestrator.tracking import TrackedRun
@@ -86,6 +87,9 @@ class RoundLogger:
             if sums:
                 pooled = np.sum([np.asarray(x, dtype=np.float64) for x in sums], axis=0)
                 m.update({f"eval/{name}": v for name, v in M.from_regression_sums(pooled).items()})
+        eps = [hm["dp_epsilon"] for hm in report.hospitals.values() if "dp_epsilon" in hm]
+        if eps:  # local DP: the most any hospital has spent
+            m["dp/epsilon"] = max(eps)
         m[f"{prefix}/failures"] = len(report.failures)
         m[f"{prefix}/hospitals"] = len(report.hospitals)
         self.run.log_metrics(m, step)
@@ -106,6 +110,7 @@ class Census:
     scale: np.ndarray
     labels: np.ndarray          # hospitals x classes, training rows
     target: np.ndarray          # regression: (count, sum, sum of squares) of the training targets
+    nodes: list[int]            # node id of each hospital, in partition-id order
 
 
 def _census(grid: Grid, nodes: list[int], config: ConfigRecord, dim: int, num_classes: int) -> Census:
@@ -118,6 +123,7 @@ def _census(grid: Grid, nodes: list[int], config: ConfigRecord, dim: int, num_cl
     target = np.zeros(3)
     labels = np.zeros((len(nodes), num_classes), dtype=np.int64)
     failures = []
+    by_pid: dict[int, int] = {}
     for reply in grid.send_and_receive(messages, timeout=600):
         if reply.has_error():
             failures.append(reply.error.reason)
@@ -127,18 +133,51 @@ def _census(grid: Grid, nodes: list[int], config: ConfigRecord, dim: int, num_cl
         if len(arrays) > 3:
             target += arrays[3]
         pid = int(reply.content["metrics"]["partition-id"])
+        by_pid[pid] = reply.metadata.src_node_id
         if 0 <= pid < len(nodes) and num_classes:
             labels[pid] = reply.content["labels"]["train"]
     if failures:
         raise RuntimeError(f"{len(failures)} hospital(s) failed the census query: {failures[0]}")
     mean, scale = mean_scale(*totals)
-    return Census(mean, scale, labels, target)
+    return Census(mean, scale, labels, target, [by_pid[p] for p in sorted(by_pid)])
+
+
+def checkpoint_dir(run_id: str) -> Path:
+    from orchestrator.runtime import consortium_home
+
+    return consortium_home() / "federated" / run_id
+
+
+def save_round(directory: Path, server_round: int, model_state: dict, strategy_state: dict) -> None:
+    """model + strategy state after `server_round`, as plain arrays (np.load without pickle reads it)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = {f"model/{k}": np.asarray(v) for k, v in model_state.items()}
+    for attr, named in strategy_state.items():
+        arrays.update({f"strategy/{attr}/{k}": np.asarray(v) for k, v in named.items()})
+    tmp = directory / f".round_{server_round:05d}.npz"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    tmp.replace(directory / f"round_{server_round:05d}.npz")  # a kill mid-write leaves the last good one
+    for old in sorted(directory.glob("round_*.npz"))[:-2]:
+        old.unlink(missing_ok=True)
+
+
+def load_last_round(directory: Path) -> tuple[int, dict, dict] | None:
+    files = sorted(directory.glob("round_*.npz")) if directory.is_dir() else []
+    if not files:
+        return None
+    with np.load(files[-1], allow_pickle=False) as z:
+        model = {k[len("model/"):]: torch.from_numpy(z[k].copy()) for k in z.files if k.startswith("model/")}
+        strategy: dict[str, dict] = {}
+        for k in z.files:
+            if k.startswith("strategy/"):
+                _, attr, name = k.split("/", 2)
+                strategy.setdefault(attr, {})[name] = z[k].copy()
+    return int(files[-1].stem.split("_")[1]), model, strategy
 
 
 def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | None = None,
-                  runtime: EarlyRuntime | None = None) -> FederatedOutcome:
-    from flwr.simulation import run_simulation
-
+                  runtime: EarlyRuntime | None = None, resume: bool = False) -> FederatedOutcome:
     fed = job.federated
     num_clients = len(plan.hospitals)
     model, notes = initial_model(job, plan.num_features, plan.num_classes, start)
@@ -148,30 +187,45 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | 
     outcome = FederatedOutcome(model=model)
     logger = RoundLogger(run, plan.hospitals, plan.num_classes)
     central = tensors(plan.central.X_test, plan.central.y_test) if plan.central else None
+    ckpt_dir = checkpoint_dir(run.run_id)
+    done, saved_model, saved_strategy = 0, None, {}
+    if resume and (last := load_last_round(ckpt_dir)) is not None:
+        done, saved_model, saved_strategy = last
+    if not resume:
+        run.set_tags({"federated.checkpoints": str(ckpt_dir), "federated.engine": fed.engine})
     t0 = time.perf_counter()
+    holder: dict = {}
 
     def central_eval(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        # Called by Flower at the end of every round: the natural place to flush the round's metrics.
+        # Called by Flower at the end of every round: the natural place to checkpoint and flush.
+        server_round += done
+        if server_round == done and done > 0:
+            return None  # a resumed run: round `done` was evaluated before the interruption
         res = None
+        state = arrays.to_torch_state_dict()
+        metrics: dict[str, float] = {}
         if central is not None:
-            model.load_state_dict(arrays.to_torch_state_dict())
+            model.load_state_dict(state)
             r = {k: v for k, v in evaluate(model, *central, Objective.of(job, plan.num_classes, None, model)).items()
                  if k != "num_examples"}
-            run.log_metrics({f"central/{k}": v for k, v in r.items()}, server_round)
+            metrics.update({f"central/{k}": v for k, v in r.items()})
             res = MetricRecord({k: float(v) for k, v in r.items() if not np.isnan(v)})
+        strategy = holder.get("strategy")
         if server_round > 0:
-            run.log_metrics({"time/round_end_s": time.perf_counter() - t0}, server_round)
+            metrics["time/round_end_s"] = time.perf_counter() - t0
             if outcome.first_round_s is None:
                 outcome.first_round_s = time.perf_counter() - t0
                 outcome.first_round_at = time.time()
+            if strategy is not None and hasattr(strategy, "epsilon"):
+                metrics["dp/epsilon"] = strategy.epsilon()
+            save_round(ckpt_dir, server_round, state, strategy.checkpoint_state() if strategy else {})
+        run.log_metrics(metrics, server_round)
         run.flush()
         return res
 
-    server_app = ServerApp()
-
-    @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        config = ConfigRecord({"job": job.model_dump_json(), "schema": json.dumps(plan.schema.to_dict())})
+        config = ConfigRecord({"job": job.model_dump_json(), "schema": json.dumps(plan.schema.to_dict()),
+                               "state-dir": str(ckpt_dir / "hospitals")})
         nodes = _wait_for_nodes(grid, num_clients)
         census = _census(grid, nodes, config, plan.num_features, plan.num_classes)
         outcome.label_counts = census.labels
@@ -188,19 +242,63 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | 
             weights = list(job.train.class_weights)
         if weights is not None:
             config["class-weights"] = json.dumps(weights)
-            run.log_params({"train.class_weights_resolved": ",".join(f"{w:.4g}" for w in weights)})
+            if not done:
+                run.log_params({"train.class_weights_resolved": ",".join(f"{w:.4g}" for w in weights)})
+        if fed.dp is not None and fed.dp.mode == "central":
+            config["uniform-weight"] = 1
         strategy = build_strategy(fed.strategy, num_clients=num_clients, fraction_fit=fed.fraction_fit,
-                                  fraction_evaluate=fed.fraction_evaluate, listener=logger)
+                                  fraction_evaluate=fed.fraction_evaluate, listener=logger, seed=job.seed,
+                                  nodes=census.nodes, min_fit=fed.min_fit_clients,
+                                  accept_failures=fed.accept_failures, dp=fed.dp)
+        if hasattr(strategy, "trainable"):
+            strategy.trainable = [k for k, p in model.named_parameters() if p.requires_grad]
+        holder["strategy"] = strategy
+        if saved_model is not None:
+            model.load_state_dict(saved_model)
+            strategy.load_checkpoint_state(saved_strategy)
+            strategy.round_offset = done
+            if hasattr(strategy, "replay"):
+                strategy.replay(done, sample_size(num_clients, fed.fraction_fit, fed.min_fit_clients or min(2, num_clients)),
+                                num_clients)
+        if fed.rounds - done <= 0:
+            return
         result = strategy.start(
             grid=grid,
             initial_arrays=ArrayRecord(model.state_dict()),
-            num_rounds=fed.rounds,
+            num_rounds=fed.rounds - done,
+            timeout=fed.round_timeout_s,
             train_config=config,
             evaluate_config=ConfigRecord(dict(config)),
             evaluate_fn=central_eval,
         )
         model.load_state_dict(result.arrays.to_torch_state_dict())
 
+    quiet_flower(os.environ.get("CONSORTIUM_VERBOSE") == "1")
+    if fed.engine == "inline":
+        if runtime is not None:
+            runtime.stop()
+        _run_inline(main, num_clients)
+    else:
+        _run_simulation(main, job, num_clients, runtime)
+    outcome.final = {k: v for k, v in run.last.items() if "/" in k and not k.startswith("hospital_")}
+    outcome.confusion = logger.confusion
+    return outcome
+
+
+def _run_inline(main, num_clients: int) -> None:
+    from orchestrator.inline_engine import InlineGrid, server_identity
+
+    grid = InlineGrid(client_app, [{"partition-id": i, "num-partitions": num_clients} for i in range(num_clients)])
+    with server_identity(grid.run.run_id):
+        main(grid, Context(run_id=grid.run.run_id, node_id=1, node_config={}, state=RecordDict(), run_config={}))
+
+
+def _run_simulation(main, job: JobSpec, num_clients: int, runtime: EarlyRuntime | None) -> None:
+    from flwr.simulation import run_simulation
+
+    server_app = ServerApp()
+    server_app.main()(main)
+    fed = job.federated
     backend_config = {
         "client_resources": {"num_cpus": fed.client_resources.num_cpus, "num_gpus": fed.client_resources.num_gpus},
         "init_args": ray_init_args(),
@@ -210,7 +308,6 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | 
     runtime = runtime or start_simulation_runtime()
     runtime.join()
     verbose = os.environ.get("CONSORTIUM_VERBOSE") == "1"
-    quiet_flower(verbose)
     try:
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients,
                        backend_config=backend_config, verbose_logging=verbose)
@@ -219,6 +316,3 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | 
         raise
     finally:
         runtime.stop()
-    outcome.final = {k: v for k, v in run.last.items() if "/" in k and not k.startswith("hospital_")}
-    outcome.confusion = logger.confusion
-    return outcome

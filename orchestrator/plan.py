@@ -109,8 +109,11 @@ def plan_data(job: JobSpec) -> DataPlan:
             pooled = Split(*(np.concatenate([getattr(s, a) for s in splits])
                              for a in ("X_train", "y_train", "X_test", "y_test")))
             centralized = impute_split(pooled, job.data.impute)
-        return DataPlan(schema, [hospital_name(t.name) for t in tables], [len(t.y) for t in tables],
+        plan = DataPlan(schema, [hospital_name(t.name) for t in tables], [len(t.y) for t in tables],
                         central=None, centralized=centralized, notes=notes)
+        if job.kind == "federated":
+            check_privacy_budget(job, [len(s.y_train) for s in splits])
+        return plan
 
     (table,) = tables
     if len(table.y) < 4:
@@ -126,4 +129,34 @@ def plan_data(job: JobSpec) -> DataPlan:
         _, shares = pool_partition(table, job, n)
     except PartitionError as exc:
         raise DataError(source, [f"federated.num_clients: {exc}"]) from None
+    check_privacy_budget(job, [len(own_split(table.X[rows], table.y[rows], job, i).y_train)
+                               for i, rows in enumerate(shares)])
     return DataPlan(schema, [str(i) for i in range(n)], [len(s) for s in shares], central=central, notes=notes)
+
+
+def check_privacy_budget(job: JobSpec, train_rows: list[int]) -> None:
+    """Refuse a DP job whose rounds and noise would spend more than federated.dp.target_epsilon."""
+    from orchestrator.errors import ConfigError
+
+    dp, fed = job.federated.dp, job.federated
+    if dp is None or dp.target_epsilon is None or not train_rows:
+        return
+    if dp.mode == "central":
+        from strategies.central_dp import projected_epsilon
+        from strategies.registry import sample_size
+
+        n = len(train_rows)
+        eps = projected_epsilon(dp, n, sample_size(n, fed.fraction_fit, fed.min_fit_clients or min(2, n)), fed.rounds)
+        who = "the consortium"
+    else:
+        from clients.privacy import epsilon
+
+        spent = [epsilon(dp.noise_multiplier, r, job.train.batch_size, job.train.epochs, fed.rounds, dp.delta)
+                 for r in train_rows]
+        eps = max(spent)
+        who = f"hospital {int(np.argmax(spent))} ({train_rows[int(np.argmax(spent))]} training rows)"
+    if eps > dp.target_epsilon:
+        raise ConfigError("federated.dp", [
+            f"target_epsilon: {dp.target_epsilon:g} cannot be met: {fed.rounds} rounds at noise_multiplier "
+            f"{dp.noise_multiplier:g} spend epsilon {eps:.3g} for {who} at delta {dp.delta:g}; raise "
+            f"federated.dp.noise_multiplier, lower federated.rounds or raise target_epsilon"])

@@ -1,4 +1,7 @@
-"""Find what an interrupted run needs to continue: its resolved job spec and its checkpoints."""
+"""Find what an interrupted run needs to continue: its resolved job spec and its checkpoints.
+
+Ray jobs continue from Ray Train's last checkpoint; federated jobs from the last round checkpoint
+(global model + strategy state; each hospital keeps its own state, e.g. SCAFFOLD's c_i)."""
 from __future__ import annotations
 
 import tempfile
@@ -21,10 +24,10 @@ def load_interrupted(run_id: str, tracking_uri: str | None) -> JobSpec:
     if run.info.status == "FINISHED":
         raise UserError(f"run {run_id}", ["already FINISHED: nothing to resume"])
     kind = run.data.tags.get("kind")
-    if kind != "ray":
-        raise UserError(f"run {run_id}", [f"kind '{kind}': resume continues ray jobs from their checkpoints "
-                                          "(federated round checkpoints are not implemented yet)"])
-    storage = run.data.tags.get("ray.storage")
+    if kind not in ("ray", "federated"):
+        raise UserError(f"run {run_id}", [f"kind '{kind}': resume continues ray and federated jobs from their "
+                                          "checkpoints; run this job again instead"])
+    storage = run.data.tags.get("ray.storage" if kind == "ray" else "federated.checkpoints")
     if not storage or not Path(storage).is_dir():
         raise UserError(f"run {run_id}", [f"its checkpoints are gone ({storage}): run the job again instead"])
     with tempfile.TemporaryDirectory() as d:

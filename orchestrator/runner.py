@@ -72,7 +72,7 @@ def run_job(job: JobSpec, plan: DataPlan | None = None, resume_run_id: str | Non
 
         return run_sweep(job, plan)
     session = runtime = None
-    if job.kind == "federated":
+    if job.kind == "federated" and job.federated.engine == "simulation":
         from orchestrator.runtime import start_simulation_runtime
 
         runtime = start_simulation_runtime()  # Ray starts while MLflow opens the run
@@ -124,7 +124,7 @@ def _tracked(job: JobSpec, plan: DataPlan, tracker, session, resume_run_id: str 
         elif job.kind == "federated":
             from orchestrator.federated_job import run_federated
 
-            outcome = run_federated(job, plan, run, start, runtime)
+            outcome = run_federated(job, plan, run, start, runtime, resume=bool(resume_run_id))
         else:
             from orchestrator.centralized_job import run_centralized
 

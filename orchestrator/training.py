@@ -137,12 +137,13 @@ def tensors(X: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn, X: torch.Tensor,
                 y: torch.Tensor, batches, autocast_dtype: torch.dtype | None = None,
                 proximal: tuple[float, list[torch.Tensor]] | None = None,
-                grad_clip: float | None = None) -> tuple[float, int]:
+                grad_clip: float | None = None, correction: list[torch.Tensor] | None = None) -> tuple[float, int]:
     """One pass over `batches` (index tensors); returns (sum of per-example losses, examples).
 
     `proximal=(mu, anchor)` adds FedProx's (mu/2)·||w - anchor||² to every step's loss; the
     returned loss is the task loss alone, comparable across strategies. `grad_clip` caps the
-    global gradient norm of every step.
+    global gradient norm of every step. `correction` (one tensor per trainable parameter) is added
+    to every step's gradient: SCAFFOLD's control-variate correction c - c_i.
     """
     from orchestrator.models import train_mode
 
@@ -166,6 +167,10 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn, X: torch.
             loss.backward()
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        if correction is not None:
+            for p, c in zip(params, correction):
+                if p.grad is not None:
+                    p.grad.add_(c)
         opt.step()
         total += float(loss.detach()) * len(idx)
         seen += len(idx)
@@ -185,13 +190,15 @@ def set_lr(opt: torch.optim.Optimizer, base_lr: float, factor: float) -> float:
 
 def train_epochs(model: nn.Module, X: torch.Tensor, y: torch.Tensor, spec: TrainSpec, epochs: int,
                  seed: int, on_epoch=None, proximal_mu: float = 0.0, objective: Objective | None = None,
-                 epoch_offset: int = 0, total_epochs: int | None = None) -> float:
+                 epoch_offset: int = 0, total_epochs: int | None = None,
+                 correction: list[torch.Tensor] | None = None, stats: dict | None = None) -> float:
     """Minibatch training; returns the mean loss of the last epoch.
 
     `on_epoch(epoch, loss)` runs after every epoch and may return True to stop (early stopping).
     The learning rate follows train.schedule at global epoch `epoch_offset + e` of `total_epochs`
     (a federated hospital trains epochs `(round-1)*E ...` of `rounds*E`). With `proximal_mu` > 0
-    (FedProx) every step is pulled towards the weights the model started with.
+    (FedProx) every step is pulled towards the weights the model started with. `stats`, if given,
+    receives `steps` (optimizer steps taken) and `lr_sum` (their learning rates summed).
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout masks
@@ -202,10 +209,15 @@ def train_epochs(model: nn.Module, X: torch.Tensor, y: torch.Tensor, spec: Train
         proximal = (proximal_mu, [p.detach().clone() for p in model.parameters() if p.requires_grad])
     total_epochs = total_epochs or epochs
     last = float("nan")
+    steps, lr_sum = 0, 0.0
     for epoch in range(epochs):
-        set_lr(opt, spec.optimizer.lr, lr_factor(spec.schedule, epoch_offset + epoch, total_epochs))
-        total, seen = train_epoch(model, opt, loss_fn, X, y, shuffled_batches(len(y), spec.batch_size, gen),
-                                  proximal=proximal, grad_clip=spec.grad_clip)
+        lr = set_lr(opt, spec.optimizer.lr, lr_factor(spec.schedule, epoch_offset + epoch, total_epochs))
+        batches = shuffled_batches(len(y), spec.batch_size, gen)
+        total, seen = train_epoch(model, opt, loss_fn, X, y, batches,
+                                  proximal=proximal, grad_clip=spec.grad_clip, correction=correction)
+        steps, lr_sum = steps + len(batches), lr_sum + lr * len(batches)
+        if stats is not None:
+            stats.update(steps=steps, lr_sum=lr_sum)
         last = total / max(seen, 1)
         if on_epoch is not None and on_epoch(epoch + 1, last):
             break

@@ -1,21 +1,28 @@
-"""What every Consortium strategy adds to Flower's: a fixed aggregation order and per-hospital reports.
+"""What every Consortium strategy adds to Flower's: seeded sampling, a fixed aggregation order,
+per-hospital reports, a round offset for resumed runs and a checkpointable state.
 
-Flower sums client updates in arrival order, which varies run to run; sorting replies by hospital
-makes a seeded run reproduce its metrics exactly. The listener is how the orchestrator hears about
-each round (a strategy itself never touches the file system or MLflow).
+Flower samples hospitals with the global `random` module and sums updates in arrival order, both of
+which vary run to run; a `Sampler` seeded by (seed, round) and replies sorted by hospital make a
+seeded run reproduce its metrics exactly. The listener is how the orchestrator hears about each
+round (a strategy itself never touches the file system or MLflow).
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 
 PARTITION_KEY = "partition-id"
 
 
 class NoUsableRepliesError(RuntimeError):
     """Every sampled hospital failed this round: there is nothing to aggregate."""
+
+
+class HospitalFailedError(RuntimeError):
+    """A hospital failed a round and the job does not accept failures."""
 
 
 @dataclass
@@ -30,10 +37,85 @@ class RoundReport:
 Listener = Callable[[RoundReport], None]
 
 
+def to_state(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def from_state(state: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+
+
+@dataclass
+class Sampler:
+    """Which hospitals take part in a round: all of them, or a sample drawn from (seed, round, phase)."""
+    nodes: list[int]                # node id of each hospital, in partition-id order
+    seed: int
+    fraction_fit: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_fit: int = 1
+    min_evaluate: int = 1
+
+    def choose(self, server_round: int, phase: str) -> list[int]:
+        n = len(self.nodes)
+        fraction, least = ((self.fraction_fit, self.min_fit) if phase == "train"
+                           else (self.fraction_evaluate, self.min_evaluate))
+        k = min(n, max(int(n * fraction), least))
+        if k >= n:
+            return list(self.nodes)
+        rng = np.random.default_rng([self.seed, server_round, 0 if phase == "train" else 1])
+        return [self.nodes[i] for i in sorted(rng.choice(n, size=k, replace=False))]
+
+
+class _SampledGrid:
+    """The grid as a strategy sees it for one round: only the sampled hospitals are connected."""
+
+    def __init__(self, grid, nodes: list[int]):
+        self._grid, self._nodes = grid, nodes
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._nodes)
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+
 class ObservedStrategy:
     """Mixin placed before a Flower strategy class: `class FedAvg(ObservedStrategy, flwr.FedAvg)`."""
 
     listener: Listener | None = None
+    sampler: Sampler | None = None
+    round_offset: int = 0          # a resumed run: Flower counts from 1, the hospitals see the true round
+    accept_failures: bool = True
+
+    def _round(self, server_round: int) -> int:
+        return server_round + self.round_offset
+
+    def _view(self, grid, server_round: int, phase: str):
+        return grid if self.sampler is None else _SampledGrid(grid, self.sampler.choose(server_round, phase))
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid):
+        r = self._round(server_round)
+        return super().configure_train(r, arrays, config, self._view(grid, r, "train"))
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid):
+        r = self._round(server_round)
+        return super().configure_evaluate(r, arrays, config, self._view(grid, r, "evaluate"))
+
+    # what a round checkpoint keeps besides the global model (e.g. FedAdam's moments)
+    STATE_ATTRS: tuple[str, ...] = ()
+
+    def checkpoint_state(self) -> dict[str, dict[str, np.ndarray]]:
+        out = {}
+        for attr in self.STATE_ATTRS:
+            value = getattr(self, attr, None)
+            if value is not None:
+                out[attr] = {k: np.asarray(v) for k, v in value.items()}
+        return out
+
+    def load_checkpoint_state(self, state: dict[str, dict[str, np.ndarray]]) -> None:
+        for attr, value in state.items():
+            if attr in self.STATE_ATTRS:
+                setattr(self, attr, {k: np.asarray(v) for k, v in value.items()})
 
     def _ordered(self, server_round: int, replies: Iterable[Message], phase: str) -> list[Message]:
         replies = list(replies)
@@ -52,6 +134,9 @@ class ObservedStrategy:
         report.failures = [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in bad]
         if self.listener is not None:
             self.listener(report)
+        if bad and not self.accept_failures:
+            raise HospitalFailedError(f"round {server_round} ({phase}): {len(bad)} hospital(s) failed and "
+                                      f"federated.accept_failures is false: {report.failures[0]}")
         if replies and not good:
             reasons = "; ".join(report.failures[:3])
             raise NoUsableRepliesError(f"round {server_round} ({phase}): every hospital failed: {reasons}")
@@ -59,10 +144,14 @@ class ObservedStrategy:
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return super().aggregate_train(server_round, self._ordered(server_round, replies, "train"))
+        r = self._round(server_round)
+        ordered = self._ordered(r, replies, "train")
+        return super().aggregate_train(r, [m for m in ordered if not m.has_error()])
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return super().aggregate_evaluate(server_round, self._ordered(server_round, replies, "evaluate"))
+        r = self._round(server_round)
+        ordered = self._ordered(r, replies, "evaluate")
+        return super().aggregate_evaluate(r, [m for m in ordered if not m.has_error()])
 
 
 def _metrics(message: Message) -> MetricRecord:

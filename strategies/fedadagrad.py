@@ -7,4 +7,4 @@ from strategies.base import ObservedStrategy
 
 
 class FedAdagrad(ObservedStrategy, _FlowerFedAdagrad):
-    pass
+    STATE_ATTRS = ("m_t", "v_t")  # the server optimizer's moments, kept in round checkpoints

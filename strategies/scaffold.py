@@ -1,0 +1,56 @@
+"""SCAFFOLD (Karimireddy et al., 2020): control variates correct each hospital's drift under label skew.
+
+Flower has no SCAFFOLD; this builds it on Flower's FedAvg message flow. Every train message carries
+the server's control variate `c` (record "control"); a hospital keeps its own `c_i` in its Flower
+`Context.state` across rounds, trains with gradients corrected by c - c_i and replies with its
+weights and `c_i+ - c_i` (record "control_delta"). The arithmetic is `strategies.arithmetic`.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp.strategy import FedAvg as _FlowerFedAvg
+
+from strategies import arithmetic
+from strategies.base import ObservedStrategy, from_state, to_state
+
+CONTROL, CONTROL_DELTA = "control", "control_delta"
+
+
+class Scaffold(ObservedStrategy, _FlowerFedAvg):
+    STATE_ATTRS = ("control",)
+
+    def __init__(self, *, server_lr: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.server_lr = server_lr
+        self.control: dict[str, np.ndarray] | None = None   # c, over the trainable parameters
+        self.trainable: list[str] | None = None             # set by the orchestrator from the model
+        self.num_clients = 1
+        self._x: dict[str, np.ndarray] | None = None
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid):
+        self._x = to_state(arrays)
+        if self.control is None:
+            names = self.trainable or [k for k, v in self._x.items() if np.issubdtype(v.dtype, np.floating)]
+            self.control = {k: np.zeros_like(self._x[k], dtype=np.float32) for k in names}
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        control = from_state(self.control)
+        for m in messages:
+            m.content[CONTROL] = control
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        r = self._round(server_round)
+        good = [m for m in self._ordered(r, replies, "train") if not m.has_error()]
+        if not good:
+            return None, None
+        contents = [m.content for m in good]
+        weights = [float(next(iter(c.metric_records.values()))[self.weighted_by_key]) for c in contents]
+        ys = [to_state(c["arrays"]) for c in contents]
+        deltas = [to_state(c[CONTROL_DELTA]) for c in contents]
+        x, self.control = arithmetic.scaffold_server(self._x, ys, deltas, self.control, weights,
+                                                     self.server_lr, self.num_clients)
+        return from_state(x), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
