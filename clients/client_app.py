@@ -12,6 +12,7 @@ Messages a hospital answers:
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 
@@ -111,6 +112,10 @@ class InjectedFault(RuntimeError):
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
+    return _train(message, context)
+
+
+def _train(message: Message, context: Context) -> Message:
     h = _hospital(message, context)
     config = message.content["config"]
     server_round = int(config["server-round"])
@@ -221,6 +226,10 @@ def _save_control(h: Hospital, context: Context, message: Message, server_round:
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
+    return _evaluate(message, context)
+
+
+def _evaluate(message: Message, context: Context) -> Message:
     h = _hospital(message, context)
     model = _model(h, message)
     _, _, X, y = h.tensors(standardizer(model).mean.numpy())
@@ -242,3 +251,70 @@ def evaluate(message: Message, context: Context) -> Message:
         confusion = confusion_counts(model, X, y, len(h.schema.classes), objective)
         records["confusion"] = ConfigRecord({"counts": confusion.ravel().tolist()})
     return Message(content=RecordDict(records), reply_to=message)
+
+
+# --------------------------------------------------------------------------- secure aggregation
+# Flower's SecAgg+ runs in its legacy workflow API: instructions arrive as FitIns/EvaluateIns records
+# and Flower's `secaggplus_mod` masks the FitRes this hospital returns, so the server only ever sees
+# the sum of masked updates. Only trainable parameters travel (in `trainable` order); the buffers
+# the server set (input scaling) come in the config, as they are not updates and must not be masked.
+def _secagg_mods():
+    from flwr.client.mod import secaggplus_mod
+
+    return [secaggplus_mod]
+
+
+def _legacy_in(message: Message, prefix: str) -> tuple[Message, list[str]]:
+    from flwr.compat.common.recorddict_compat import recorddict_to_evaluateins, recorddict_to_fitins
+    from flwr.common import parameters_to_ndarrays
+
+    ins = (recorddict_to_fitins if prefix == "fitins" else recorddict_to_evaluateins)(message.content, True)
+    config = ConfigRecord(dict(ins.config))
+    names = json.loads(str(config["trainable"]))
+    state = {k: torch.tensor(v, dtype=torch.float32) for k, v in json.loads(str(config["buffers"])).items()}
+    state.update({k: torch.from_numpy(a.copy()) for k, a in zip(names, parameters_to_ndarrays(ins.parameters))})
+    inner = copy.copy(message)  # same metadata (a new Message would need the task identity of a server)
+    inner.content = RecordDict({"arrays": ArrayRecord(state), "config": config})
+    return inner, names
+
+
+def _scalars(record: MetricRecord) -> dict:
+    return {k: v for k, v in record.items() if isinstance(v, (int, float))}
+
+
+def _secagg_train(message: Message, context: Context) -> Message:
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+    from flwr.compat.common.recorddict_compat import fitres_to_recorddict
+
+    inner, names = _legacy_in(message, "fitins")
+    reply = _train(inner, context)
+    state = reply.content["arrays"].to_torch_state_dict()
+    metrics = _scalars(reply.content["metrics"])
+    res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([state[k].numpy() for k in names]),
+                 int(metrics["num-examples"]), metrics)
+    return Message(fitres_to_recorddict(res, True), reply_to=message)
+
+
+def _secagg_evaluate(message: Message, context: Context) -> Message:
+    from flwr.common import Code, EvaluateRes, Status
+    from flwr.compat.common.recorddict_compat import evaluateres_to_recorddict
+
+    inner, _ = _legacy_in(message, "evaluateins")
+    reply = _evaluate(inner, context)
+    metrics = _scalars(reply.content["metrics"])
+    for name, rec in reply.content.config_records.items():  # confusion counts / regression sums
+        metrics.update({f"{name}_{i}": float(v) for i, v in enumerate(next(iter(rec.values())))})
+    loss = metrics.get("eval_loss", float("nan"))
+    res = EvaluateRes(Status(Code.OK, ""), float(loss), int(metrics["num-examples"]), metrics)
+    return Message(evaluateres_to_recorddict(res), reply_to=message)
+
+
+def _build_secagg_app() -> ClientApp:
+    built = ClientApp(mods=_secagg_mods())
+    built.query()(query)
+    built.train()(_secagg_train)
+    built.evaluate()(_secagg_evaluate)
+    return built
+
+
+secagg_app = _build_secagg_app()

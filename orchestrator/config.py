@@ -483,6 +483,11 @@ def _check_federated(job: JobSpec) -> None:
                              f"{fed.secagg.reconstruction_threshold} is more than num_shares ({fed.secagg.num_shares})")
         if fed.attack is not None or fed.faults is not None:
             raise ValueError("federated.secagg: attack and faults drills run without secure aggregation")
+        if fed.fraction_fit < 1.0:
+            raise ValueError("federated.secagg: SecAgg+ here masks every hospital's update each round; "
+                             "set federated.fraction_fit: 1.0")
+        if n is not None and fed.secagg.num_shares > n:
+            raise ValueError(f"federated.secagg.num_shares: {fed.secagg.num_shares} is more than the {n} hospitals")
 
 
 def _check_sweep_space(job: JobSpec) -> None:

@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.serverapp import Grid, ServerApp
 
 from clients.client_app import app as client_app
+from clients.client_app import secagg_app
 from orchestrator.config import JobSpec
 from orchestrator import metrics as M
 from orchestrator.models import mean_scale, standardizer
@@ -195,6 +196,7 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | 
         run.set_tags({"federated.checkpoints": str(ckpt_dir), "federated.engine": fed.engine})
     t0 = time.perf_counter()
     holder: dict = {}
+    secure = fed.secagg is not None and fed.secagg.enabled
 
     def central_eval(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         # Called by Flower at the end of every round: the natural place to checkpoint and flush.
@@ -246,6 +248,12 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | 
                 run.log_params({"train.class_weights_resolved": ",".join(f"{w:.4g}" for w in weights)})
         if fed.dp is not None and fed.dp.mode == "central":
             config["uniform-weight"] = 1
+        if secure:
+            from orchestrator.secagg import run_secagg
+
+            run_secagg(grid, context, job, model, config, logger, central_eval,
+                       max_weight=float(max(plan.hospital_sizes)))
+            return
         strategy = build_strategy(fed.strategy, num_clients=num_clients, fraction_fit=fed.fraction_fit,
                                   fraction_evaluate=fed.fraction_evaluate, listener=logger, seed=job.seed,
                                   nodes=census.nodes, min_fit=fed.min_fit_clients,
@@ -274,26 +282,27 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | 
         model.load_state_dict(result.arrays.to_torch_state_dict())
 
     quiet_flower(os.environ.get("CONSORTIUM_VERBOSE") == "1")
+    app = secagg_app if secure else client_app
     if fed.engine == "inline":
         if runtime is not None:
             runtime.stop()
-        _run_inline(main, num_clients)
+        _run_inline(main, num_clients, app)
     else:
-        _run_simulation(main, job, num_clients, runtime)
+        _run_simulation(main, job, num_clients, runtime, app)
     outcome.final = {k: v for k, v in run.last.items() if "/" in k and not k.startswith("hospital_")}
     outcome.confusion = logger.confusion
     return outcome
 
 
-def _run_inline(main, num_clients: int) -> None:
+def _run_inline(main, num_clients: int, app) -> None:
     from orchestrator.inline_engine import InlineGrid, server_identity
 
-    grid = InlineGrid(client_app, [{"partition-id": i, "num-partitions": num_clients} for i in range(num_clients)])
+    grid = InlineGrid(app, [{"partition-id": i, "num-partitions": num_clients} for i in range(num_clients)])
     with server_identity(grid.run.run_id):
         main(grid, Context(run_id=grid.run.run_id, node_id=1, node_config={}, state=RecordDict(), run_config={}))
 
 
-def _run_simulation(main, job: JobSpec, num_clients: int, runtime: EarlyRuntime | None) -> None:
+def _run_simulation(main, job: JobSpec, num_clients: int, runtime: EarlyRuntime | None, app) -> None:
     from flwr.simulation import run_simulation
 
     server_app = ServerApp()
@@ -309,7 +318,7 @@ def _run_simulation(main, job: JobSpec, num_clients: int, runtime: EarlyRuntime 
     runtime.join()
     verbose = os.environ.get("CONSORTIUM_VERBOSE") == "1"
     try:
-        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients,
+        run_simulation(server_app=server_app, client_app=app, num_supernodes=num_clients,
                        backend_config=backend_config, verbose_logging=verbose)
     except KeyboardInterrupt:
         ray.shutdown()  # Ctrl-C / SIGTERM: stop the runtime and the hospitals' actors now

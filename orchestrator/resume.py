@@ -33,4 +33,7 @@ def load_interrupted(run_id: str, tracking_uri: str | None) -> JobSpec:
     with tempfile.TemporaryDirectory() as d:
         local = tracker.client.download_artifacts(run_id, "config/resolved.yaml", d)
         job = load_job(local, [f"tracking.uri={uri}"])
+    if job.kind == "federated" and job.federated.secagg is not None and job.federated.secagg.enabled:
+        raise UserError(f"run {run_id}", ["a secure-aggregation (SecAgg+) run cannot be resumed: Flower's SecAgg+ "
+                                          "workflow always starts at round 1; run the job again instead"])
     return job
