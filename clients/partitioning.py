@@ -82,7 +82,8 @@ def shards(y: np.ndarray, num_clients: int, labels_per_hospital: int, seed: int,
     check_feasible(len(y), num_clients, min_size)
     classes = len(np.unique(y))
     if labels_per_hospital > classes:
-        raise PartitionError(f"labels_per_hospital {labels_per_hospital} exceeds the {classes} classes in the data")
+        raise PartitionError(f"federated.partition.labels_per_hospital: {labels_per_hospital} exceeds the "
+                             f"{classes} classes in the data")
     part = PathologicalPartitioner(num_partitions=num_clients, partition_by="label",
                                    num_classes_per_partition=labels_per_hospital,
                                    class_assignment_mode="first-deterministic", shuffle=True, seed=seed)
@@ -90,8 +91,8 @@ def shards(y: np.ndarray, num_clients: int, labels_per_hospital: int, seed: int,
     out = [np.sort(np.asarray(part.load_partition(i)["row"], dtype=np.int64)) for i in range(num_clients)]
     small = [i for i, o in enumerate(out) if len(o) < min_size]
     if small:
-        raise PartitionError(f"shards leave hospital(s) {small[:5]} with fewer than {min_size} rows "
-                             f"(min_size): use fewer hospitals or more labels_per_hospital")
+        raise PartitionError(f"federated.partition: shards leave hospital(s) {small[:5]} with fewer than "
+                             f"{min_size} rows (min_size): use fewer hospitals or more labels_per_hospital")
     return out
 
 

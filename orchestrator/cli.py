@@ -140,7 +140,8 @@ def submit(config: str = typer.Argument(..., help="Job YAML file"),
 @app.command()
 def resume(run_id: str = typer.Argument(..., help="MLflow run id of the interrupted job"),
            tracking_uri: Optional[str] = typer.Option(None, help="Store holding the run (default: as `run`)"),
-           debug: bool = typer.Option(False, help="Show the full traceback when the job fails.")) -> None:
+           debug: bool = typer.Option(False, help="Show the full traceback when the job fails."),
+           json_out: bool = typer.Option(False, "--json", help="Also print the result as one JSON line.")) -> None:
     """Continue an interrupted job from its last checkpoint, into the same MLflow run."""
     try:
         from orchestrator.resume import load_interrupted
@@ -154,7 +155,7 @@ def resume(run_id: str = typer.Argument(..., help="MLflow run id of the interrup
     except UserError as exc:
         _fail_user(exc)
     out.print(f"[bold]consortium[/] resuming {job.kind} job [cyan]{job.name}[/] (run {run_id}) ...", highlight=False)
-    _execute(job, plan, debug, resume_run_id=run_id)
+    _execute(job, plan, debug, resume_run_id=run_id, json_out=json_out)
 
 
 TRACKING_HELP = "MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlruns.db)"

@@ -28,7 +28,7 @@ from orchestrator.plan import DataPlan
 from orchestrator.runtime import EarlyRuntime, quiet_flower, ray_init_args, start_simulation_runtime
 from orchestrator.training import Objective, balanced_weights, evaluate, tensors
 from orchestrator.transfer import Start, initial_model
-from strategies.base import RoundReport
+from strategies.base import RoundReport, from_state, to_state
 from strategies.registry import build_strategy, sample_size
 
 if TYPE_CHECKING:
@@ -168,7 +168,8 @@ def load_last_round(directory: Path) -> tuple[int, dict, dict] | None:
     if not files:
         return None
     with np.load(files[-1], allow_pickle=False) as z:
-        model = {k[len("model/"):]: torch.from_numpy(z[k].copy()) for k in z.files if k.startswith("model/")}
+        # numpy, dtype as saved: a server optimizer may keep the global model in float64
+        model = {k[len("model/"):]: z[k].copy() for k in z.files if k.startswith("model/")}
         strategy: dict[str, dict] = {}
         for k in z.files:
             if k.startswith("strategy/"):
@@ -199,7 +200,8 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | 
     secure = fed.secagg is not None and fed.secagg.enabled
 
     def central_eval(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        # Called by Flower at the end of every round: the natural place to checkpoint and flush.
+        # Called by Flower at the very end of every round: where metrics are flushed and the
+        # round checkpointed.
         server_round += done
         if server_round == done and done > 0:
             return None  # a resumed run: round `done` was evaluated before the interruption
@@ -220,9 +222,12 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | 
                 outcome.first_round_at = time.time()
             if strategy is not None and hasattr(strategy, "epsilon"):
                 metrics["dp/epsilon"] = strategy.epsilon()
-            save_round(ckpt_dir, server_round, state, strategy.checkpoint_state() if strategy else {})
         run.log_metrics(metrics, server_round)
         run.flush()
+        if server_round > 0 and strategy is not None:
+            # Flower evaluates centrally last: the round is over. Its metrics reach the store
+            # first, then the checkpoint, so a run killed in between redoes the round.
+            save_round(ckpt_dir, server_round, to_state(arrays), strategy.checkpoint_state())
         return res
 
     def main(grid: Grid, context: Context) -> None:
@@ -261,8 +266,10 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | 
         if hasattr(strategy, "trainable"):
             strategy.trainable = [k for k, p in model.named_parameters() if p.requires_grad]
         holder["strategy"] = strategy
+        initial = ArrayRecord(model.state_dict())
         if saved_model is not None:
-            model.load_state_dict(saved_model)
+            initial = from_state(saved_model)
+            model.load_state_dict(initial.to_torch_state_dict())
             strategy.load_checkpoint_state(saved_strategy)
             strategy.round_offset = done
             if hasattr(strategy, "replay"):
@@ -272,7 +279,7 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | 
             return
         result = strategy.start(
             grid=grid,
-            initial_arrays=ArrayRecord(model.state_dict()),
+            initial_arrays=initial,
             num_rounds=fed.rounds - done,
             timeout=fed.round_timeout_s,
             train_config=config,

@@ -128,7 +128,8 @@ def plan_data(job: JobSpec) -> DataPlan:
     try:
         _, shares = pool_partition(table, job, n)
     except PartitionError as exc:
-        raise DataError(source, [f"federated.num_clients: {exc}"]) from None
+        msg = str(exc)
+        raise DataError(source, [msg if msg.startswith("federated.") else f"federated.num_clients: {msg}"]) from None
     check_privacy_budget(job, [len(own_split(table.X[rows], table.y[rows], job, i).y_train)
                                for i, rows in enumerate(shares)])
     return DataPlan(schema, [str(i) for i in range(n)], [len(s) for s in shares], central=central, notes=notes)
