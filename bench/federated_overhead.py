@@ -6,7 +6,8 @@ Workload (configs/hospitals_fedavg.yaml): breast cancer, MLP 30-64-2, 10 Dirichl
 20 rounds of 1 local epoch. Contenders, each a fresh process:
   floor       a hand-written in-process FedAvg loop in plain torch (bench/fed_contenders.py)
   flower      Flower's FedAvg in run_simulation, no tracking (bench/fed_contenders.py)
-  consortium  `consortium run configs/hospitals_fedavg.yaml` with MLflow tracking (SQLite)
+  consortium  `consortium run configs/hospitals_fedavg.yaml` with MLflow tracking (SQLite); also
+              with tracking off, and with `federated.engine=inline` (the same ClientApp in-process, no Ray)
 Reported: time from launch to the first finished round, median later-round time, total wall,
 peak RSS of the process tree, final accuracy on the central held-out split.
 """
@@ -24,13 +25,13 @@ from bench.common import ROOT, consortium_cmd, measured, median_of, mlflow_timin
 CONFIG = ROOT / "configs/hospitals_fedavg.yaml"
 
 
-def consortium(rounds: int) -> dict:
+def consortium(rounds: int, *extra: str) -> dict:
     import tempfile
 
     work = Path(tempfile.mkdtemp(prefix="bench-fl-"))
     uri = f"sqlite:///{work / 'mlruns.db'}"
     m = measured(consortium_cmd(CONFIG, f"tracking.uri={uri}", f"federated.rounds={rounds}",
-                                "tracking.register_model=null"), cwd=work)
+                                "tracking.register_model=null", *extra), cwd=work)
     t = mlflow_timings(uri)
     return {**m, "first_round_s": t["first_round_at"] - m["_t0"], "later_round_s": t["later_round_s"],
             "accuracy": t["accuracy"], "log_model_s": t["log_model_s"]}
@@ -58,7 +59,8 @@ def main(repeats: int = 3, rounds: int = 20) -> dict:
     contenders = {"floor (plain torch loop)": lambda: contender("floor", rounds),
                   "raw Flower run_simulation": lambda: contender("flower", rounds),
                   "consortium run": lambda: consortium(rounds),
-                  "consortium run, tracking off": lambda: untracked(rounds)}
+                  "consortium run, tracking off": lambda: untracked(rounds),
+                  "consortium run, inline engine": lambda: consortium(rounds, "federated.engine=inline")}
     runs: dict[str, list[dict]] = {k: [] for k in contenders}
     for _ in range(repeats):  # interleaved: drift on a shared machine hits every contender alike
         for name, fn in contenders.items():

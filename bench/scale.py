@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/scale.py [--sizes 100 1000 10000] [--rounds 3] [--repeats 1]
 
+Both engines: Flower's simulation (Ray actors) and inline (the same ClientApp in-process).
 Each hospital holds ~12 generated rows (data.source xor, rows = 15 x hospitals, IID), an MLP 2-64-2;
 fraction_fit = fraction_evaluate from 0.1 (100) to 0.01 (10 000), so every round trains 10 to 100
 hospitals. Before round 1 the census queries every hospital once (input scaling).
@@ -21,7 +22,7 @@ from bench.common import ROOT, consortium_cmd, measured, median_of, mlflow_timin
 FRACTION = {100: 0.1, 1000: 0.05, 10000: 0.01}
 
 
-def one(n: int, rounds: int, timeout: float = 1800) -> dict:
+def one(n: int, rounds: int, timeout: float = 1800, engine: str = "simulation") -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"bench-scale{n}-"))
     uri = f"sqlite:///{work / 'mlruns.db'}"
     frac = FRACTION.get(n, max(0.01, min(0.1, 10 / n)))
@@ -29,28 +30,32 @@ def one(n: int, rounds: int, timeout: float = 1800) -> dict:
                                 f"data.rows={15 * n}", "federated.partition.name=iid", f"federated.num_clients={n}",
                                 f"federated.rounds={rounds}", f"federated.fraction_fit={frac}",
                                 f"federated.fraction_evaluate={frac}", "tracking.register_model=null",
-                                "explain.enabled=false"), cwd=work, timeout=timeout)
+                                "explain.enabled=false", f"federated.engine={engine}"), cwd=work, timeout=timeout)
     t = mlflow_timings(uri)
-    return {**m, "hospitals": n, "fraction_fit": frac, "first_round_s": t["first_round_at"] - m["_t0"],
+    return {**m, "hospitals": n, "engine": engine, "fraction_fit": frac, "first_round_s": t["first_round_at"] - m["_t0"],
             "round_s": t["later_round_s"], "accuracy": t["accuracy"]}
 
 
-def main(sizes=(100, 1000, 10000), rounds: int = 3, repeats: int = 1, timeout: float = 120) -> dict:
+def main(sizes=(100, 1000, 10000), rounds: int = 3, repeats: int = 1, timeout: float = 120,
+         engines=("simulation", "inline")) -> dict:
     import subprocess
 
     med, failed = {}, {}
-    for n in sizes:
-        try:
-            med[n] = median_of([one(n, rounds, timeout) for _ in range(repeats)])
-        except subprocess.TimeoutExpired:
-            failed[n] = f"no round within {timeout:.0f} s (killed)"
-    rows = ["| hospitals | fraction_fit | trained per round | first round after launch (s) | later round (s) | "
-            "wall (s) | peak RSS (MiB) |", "|---|---|---|---|---|---|---|"]
-    for n, m in med.items():
-        rows.append(f"| {n} | {m['fraction_fit']:g} | {round(n * m['fraction_fit'])} | {m['first_round_s']:.1f} | "
-                    f"{m['round_s']:.2f} | {m['wall_s']:.1f} | {m['peak_rss_mb']:.0f} |")
-    for n, why in failed.items():
-        rows.append(f"| {n} | {FRACTION.get(n, 0.01):g} | | {why} | | | |")
+    for engine in engines:
+        for n in sizes:
+            try:
+                med[f"{engine}/{n}"] = median_of([one(n, rounds, timeout, engine) for _ in range(repeats)])
+            except subprocess.TimeoutExpired:
+                failed[f"{engine}/{n}"] = f"no round within {timeout:.0f} s (killed)"
+    rows = ["| engine | hospitals | fraction_fit | trained per round | first round after launch (s) | later round (s) | "
+            "wall (s) | peak RSS (MiB) |", "|---|---|---|---|---|---|---|---|"]
+    for key, m in med.items():
+        engine, n = key.split("/")
+        rows.append(f"| {engine} | {n} | {m['fraction_fit']:g} | {round(int(n) * m['fraction_fit'])} | "
+                    f"{m['first_round_s']:.1f} | {m['round_s']:.2f} | {m['wall_s']:.1f} | {m['peak_rss_mb']:.0f} |")
+    for key, why in failed.items():
+        engine, n = key.split("/")
+        rows.append(f"| {engine} | {n} | {FRACTION.get(int(n), 0.01):g} | | {why} | | | |")
     table = f"Scale: simulated hospitals on this machine, {rounds} rounds, median of {repeats}.\n\n" + "\n".join(rows)
     save("scale", {"rounds": rounds, "repeats": repeats, "median": med, "failed": failed}, table)
     return med
@@ -61,7 +66,8 @@ if __name__ == "__main__":
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--engines", nargs="+", default=["simulation", "inline"])
     a = ap.parse_args()
     t = time.time()
-    main(a.sizes, a.rounds, a.repeats)
+    main(a.sizes, a.rounds, a.repeats, engines=tuple(a.engines))
     print(f"({time.time() - t:.0f} s)")

@@ -142,6 +142,13 @@ class ObservedStrategy:
             raise NoUsableRepliesError(f"round {server_round} ({phase}): every hospital failed: {reasons}")
         return good + bad
 
+    def _train_replies(self, server_round: int, replies: Iterable[Message]) -> tuple[list, list[MetricRecord]]:
+        """For strategies with arithmetic of their own: the usable replies' contents in hospital
+        order (reported to the listener), and each one's metrics."""
+        good = [m for m in self._ordered(self._round(server_round), replies, "train") if not m.has_error()]
+        contents = [m.content for m in good]
+        return contents, [_metrics(m) for m in good]
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         r = self._round(server_round)

@@ -23,12 +23,9 @@ class FedNova(ObservedStrategy, _FlowerFedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        r = self._round(server_round)
-        good = [m for m in self._ordered(r, replies, "train") if not m.has_error()]
-        if not good:
+        contents, metrics = self._train_replies(server_round, replies)
+        if not contents:
             return None, None
-        contents = [m.content for m in good]
-        metrics = [next(iter(c.metric_records.values())) for c in contents]
         weights = [float(m[self.weighted_by_key]) for m in metrics]
         norms = [arithmetic.fednova_norm(int(m["local-steps"]), float(m.get("momentum", 0.0))) for m in metrics]
         x = arithmetic.fednova(self._x, [to_state(c["arrays"]) for c in contents], norms, weights)

@@ -43,12 +43,10 @@ class Scaffold(ObservedStrategy, _FlowerFedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        r = self._round(server_round)
-        good = [m for m in self._ordered(r, replies, "train") if not m.has_error()]
-        if not good:
+        contents, metrics = self._train_replies(server_round, replies)
+        if not contents:
             return None, None
-        contents = [m.content for m in good]
-        weights = [float(next(iter(c.metric_records.values()))[self.weighted_by_key]) for c in contents]
+        weights = [float(m[self.weighted_by_key]) for m in metrics]
         ys = [to_state(c["arrays"]) for c in contents]
         deltas = [to_state(c[CONTROL_DELTA]) for c in contents]
         x, self.control = arithmetic.scaffold_server(self._x, ys, deltas, self.control, weights,
