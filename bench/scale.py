@@ -36,7 +36,7 @@ def one(n: int, rounds: int, timeout: float = 1800, engine: str = "simulation") 
             "round_s": t["later_round_s"], "accuracy": t["accuracy"]}
 
 
-def main(sizes=(100, 1000, 10000), rounds: int = 3, repeats: int = 1, timeout: float = 120,
+def main(sizes=(100, 1000, 10000), rounds: int = 3, repeats: int = 1, timeout: float = 90,
          engines=("simulation", "inline")) -> dict:
     import subprocess
 

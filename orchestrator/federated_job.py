@@ -143,6 +143,36 @@ def _census(grid: Grid, nodes: list[int], config: ConfigRecord, dim: int, num_cl
     return Census(mean, scale, labels, target, [by_pid[p] for p in sorted(by_pid)])
 
 
+class RoundWriter:
+    """Per-round I/O off the rounds' critical path: one thread runs the submitted writes in order
+    (flush the round's metrics, then its checkpoint). A failed write is logged, not fatal: the
+    metrics stay buffered in the run for the next flush."""
+
+    def __init__(self):
+        import queue
+        import threading
+
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="consortium-round-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, write) -> None:
+        self._queue.put(write)
+
+    def _loop(self) -> None:
+        import logging
+
+        while (write := self._queue.get()) is not None:
+            try:
+                write()
+            except Exception as exc:  # noqa: BLE001 - keep writing the next rounds
+                logging.getLogger("consortium").warning("round checkpoint/flush failed: %s", exc)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+
 def checkpoint_dir(run_id: str) -> Path:
     from orchestrator.runtime import consortium_home
 
@@ -196,6 +226,7 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | 
     if not resume:
         run.set_tags({"federated.checkpoints": str(ckpt_dir), "federated.engine": fed.engine})
     t0 = time.perf_counter()
+    writer = RoundWriter()
     holder: dict = {}
     secure = fed.secagg is not None and fed.secagg.enabled
 
@@ -223,11 +254,15 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | 
             if strategy is not None and hasattr(strategy, "epsilon"):
                 metrics["dp/epsilon"] = strategy.epsilon()
         run.log_metrics(metrics, server_round)
-        run.flush()
         if server_round > 0 and strategy is not None:
             # Flower evaluates centrally last: the round is over. Its metrics reach the store
-            # first, then the checkpoint, so a run killed in between redoes the round.
-            save_round(ckpt_dir, server_round, to_state(arrays), strategy.checkpoint_state())
+            # first, then the checkpoint, so a run killed in between redoes the round. Both on
+            # the writer thread, while the next round trains.
+            snapshot = to_state(arrays), {a: {k: np.array(v) for k, v in d.items()}
+                                          for a, d in strategy.checkpoint_state().items()}
+            writer.submit(lambda: (run.flush(), save_round(ckpt_dir, server_round, *snapshot)))
+        else:
+            writer.submit(run.flush)
         return res
 
     def main(grid: Grid, context: Context) -> None:
@@ -290,12 +325,15 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | 
 
     quiet_flower(os.environ.get("CONSORTIUM_VERBOSE") == "1")
     app = secagg_app if secure else client_app
-    if fed.engine == "inline":
-        if runtime is not None:
-            runtime.stop()
-        _run_inline(main, num_clients, app)
-    else:
-        _run_simulation(main, job, num_clients, runtime, app)
+    try:
+        if fed.engine == "inline":
+            if runtime is not None:
+                runtime.stop()
+            _run_inline(main, num_clients, app)
+        else:
+            _run_simulation(main, job, num_clients, runtime, app)
+    finally:
+        writer.close()  # every round's metrics and checkpoint written, also when stopped
     outcome.final = {k: v for k, v in run.last.items() if "/" in k and not k.startswith("hospital_")}
     outcome.confusion = logger.confusion
     return outcome

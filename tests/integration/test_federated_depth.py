@@ -206,8 +206,10 @@ def test_no_raw_training_row_ever_leaves_a_hospital(store, monkeypatch):
 
 
 def test_an_interrupted_fedadam_run_resumes_with_its_server_moments(store, monkeypatch):
-    """Ctrl-C after round 3 (run KILLED), resume into the same run: Adam's moments come back from the
-    round checkpoint, so the result equals an uninterrupted run's exactly."""
+    """Ctrl-C once round 3 is checkpointed (run KILLED), resume into the same run: Adam's moments come
+    back from the round checkpoint, so the result equals an uninterrupted run's exactly."""
+    import _thread
+
     from orchestrator import federated_job
     from orchestrator.loading import load_job
     from orchestrator.runner import run_job
@@ -219,14 +221,14 @@ def test_an_interrupted_fedadam_run_resumes_with_its_server_moments(store, monke
         save(directory, server_round, model_state, strategy_state)
         assert set(strategy_state) == {"m_t", "v_t"}
         if server_round == 3:
-            raise KeyboardInterrupt
+            _thread.interrupt_main()  # checkpoints are written on a thread: Ctrl-C reaches the main one
 
     monkeypatch.setattr(federated_job, "save_round", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         run(store, *args)
     client = MlflowClient(store)
     (killed,) = client.search_runs([client.get_experiment_by_name("consortium").experiment_id])
-    assert killed.info.status == "KILLED" and max(history(store, killed.info.run_id, "central/loss")) == 3
+    assert killed.info.status == "KILLED" and 3 <= max(history(store, killed.info.run_id, "central/loss")) < 8
     monkeypatch.setattr(federated_job, "save_round", save)
 
     job = load_job(CONFIGS / "hospitals_fedavg.yaml", [f"tracking.uri={store}", "federated.engine=inline", *QUICK, *args])
