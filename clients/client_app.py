@@ -54,25 +54,26 @@ class Hospital:
 
 
 # A simulation actor serves many hospitals in turn: keep each one's data for the job's lifetime.
-_HOSPITALS: dict[tuple[str, int], Hospital] = {}
+# Keyed by the job (spec + schema text): a new job in this process forgets the previous one's data.
+_JOB: dict = {"key": None, "job": None, "schema": None, "hospitals": {}}
 
 
 def _hospital(message: Message, context: Context) -> Hospital:
     cfg = message.content["config"]
     pid = int(context.node_config[PARTITION_KEY])
     job_key = str(cfg["job"]) + str(cfg["schema"])
-    key = (job_key, pid)
-    if key not in _HOSPITALS:
-        for old in [k for k in _HOSPITALS if k[0] != job_key]:
-            del _HOSPITALS[old]  # a new job in this process: forget the previous one's data
-        job = JobSpec.model_validate_json(str(cfg["job"]))
-        schema = Schema.from_dict(json.loads(str(cfg["schema"])))
+    if _JOB["key"] != job_key:  # parsed once per job, shared by every hospital this process serves
+        _JOB.update(key=job_key, job=JobSpec.model_validate_json(str(cfg["job"])),
+                    schema=Schema.from_dict(json.loads(str(cfg["schema"]))), hospitals={})
+    hospitals = _JOB["hospitals"]
+    if pid not in hospitals:
+        job, schema = _JOB["job"], _JOB["schema"]
         num = int(context.node_config.get("num-partitions", job.federated.num_clients or 1))
         data_path = context.node_config.get("data-path")
         name, split = hospital_share(job, schema, pid, num, str(data_path) if data_path else None)
         torch.set_num_threads(max(1, int(job.federated.client_resources.num_cpus)))
-        _HOSPITALS[key] = Hospital(job, schema, pid, name, split)
-    return _HOSPITALS[key]
+        hospitals[pid] = Hospital(job, schema, pid, name, split)
+    return hospitals[pid]
 
 
 def _model(h: Hospital, message: Message) -> torch.nn.Module:
@@ -187,10 +188,12 @@ def _scaffold_train(h: Hospital, model: torch.nn.Module, X, y, message: Message,
     return loss, stats.get("steps", 0), from_state({k: c_new[k] - c_i[k] for k in c})
 
 
-def _control_dir(message: Message):
+def _control_dir(message: Message, context: Context):
+    """Where this hospital keeps its state between runs: its node config's `state-dir` (deployment:
+    a path on the hospital's own machine), else the one the server names (simulation, one machine)."""
     from pathlib import Path
 
-    d = message.content["config"].get("state-dir")
+    d = context.node_config.get("state-dir") or message.content["config"].get("state-dir")
     return Path(str(d)) if d else None
 
 
@@ -199,7 +202,7 @@ def _load_control(h: Hospital, context: Context, message: Message, server_round:
 
     if "scaffold.c_i" in context.state:
         return to_state(context.state["scaffold.c_i"])
-    d = _control_dir(message)
+    d = _control_dir(message, context)
     if d is None or not d.is_dir():
         return None
     saved = sorted((int(f.stem.rsplit("_r", 1)[1]), f) for f in d.glob(f"hospital{h.partition_id}_r*.npz"))
@@ -214,7 +217,7 @@ def _save_control(h: Hospital, context: Context, message: Message, server_round:
     from strategies.base import from_state
 
     context.state["scaffold.c_i"] = from_state(c_i)
-    d = _control_dir(message)
+    d = _control_dir(message, context)
     if d is None:
         return
     d.mkdir(parents=True, exist_ok=True)

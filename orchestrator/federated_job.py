@@ -114,7 +114,8 @@ class Census:
     nodes: list[int]            # node id of each hospital, in partition-id order
 
 
-def _census(grid: Grid, nodes: list[int], config: ConfigRecord, dim: int, num_classes: int) -> Census:
+def _census(grid: Grid, nodes: list[int], config: ConfigRecord, dim: int, num_classes: int,
+            num_hospitals: int = 0) -> Census:
     """Ask every hospital for aggregates only: per-feature sums (-> the consortium's feature mean
     and standard deviation), its training-label histogram (-> the partition plot, balanced class
     weights) or, for a regression, its target's sums (-> the output scaling)."""
@@ -122,7 +123,7 @@ def _census(grid: Grid, nodes: list[int], config: ConfigRecord, dim: int, num_cl
                 for n in nodes]
     totals = np.zeros((3, dim))
     target = np.zeros(3)
-    labels = np.zeros((len(nodes), num_classes), dtype=np.int64)
+    labels = np.zeros((max(len(nodes), num_hospitals), num_classes), dtype=np.int64)
     failures = []
     by_pid: dict[int, int] = {}
     for reply in grid.send_and_receive(messages, timeout=600):
@@ -135,7 +136,7 @@ def _census(grid: Grid, nodes: list[int], config: ConfigRecord, dim: int, num_cl
             target += arrays[3]
         pid = int(reply.content["metrics"]["partition-id"])
         by_pid[pid] = reply.metadata.src_node_id
-        if 0 <= pid < len(nodes) and num_classes:
+        if 0 <= pid < len(labels) and num_classes:
             labels[pid] = reply.content["labels"]["train"]
     if failures:
         raise RuntimeError(f"{len(failures)} hospital(s) failed the census query: {failures[0]}")
@@ -268,8 +269,8 @@ def run_federated(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start | 
     def main(grid: Grid, context: Context) -> None:
         config = ConfigRecord({"job": job.model_dump_json(), "schema": json.dumps(plan.schema.to_dict()),
                                "state-dir": str(ckpt_dir / "hospitals")})
-        nodes = _wait_for_nodes(grid, num_clients)
-        census = _census(grid, nodes, config, plan.num_features, plan.num_classes)
+        nodes = _wait_for_nodes(grid, min(fed.min_available_clients or num_clients, num_clients))
+        census = _census(grid, nodes, config, plan.num_features, plan.num_classes, num_clients)
         outcome.label_counts = census.labels
         if job.data.standardize and "input.mean" not in copied:
             standardizer(model).set(census.mean, census.scale)

@@ -26,14 +26,18 @@ def curves(series: Series, title: str, xlabel: str, ylabel: str = "") -> Figure:
     return fig
 
 
-def partition(names: list[str], label_counts: np.ndarray, classes: list[str]) -> Figure:
-    """Stacked bars: rows per hospital, split by label."""
+def partition(names: list[str], label_counts: np.ndarray, classes: list[str], most: int = 60) -> Figure:
+    """Stacked bars: rows per hospital, split by label (the first `most` hospitals; the table has all)."""
+    title = "Training rows per hospital, by label"
+    if len(names) > most:
+        title += f"\n(first {most} of {len(names)} hospitals; all in partition/hospitals.json)"
+        names, label_counts = names[:most], label_counts[:most]
     fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(names) + 2), 4), dpi=110)
     bottom = np.zeros(len(names))
     for k, cls in enumerate(classes):
         ax.bar(names, label_counts[:, k], bottom=bottom, label=str(cls))
         bottom += label_counts[:, k]
-    ax.set(title="Training rows per hospital, by label", xlabel="hospital", ylabel="rows")
+    ax.set(title=title, xlabel="hospital", ylabel="rows")
     ax.legend(fontsize=7, title="label")
     plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
     fig.tight_layout()

@@ -58,8 +58,11 @@ def run_tags(job: JobSpec, plan: DataPlan) -> dict[str, str]:
     tags = {"kind": job.kind, "dataset": job.data.path or job.data.source, "job": job.name,
             "git_commit": git_commit(), "model": job.model.name, "mlflow.note.content": describe(job, plan)}
     if job.kind == "federated":
+        names = ",".join(plan.hospitals)
+        if len(names) > 4000:  # MLflow caps tag values; the partition table lists every hospital
+            names = ",".join(plan.hospitals[:200]) + f",... ({len(plan.hospitals)} hospitals)"
         tags.update({"strategy": job.federated.strategy.name, "partition": job.federated.partition.name,
-                     "hospitals": ",".join(plan.hospitals)})
+                     "hospitals": names})
     return tags
 
 
