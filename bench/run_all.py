@@ -1,6 +1,6 @@
 """Every benchmark, one command; results in bench/results/*.json and a combined bench/results/README.md.
 
-    .venv/bin/python bench/run_all.py            # ~15 min on a 2-core machine
+    .venv/bin/python bench/run_all.py            # ~14 min on a 2-core machine
     .venv/bin/python bench/run_all.py --quick    # 1 repeat each, 5 rounds: a smoke run
 
 Not part of the test suite: absolute times on a shared machine are noisy; the ratios between
@@ -31,7 +31,10 @@ def main() -> None:
     if "federated_overhead" not in a.skip:
         federated_overhead.main(repeats=repeats, rounds=5 if a.quick else 20)
     if "scale" not in a.skip:
-        scale.main(sizes=(100, 1000) if a.quick else (100, 1000, 10000), rounds=3, repeats=1)
+        # Flower's simulation does not reach round 1 with 10 000 hospitals in minutes (measured
+        # separately, see the README); the inline engine's 100 adds nothing to its 1 000
+        scale.main(sizes=(100, 1000) if a.quick else (100, 1000, 10000), rounds=3, repeats=1,
+                   skip={("simulation", 10000), ("inline", 100)})
     if "ray_ddp" not in a.skip:
         subprocess.run([sys.executable, str(ROOT / "bench/ray_ddp.py"), "--repeats", str(repeats)], check=True,
                        stdout=open(RESULTS / "ray_ddp.md", "w"))

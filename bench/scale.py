@@ -37,12 +37,15 @@ def one(n: int, rounds: int, timeout: float = 1800, engine: str = "simulation") 
 
 
 def main(sizes=(100, 1000, 10000), rounds: int = 3, repeats: int = 1, timeout: float = 90,
-         engines=("simulation", "inline")) -> dict:
+         engines=("simulation", "inline"), skip=()) -> dict:
+    """`skip`: (engine, size) pairs left out (run_all leaves out what takes long and adds nothing)."""
     import subprocess
 
     med, failed = {}, {}
     for engine in engines:
         for n in sizes:
+            if (engine, n) in skip:
+                continue
             try:
                 med[f"{engine}/{n}"] = median_of([one(n, rounds, timeout, engine) for _ in range(repeats)])
             except subprocess.TimeoutExpired:
