@@ -150,7 +150,7 @@ def _train(message: Message, context: Context) -> Message:
         steps = stats.get("steps", 0)
     state = model.state_dict()
     if fed.attack is not None and h.partition_id in fed.attack.hospitals:
-        from strategies.arithmetic import poison
+        from clients.updates import poison
 
         poisoned = poison({k: v.numpy() for k, v in start.items()}, {k: v.numpy() for k, v in state.items()},
                           fed.attack.kind, fed.attack.factor)
@@ -169,8 +169,8 @@ def _scaffold_train(h: Hospital, model: torch.nn.Module, X, y, message: Message,
 
     c_i lives in this hospital's Flower Context.state between rounds and, when the server names a
     `state-dir`, in a file of its own per round, so a resumed run finds the c_i it had."""
-    from strategies.arithmetic import scaffold_client_control
-    from strategies.base import from_state, to_state
+    from clients.updates import scaffold_client_control
+    from orchestrator.records import from_state, to_state
 
     server_round = int(message.content["config"]["server-round"])
     c = to_state(message.content["control"])
@@ -198,7 +198,7 @@ def _control_dir(message: Message, context: Context):
 
 
 def _load_control(h: Hospital, context: Context, message: Message, server_round: int):
-    from strategies.base import to_state
+    from orchestrator.records import to_state
 
     if "scaffold.c_i" in context.state:
         return to_state(context.state["scaffold.c_i"])
@@ -214,7 +214,7 @@ def _load_control(h: Hospital, context: Context, message: Message, server_round:
 
 
 def _save_control(h: Hospital, context: Context, message: Message, server_round: int, c_i: dict) -> None:
-    from strategies.base import from_state
+    from orchestrator.records import from_state
 
     context.state["scaffold.c_i"] = from_state(c_i)
     d = _control_dir(message, context)

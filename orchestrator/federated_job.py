@@ -28,7 +28,8 @@ from orchestrator.plan import DataPlan
 from orchestrator.runtime import EarlyRuntime, quiet_flower, ray_init_args, start_simulation_runtime
 from orchestrator.training import Objective, balanced_weights, evaluate, tensors
 from orchestrator.transfer import Start, initial_model
-from strategies.base import RoundReport, from_state, to_state
+from orchestrator.records import from_state, to_state
+from strategies.base import RoundReport
 from strategies.registry import build_strategy, sample_size
 
 if TYPE_CHECKING:

@@ -39,8 +39,6 @@ class InlineGrid(Grid):
             for i, cfg in enumerate(node_configs)
         }
         self._replies: dict[str, Message] = {}
-        self.sent: list[Message] = []   # every reply, as the server received it (for inspection)
-        self.keep_sent = False
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -78,11 +76,8 @@ class InlineGrid(Grid):
         except Exception as exc:  # the hospital crashed: the server sees an error reply, as in simulation
             reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
             return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=msg)
-        out = Message(copy.deepcopy(reply.content), reply_to=msg) if reply.has_content() else \
+        return Message(copy.deepcopy(reply.content), reply_to=msg) if reply.has_content() else \
             Message(reply.error, reply_to=msg)
-        if self.keep_sent:
-            self.sent.append(out)
-        return out
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]

@@ -112,7 +112,7 @@ def plan_data(job: JobSpec) -> DataPlan:
         plan = DataPlan(schema, [hospital_name(t.name) for t in tables], [len(t.y) for t in tables],
                         central=None, centralized=centralized, notes=notes)
         if job.kind == "federated":
-            check_privacy_budget(job, [len(s.y_train) for s in splits])
+            check_privacy_budget(job, lambda: [len(s.y_train) for s in splits])
         return plan
 
     (table,) = tables
@@ -130,17 +130,21 @@ def plan_data(job: JobSpec) -> DataPlan:
     except PartitionError as exc:
         msg = str(exc)
         raise DataError(source, [msg if msg.startswith("federated.") else f"federated.num_clients: {msg}"]) from None
-    check_privacy_budget(job, [len(own_split(table.X[rows], table.y[rows], job, i).y_train)
-                               for i, rows in enumerate(shares)])
+    check_privacy_budget(job, lambda: [len(own_split(table.X[rows], table.y[rows], job, i).y_train)
+                                       for i, rows in enumerate(shares)])
     return DataPlan(schema, [str(i) for i in range(n)], [len(s) for s in shares], central=central, notes=notes)
 
 
-def check_privacy_budget(job: JobSpec, train_rows: list[int]) -> None:
-    """Refuse a DP job whose rounds and noise would spend more than federated.dp.target_epsilon."""
+def check_privacy_budget(job: JobSpec, training_rows) -> None:
+    """Refuse a DP job whose rounds and noise would spend more than federated.dp.target_epsilon.
+    `training_rows()` gives each hospital's training rows; only a job with a budget computes them."""
     from orchestrator.errors import ConfigError
 
     dp, fed = job.federated.dp, job.federated
-    if dp is None or dp.target_epsilon is None or not train_rows:
+    if dp is None or dp.target_epsilon is None:
+        return
+    train_rows = training_rows()
+    if not train_rows:
         return
     if dp.mode == "central":
         from strategies.central_dp import projected_epsilon

@@ -1,14 +1,13 @@
-"""The aggregation arithmetic Consortium writes itself, as pure functions on named numpy arrays.
+"""The server-side aggregation arithmetic Consortium writes itself, as pure functions on named numpy arrays.
 
 No Flower, no torch: `tests/unit/test_arithmetic.py` checks each against hand-computed results.
 A "state" maps parameter names to arrays. Integer arrays (e.g. batch norm's step counter) are not
 averaged: the first state's value is kept.
 
-- SCAFFOLD (Karimireddy et al., 2020, option II): hospitals correct every gradient by c - c_i and
-  report their new control variate; the server moves x and c by the sampled hospitals' deltas.
+- SCAFFOLD (Karimireddy et al., 2020, option II): the server moves x and c by the sampled hospitals'
+  deltas (the hospitals' side is `clients.updates.scaffold_client_control`).
 - FedNova (Wang et al., 2020): hospitals that take different numbers of local steps are averaged
   on normalised updates, so a hospital with more rows does not drag the model towards its optimum.
-- Poisoned updates for robustness drills: scaled or sign-flipped.
 """
 from __future__ import annotations
 
@@ -35,13 +34,6 @@ def weighted_mean(states: Sequence[State], weights: Sequence[float]) -> State:
         else:
             out[k] = first.copy()
     return out
-
-
-def scaffold_client_control(c_i: State, c: State, x: State, y: State, lr_sum: float) -> State:
-    """c_i+ = c_i - c + (x - y) / (sum of the local steps' learning rates): the mean local gradient."""
-    if lr_sum <= 0:
-        return {k: v.copy() for k, v in c_i.items()}
-    return {k: (c_i[k] - c[k] + (x[k] - y[k]) / lr_sum).astype(c_i[k].dtype) for k in c_i}
 
 
 def scaffold_server(x: State, ys: Sequence[State], control_deltas: Sequence[State], c: State,
@@ -79,10 +71,3 @@ def fednova(x: State, ys: Sequence[State], norms: Sequence[float], weights: Sequ
         direction = sum(pi * (xk.astype(np.float64) - y[k]) / ai for pi, ai, y in zip(p, a, ys))
         out[k] = (xk - tau_eff * direction).astype(xk.dtype)
     return out
-
-
-def poison(x: State, y: State, kind: str, factor: float) -> State:
-    """A Byzantine hospital's update: `scale` sends x + factor (y - x), `sign_flip` x - factor (y - x)."""
-    sign = {"scale": 1.0, "sign_flip": -1.0}[kind]
-    return {k: (x[k] + sign * factor * (y[k] - x[k])).astype(y[k].dtype) if _floating(y[k]) else y[k]
-            for k in y}

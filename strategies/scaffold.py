@@ -14,7 +14,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg as _FlowerFedAvg
 
 from strategies import arithmetic
-from strategies.base import ObservedStrategy, from_state, to_state
+from orchestrator.records import from_state, to_state
+from strategies.base import ObservedStrategy
 
 CONTROL, CONTROL_DELTA = "control", "control_delta"
 

@@ -1,9 +1,10 @@
-"""The aggregation arithmetic we write ourselves, against results worked out by hand."""
+"""The update and aggregation arithmetic we write ourselves, against results worked out by hand."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from clients import updates as U
 from strategies import arithmetic as A
 from strategies.base import Sampler
 
@@ -20,7 +21,7 @@ def test_weighted_mean_weights_by_rows_and_keeps_integer_counters():
 
 def test_scaffold_client_control_is_the_mean_local_gradient():
     # c_i+ = c_i - c + (x - y) / sum(lr): 0.5 - 1 + (2 - 1.5) / 0.25 = 1.5
-    out = A.scaffold_client_control(s(w=[0.5]), s(w=[1.0]), s(w=[2.0]), s(w=[1.5]), lr_sum=0.25)
+    out = U.scaffold_client_control(s(w=[0.5]), s(w=[1.0]), s(w=[2.0]), s(w=[1.5]), lr_sum=0.25)
     np.testing.assert_allclose(out["w"], [1.5])
 
 
@@ -60,8 +61,8 @@ def test_fednova_with_equal_steps_is_fedavg():
 
 def test_poisoned_updates_scale_or_flip_the_honest_one():
     x, y = s(w=[1.0]), s(w=[2.0])
-    assert A.poison(x, y, "scale", 10)["w"][0] == pytest.approx(11.0)
-    assert A.poison(x, y, "sign_flip", 10)["w"][0] == pytest.approx(-9.0)
+    assert U.poison(x, y, "scale", 10)["w"][0] == pytest.approx(11.0)
+    assert U.poison(x, y, "sign_flip", 10)["w"][0] == pytest.approx(-9.0)
 
 
 def test_sampling_is_reproducible_from_the_seed_and_varies_by_round():
