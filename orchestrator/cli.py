@@ -6,6 +6,7 @@ Exit codes: 0 done; 2 a mistake in the YAML, an override or the data (nothing st
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import traceback
@@ -257,6 +258,11 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    finally:
+        # Everything is recorded and the process is about to end. Left alone, Python's final
+        # garbage collection walks the whole heap (torch, MLflow, Flower, Ray) before exiting:
+        # ~3 s after a tracked job. Frozen objects are skipped; the OS reclaims the memory anyway.
+        gc.freeze()
 
 
 if __name__ == "__main__":

@@ -120,6 +120,8 @@ def _tracked(job: JobSpec, plan: DataPlan, tracker, session, resume_run_id: str 
         if not resume_run_id:
             run.log_params(params)
             run.log_text(dump_yaml(job), "config/resolved.yaml")
+        if job.tracking.enabled and job.kind != "centralized":
+            _warm_up_reporting(job)
         if job.kind == "ray":
             from orchestrator.ray_job import run_ray
 
@@ -160,6 +162,25 @@ def _tracked(job: JobSpec, plan: DataPlan, tracker, session, resume_run_id: str 
             if record.registry_uri:
                 run.set_tags({"registered_model": record.registry_uri})
     return result
+
+
+def _warm_up_reporting(job: JobSpec) -> None:
+    """Import what the report and the model export need while the driver waits on its workers
+    (Ray Train's or the simulation's), instead of after the last round: matplotlib, and the
+    torch.export tracer behind MLflow's pt2 model format (~1.5 s, torch._dynamo). A centralized
+    job imports the tracer with its first optimizer step anyway."""
+    import threading
+
+    def warm() -> None:
+        try:
+            from orchestrator import plots  # noqa: F401
+
+            if job.tracking.log_model:
+                import torch.export._trace  # noqa: F401
+        except Exception:  # noqa: BLE001 - only a head start: the real import reports any problem
+            pass
+
+    threading.Thread(target=warm, name="consortium-warm-up", daemon=True).start()
 
 
 def _input_example(plan: DataPlan) -> np.ndarray:
