@@ -121,7 +121,9 @@ def _tracked(job: JobSpec, plan: DataPlan, tracker, session, resume_run_id: str 
             run.log_params(params)
             run.log_text(dump_yaml(job), "config/resolved.yaml")
         if job.tracking.enabled and job.kind != "centralized":
-            _warm_up_reporting(job)
+            # Federated: once the first round is over (the start-up of the hospitals' processes
+            # needs both cores). Ray: at once (the driver only waits while Ray Train starts).
+            _warm_up_reporting(job, run.progressed if job.kind == "federated" else None)
         if job.kind == "ray":
             from orchestrator.ray_job import run_ray
 
@@ -164,14 +166,16 @@ def _tracked(job: JobSpec, plan: DataPlan, tracker, session, resume_run_id: str 
     return result
 
 
-def _warm_up_reporting(job: JobSpec) -> None:
+def _warm_up_reporting(job: JobSpec, after=None) -> None:
     """Import what the report and the model export need while the driver waits on its workers
     (Ray Train's or the simulation's), instead of after the last round: matplotlib, and the
     torch.export tracer behind MLflow's pt2 model format (~1.5 s, torch._dynamo). A centralized
-    job imports the tracer with its first optimizer step anyway."""
+    job imports the tracer with its first optimizer step anyway. `after`: an event to wait for."""
     import threading
 
     def warm() -> None:
+        if after is not None:
+            after.wait()
         try:
             from orchestrator import plots  # noqa: F401
 
