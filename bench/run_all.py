@@ -33,7 +33,7 @@ def main() -> None:
     if "scale" not in a.skip:
         # Flower's simulation does not reach round 1 with 10 000 hospitals in minutes (measured
         # separately, see the README); the inline engine's 100 adds nothing to its 1 000
-        scale.main(sizes=(100, 1000) if a.quick else (100, 1000, 10000), rounds=3, repeats=1,
+        scale.main(sizes=(100, 1000) if a.quick else (100, 1000, 10000), rounds=3, repeats=repeats,
                    skip={("simulation", 10000), ("inline", 100)})
     if "ray_ddp" not in a.skip:
         subprocess.run([sys.executable, str(ROOT / "bench/ray_ddp.py"), "--repeats", str(repeats)], check=True,

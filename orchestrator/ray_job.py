@@ -18,7 +18,7 @@ import torch
 
 from orchestrator.config import JobSpec
 from orchestrator.errors import UserError
-from orchestrator.runtime import consortium_home, ray_init_args, stop_on_sigterm
+from orchestrator.runtime import EarlyRuntime, consortium_home, ray_init_args, stop_on_sigterm
 
 # Ray Train drains reports every 2 s by default: short epochs would each stall to 2 s.
 _HEALTH_CHECK_S = "0.1"
@@ -56,18 +56,37 @@ def _reachable(address: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def connect(job: JobSpec) -> RaySession:
-    """Start or join the Ray runtime and check the job can be placed, before any run is created."""
+def _fresh_runtime() -> None:
     import ray
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", _HEALTH_CHECK_S)
-    spec = job.ray
     if ray.is_initialized():
         # A runtime left by Flower or an earlier job: Flower shuts its runtime down at the end of
         # every simulation, so a Ray Train job always gets a runtime of its own.
         ray.shutdown()
+
+
+def start_local(job: JobSpec) -> EarlyRuntime | None:
+    """A job on a local runtime: start it in the background (~4 s) while the driver imports
+    MLflow; `connect(job, early)` then waits for it. None for a cluster or a submitted job."""
+    if job.ray.address is not None or os.environ.get(SUBMITTED_ENV) == "1":
+        return None
+    _fresh_runtime()
+    return EarlyRuntime(ray_init_args(), env_vars=worker_env())
+
+
+def connect(job: JobSpec, early: EarlyRuntime | None = None) -> RaySession:
+    """Start or join the Ray runtime and check the job can be placed, before any run is created."""
+    import ray
+
+    spec = job.ray
+    if early is None:
+        _fresh_runtime()
     runtime_env = None if os.environ.get(SUBMITTED_ENV) == "1" else {"env_vars": worker_env()}
-    if spec.address is None:
+    if early is not None:
+        early.join()  # a failed start is raised here
+        session = RaySession(None, True)
+    elif spec.address is None:
         args = ray_init_args()
         ray.init(runtime_env=runtime_env, **args)
         session = RaySession(None, True)

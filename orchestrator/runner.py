@@ -74,7 +74,7 @@ def run_job(job: JobSpec, plan: DataPlan | None = None, resume_run_id: str | Non
         from orchestrator.sweep import run_sweep
 
         return run_sweep(job, plan)
-    session = runtime = None
+    session = runtime = early = None
     if job.kind == "federated" and job.federated.engine == "simulation":
         from orchestrator.runtime import start_simulation_runtime
 
@@ -82,13 +82,17 @@ def run_job(job: JobSpec, plan: DataPlan | None = None, resume_run_id: str | Non
     if job.kind == "ray":
         from orchestrator import ray_job
 
-        session = ray_job.connect(job)  # unreachable cluster, impossible placement: exit 2, no run
+        early = ray_job.start_local(job)  # a local runtime starts while MLflow opens its store
+        if early is None:
+            session = ray_job.connect(job)  # unreachable cluster, impossible placement: exit 2, no run
     try:
         if job.tracking.enabled:
             from orchestrator.tracking import Tracker
 
         from orchestrator.transfer import resolve
 
+        if early is not None:  # MLflow was imported meanwhile; the store is opened once placed
+            session = ray_job.connect(job, early)  # impossible placement: exit 2, nothing written
         if job.tracking.enabled:
             tracker = Tracker(job.tracking.uri, job.tracking.experiment)
         else:
@@ -100,8 +104,9 @@ def run_job(job: JobSpec, plan: DataPlan | None = None, resume_run_id: str | Non
     finally:
         if session is not None:
             ray_job.disconnect(session)
-        if runtime is not None:
-            runtime.stop()  # a simulation shuts its runtime down itself; this covers early exits
+        for started in (runtime, early):
+            if started is not None:
+                started.stop()  # Flower and disconnect() shut their runtime down; this covers early exits
 
 
 def _tracked(job: JobSpec, plan: DataPlan, tracker, session, resume_run_id: str | None, start=None,
@@ -120,10 +125,8 @@ def _tracked(job: JobSpec, plan: DataPlan, tracker, session, resume_run_id: str 
         if not resume_run_id:
             run.log_params(params)
             run.log_text(dump_yaml(job), "config/resolved.yaml")
-        if job.tracking.enabled and job.kind != "centralized":
-            # Federated: once the first round is over (the start-up of the hospitals' processes
-            # needs both cores). Ray: at once (the driver only waits while Ray Train starts).
-            _warm_up_reporting(job, run.progressed if job.kind == "federated" else None)
+        if job.tracking.enabled and job.kind == "ray":
+            _warm_up_reporting(job)
         if job.kind == "ray":
             from orchestrator.ray_job import run_ray
 
@@ -166,16 +169,15 @@ def _tracked(job: JobSpec, plan: DataPlan, tracker, session, resume_run_id: str 
     return result
 
 
-def _warm_up_reporting(job: JobSpec, after=None) -> None:
-    """Import what the report and the model export need while the driver waits on its workers
-    (Ray Train's or the simulation's), instead of after the last round: matplotlib, and the
-    torch.export tracer behind MLflow's pt2 model format (~1.5 s, torch._dynamo). A centralized
-    job imports the tracer with its first optimizer step anyway. `after`: an event to wait for."""
+def _warm_up_reporting(job: JobSpec) -> None:
+    """Import what the report and the model export need while the driver of a Ray Train job only
+    waits on its workers: matplotlib, and the torch.export tracer behind MLflow's pt2 model format
+    (~1.5 s, torch._dynamo). Not in a federated job: its driver relays every message of every
+    round, and an import holding the GIL slowed those rounds by as much as it saved at the end.
+    A centralized job imports the tracer with its first optimizer step anyway."""
     import threading
 
     def warm() -> None:
-        if after is not None:
-            after.wait()
         try:
             from orchestrator import plots  # noqa: F401
 

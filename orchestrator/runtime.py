@@ -109,7 +109,8 @@ def quiet_flower(verbose: bool) -> None:
 
 
 class EarlyRuntime:
-    """Start the local Ray runtime in a background thread while the driver does other work.
+    """Start the local Ray runtime in a background thread while the driver does other work
+    (a simulation's, or a Ray Train job's on a local runtime).
 
     ray.init spends most of its ~10 s waiting for its own processes; importing MLflow and Flower
     and opening the run meanwhile takes about as long. (Warming worker processes with imports
@@ -119,14 +120,17 @@ class EarlyRuntime:
     them (they are killed when it ends).
     """
 
-    def __init__(self, init_args: dict):
+    def __init__(self, init_args: dict, env_vars: dict[str, str] | None = None):
+        """`env_vars`: the workers' environment; by default Flower's (the driver's sys.path)."""
         import sys
 
-        pythonpath = os.pathsep.join(sys.path)  # what Flower's own ray.init would give its actors
-        if os.environ.get("PYTHONPATH"):
-            pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
-        os.environ["PYTHONPATH"] = pythonpath
-        self.runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
+        if env_vars is None:
+            pythonpath = os.pathsep.join(sys.path)  # what Flower's own ray.init would give its actors
+            if os.environ.get("PYTHONPATH"):
+                pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+            os.environ["PYTHONPATH"] = pythonpath
+            env_vars = {"PYTHONPATH": pythonpath}
+        self.runtime_env = {"env_vars": env_vars}
         self.error: BaseException | None = None
         self._up = threading.Event()
         self._released = threading.Event()

@@ -120,8 +120,6 @@ class TrackedRun:
     _unsent_since: float | None = None
     _next_try: float = 0.0
     last: dict[str, float] = field(default_factory=dict)
-    #: set once a metric of step 1 or later is logged: the first round/epoch is over
-    progressed: threading.Event = field(default_factory=threading.Event)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Record now, sent with the next flush() as one log_batch."""
@@ -131,8 +129,6 @@ class TrackedRun:
                 v = float(v)
                 self._pending.append(Metric(k, v, ts, step))
                 self.last[k] = v
-        if step >= 1 and metrics:
-            self.progressed.set()
 
     def flush(self, wait: float = 0.0) -> bool:
         """Send buffered metrics. If the store is unreachable (a server restarting, a locked
