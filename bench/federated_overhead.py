@@ -25,11 +25,17 @@ from bench.common import ROOT, consortium_cmd, measured, median_of, mlflow_timin
 CONFIG = ROOT / "configs/hospitals_fedavg.yaml"
 
 
-def consortium(rounds: int, *extra: str) -> dict:
+def consortium(rounds: int, *extra: str, store_exists: bool = False) -> dict:
+    """`store_exists`: the SQLite store is created before launch, as for every job after a user's
+    first (MLflow creates its tables on first use, ~3-4 s here); otherwise each job makes its own."""
     import tempfile
 
     work = Path(tempfile.mkdtemp(prefix="bench-fl-"))
     uri = f"sqlite:///{work / 'mlruns.db'}"
+    if store_exists:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(uri).search_experiments()  # creates the tables, outside the timed process
     m = measured(consortium_cmd(CONFIG, f"tracking.uri={uri}", f"federated.rounds={rounds}",
                                 "tracking.register_model=null", *extra), cwd=work)
     t = mlflow_timings(uri)
@@ -59,6 +65,7 @@ def main(repeats: int = 3, rounds: int = 20) -> dict:
     contenders = {"floor (plain torch loop)": lambda: contender("floor", rounds),
                   "raw Flower run_simulation": lambda: contender("flower", rounds),
                   "consortium run": lambda: consortium(rounds),
+                  "consortium run, store exists": lambda: consortium(rounds, store_exists=True),
                   "consortium run, tracking off": lambda: untracked(rounds),
                   "consortium run, inline engine": lambda: consortium(rounds, "federated.engine=inline")}
     runs: dict[str, list[dict]] = {k: [] for k in contenders}
@@ -74,13 +81,16 @@ def main(repeats: int = 3, rounds: int = 20) -> dict:
                     f"{m['later_round_s'] / flower['later_round_s']:.2f}x | {m['later_round_s'] / floor['later_round_s']:.1f}x | "
                     f"{m['wall_s']:.1f} | {m['peak_rss_mb']:.0f} | {m['accuracy']:.4f} |")
     on, off = med["consortium run"], med["consortium run, tracking off"]
-    tracking = {"wall_on_s": on["wall_s"], "wall_off_s": off["wall_s"],
+    warm = med["consortium run, store exists"]
+    tracking = {"wall_on_s": on["wall_s"], "wall_off_s": off["wall_s"], "wall_store_exists_s": warm["wall_s"],
                 "overhead_pct": 100 * (on["wall_s"] - off["wall_s"]) / off["wall_s"],
+                "overhead_store_exists_pct": 100 * (warm["wall_s"] - off["wall_s"]) / off["wall_s"],
                 "round_overhead_pct": 100 * (on["later_round_s"] - off["later_round_s"]) / off["later_round_s"],
                 "log_model_s": on.get("log_model_s")}
-    rows += ["", f"Tracking: wall {on['wall_s']:.1f} s with MLflow vs {off['wall_s']:.1f} s without "
-                 f"({tracking['overhead_pct']:+.1f}%); per later round {tracking['round_overhead_pct']:+.1f}%; "
-                 f"logging the model {tracking['log_model_s'] or float('nan'):.2f} s."]
+    rows += ["", f"Tracking: wall {on['wall_s']:.1f} s with MLflow (a new store) and {warm['wall_s']:.1f} s "
+                 f"(the store exists) vs {off['wall_s']:.1f} s without ({tracking['overhead_pct']:+.1f}% / "
+                 f"{tracking['overhead_store_exists_pct']:+.1f}%); per later round "
+                 f"{tracking['round_overhead_pct']:+.1f}%; logging the model {tracking['log_model_s'] or float('nan'):.2f} s."]
     table = (f"Federated round overhead: breast cancer, MLP 30-64-2, 10 Dirichlet(0.5) hospitals, {rounds} rounds; "
              f"median of {repeats}.\n\n" + "\n".join(rows))
     save("federated_overhead", {"repeats": repeats, "rounds": rounds, "median": med, "tracking": tracking,
