@@ -1,6 +1,6 @@
 """Every benchmark, one command; results in bench/results/*.json and a combined bench/results/README.md.
 
-    .venv/bin/python bench/run_all.py            # ~14 min on a 2-core machine
+    .venv/bin/python bench/run_all.py            # 12.5-14.5 min on a 2-core machine
     .venv/bin/python bench/run_all.py --quick    # 1 repeat each, 5 rounds: a smoke run
 
 Not part of the test suite: absolute times on a shared machine are noisy; the ratios between
