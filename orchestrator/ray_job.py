@@ -84,12 +84,9 @@ def connect(job: JobSpec, early: EarlyRuntime | None = None) -> RaySession:
         _fresh_runtime()
     runtime_env = None if os.environ.get(SUBMITTED_ENV) == "1" else {"env_vars": worker_env()}
     if early is not None:
-        early.join()  # a failed start is raised here
-        session = RaySession(None, True)
+        early.join()  # started by start_local(); a failed start is raised here
     elif spec.address is None:
-        args = ray_init_args()
-        ray.init(runtime_env=runtime_env, **args)
-        session = RaySession(None, True)
+        ray.init(runtime_env=runtime_env, **ray_init_args())
     else:
         from ray._private import ray_constants
 
@@ -103,7 +100,7 @@ def connect(job: JobSpec, early: EarlyRuntime | None = None) -> RaySession:
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UserError("ray.address", [f"cannot join the Ray cluster at {spec.address}: "
                                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"]) from None
-        session = RaySession(spec.address, False)
+    session = RaySession(spec.address, started_local=spec.address is None)
     stop_on_sigterm()
     try:
         check_placement(job, [n["Resources"] for n in ray.nodes() if n.get("Alive")])

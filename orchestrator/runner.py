@@ -82,7 +82,7 @@ def run_job(job: JobSpec, plan: DataPlan | None = None, resume_run_id: str | Non
     if job.kind == "ray":
         from orchestrator import ray_job
 
-        early = ray_job.start_local(job)  # a local runtime starts while MLflow opens its store
+        early = ray_job.start_local(job)  # a local runtime starts while MLflow is imported
         if early is None:
             session = ray_job.connect(job)  # unreachable cluster, impossible placement: exit 2, no run
     try:
