@@ -22,8 +22,8 @@ CONFIG = Path(__file__).resolve().parent.parent / "configs/hospitals_fedavg.yaml
 
 
 def _setup(rounds: int):
-    from orchestrator.loading import load_job
-    from orchestrator.plan import plan_data
+    from orchestrator.spec.loading import load_job
+    from orchestrator.jobs.plan import plan_data
 
     job = load_job(CONFIG, [f"federated.rounds={rounds}", "tracking.register_model=null"])
     return job, plan_data(job)
@@ -31,8 +31,8 @@ def _setup(rounds: int):
 
 def _hospital_tensors(job, plan, pid: int):
     from clients.hospitals import hospital_share
-    from orchestrator.data import column_fill, fill
-    from orchestrator.training import tensors
+    from orchestrator.core.splits import column_fill, fill
+    from orchestrator.core.training import tensors
 
     _, split = hospital_share(job, plan.schema, pid, len(plan.hospitals))
     values = column_fill(split.X_train, job.data.impute)
@@ -43,7 +43,7 @@ def _scaled_model(job, plan, hospitals):
     """The model with the consortium's input scaling, from the hospitals' training rows' sums."""
     import numpy as np
 
-    from orchestrator.models import build_model, mean_scale, moments, standardizer
+    from orchestrator.core.models import build_model, mean_scale, moments, standardizer
 
     import torch
 
@@ -58,7 +58,7 @@ def floor(rounds: int) -> dict:
     """A hand-written in-process FedAvg loop: the least any orchestrator can cost."""
     import torch
 
-    from orchestrator.training import Objective, evaluate, tensors, train_epochs
+    from orchestrator.core.training import Objective, evaluate, tensors, train_epochs
 
     job, plan = _setup(rounds)
     torch.set_num_threads(1)
@@ -96,9 +96,9 @@ def flower(rounds: int) -> dict:
     from flwr.serverapp.strategy import FedAvg
     from flwr.simulation import run_simulation
 
-    from orchestrator.models import build_model
-    from orchestrator.runtime import prepare_environment, quiet_flower, ray_init_args
-    from orchestrator.training import Objective, evaluate, tensors, train_epochs
+    from orchestrator.core.models import build_model
+    from orchestrator.jobs.runtime import prepare_environment, quiet_flower, ray_init_args
+    from orchestrator.core.training import Objective, evaluate, tensors, train_epochs
 
     prepare_environment()
     quiet_flower(False)

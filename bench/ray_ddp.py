@@ -48,10 +48,10 @@ def run_plain(epochs: int) -> dict:
     """The floor: the shared loop in this process, no Ray, no MLflow."""
     import torch
 
-    from orchestrator.loading import load_job
-    from orchestrator.models import build_model, mean_scale, moments, standardizer
-    from orchestrator.plan import plan_data
-    from orchestrator.training import Objective, evaluate, make_optimizer, shuffled_batches, tensors, train_epoch
+    from orchestrator.spec.loading import load_job
+    from orchestrator.core.models import build_model, mean_scale, moments, standardizer
+    from orchestrator.jobs.plan import plan_data
+    from orchestrator.core.training import Objective, evaluate, make_optimizer, shuffled_batches, tensors, train_epoch
 
     t0 = time.time()
     job = load_job(CONFIG, ["kind=centralized", f"train.epochs={epochs}"])

@@ -6,51 +6,22 @@ the file named by its node config (`data-path`). Either way no row leaves this m
 """
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from clients.partitioning import partition
-from orchestrator.config import JobSpec
-from orchestrator.data import Schema, Split, Table, csv_files, load_source, split_indices
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9_\-.]")
-
-
-def hospital_name(stem: str) -> str:
-    """A file stem as it may appear in a metric key (`hospital_<name>/eval/accuracy`)."""
-    return _UNSAFE.sub("_", stem) or "site"
-
-
-def single_table(job: JobSpec, schema: Schema | None = None) -> tuple[Table, Schema]:
-    (table,), schema = load_source(job, schema)
-    return table, schema
-
-
-def pool_and_central(table: Table, job: JobSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Rows shared among hospitals, and the central held-out rows the server evaluates on."""
-    return split_indices(table.y, job.data.test_fraction, job.seed)
-
-
-def pool_partition(table: Table, job: JobSpec, num_clients: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    pool, _ = pool_and_central(table, job)
-    p = job.federated.partition
-    parts = partition(table.y[pool], p.name, num_clients, job.seed + 1, p.alpha, p.min_size, p.labels_per_hospital)
-    return pool, [pool[part] for part in parts]
-
-
-def own_split(X: np.ndarray, y: np.ndarray, job: JobSpec, partition_id: int) -> Split:
-    tr, te = split_indices(y, job.data.test_fraction, job.seed + 1000 + partition_id)
-    return Split(X[tr], y[tr], X[te], y[te])
+from orchestrator.core.csvfiles import csv_files
+from orchestrator.core.data import Schema, Split, Table, load_source
+from orchestrator.core.splits import hospital_name, own_split, pool_partition
+from orchestrator.spec.job import JobSpec
 
 
 @lru_cache(maxsize=2)
 def _shares(job_json: str, schema: Schema, num_partitions: int) -> tuple[Table, list[np.ndarray]]:
     # Simulation only: every hospital in one process derives the same partition; compute it once.
     job = JobSpec.model_validate_json(job_json)
-    table, _ = single_table(job, schema)
+    (table,), _ = load_source(job, schema)
     _, shares = pool_partition(table, job, num_partitions)
     return table, shares
 

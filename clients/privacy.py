@@ -44,8 +44,8 @@ def _train(model, X, y, spec, dp, seed, objective, epoch_offset, total_epochs) -
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
-    from orchestrator.models import train_mode
-    from orchestrator.training import lr_factor, make_optimizer, set_lr
+    from orchestrator.core.models import train_mode
+    from orchestrator.core.training import lr_factor, make_optimizer, set_lr
 
     torch.manual_seed(seed)
     loader = DataLoader(TensorDataset(X, y), batch_size=spec.batch_size, shuffle=True,

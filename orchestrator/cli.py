@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.errors import UserError
+from orchestrator.spec.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Federated and distributed deep learning from one YAML file, tracked in MLflow.")
@@ -44,7 +44,7 @@ def _fail_user(exc: UserError) -> None:
 
 
 def _load(config: str, overrides: list[str] | None):
-    from orchestrator.loading import load_job
+    from orchestrator.spec.loading import load_job
 
     return load_job(config, overrides or [])
 
@@ -57,7 +57,7 @@ def validate(config: str = typer.Argument(..., help="Job YAML file"),
     try:
         job = _load(config, overrides)
         if data:
-            from orchestrator.plan import plan_data
+            from orchestrator.jobs.plan import plan_data
 
             plan = plan_data(job)
     except UserError as exc:
@@ -76,8 +76,8 @@ def run(config: str = typer.Argument(..., help="Job YAML file"),
     """Run a job: train, track every round/epoch in MLflow, register the model."""
     try:
         job = _load(config, overrides)
-        from orchestrator.plan import plan_data
-        from orchestrator.runtime import leave_submission_dir, prepare_environment
+        from orchestrator.jobs.plan import plan_data
+        from orchestrator.jobs.runtime import leave_submission_dir, prepare_environment
 
         prepare_environment()
         leave_submission_dir()
@@ -91,16 +91,19 @@ def run(config: str = typer.Argument(..., help="Job YAML file"),
 
 
 def _execute(job, plan, debug: bool, resume_run_id: str | None = None, json_out: bool = False) -> None:
-    from orchestrator.runtime import stop_on_sigterm
+    from orchestrator.jobs.runtime import stop_on_sigterm
 
     stop_on_sigterm()
     try:
-        from orchestrator.runner import run_job
+        from orchestrator.jobs.runner import run_job
 
         result = run_job(job, plan, resume_run_id=resume_run_id)
     except UserError as exc:
         _fail_user(exc)
     except KeyboardInterrupt:
+        from orchestrator.jobs.runtime import quiet_after_interrupt
+
+        quiet_after_interrupt()
         err.print("[bold red]consortium:[/] interrupted; the MLflow run is marked KILLED, what was logged is kept")
         _exit_interrupted()
     except Exception as exc:  # a failure after the run started: report it, keep the record
@@ -130,7 +133,7 @@ def submit(config: str = typer.Argument(..., help="Job YAML file"),
     """Submit a job to a running Ray cluster (`ray job submit` semantics)."""
     try:
         job = _load(config, overrides)
-        from orchestrator.submit import submit as submit_job
+        from orchestrator.jobs.ray.submit import submit as submit_job
 
         code = submit_job(job, address, python=python, wait=wait, log=lambda m: out.print(m, highlight=False))
     except UserError as exc:
@@ -145,11 +148,11 @@ def resume(run_id: str = typer.Argument(..., help="MLflow run id of the interrup
            json_out: bool = typer.Option(False, "--json", help="Also print the result as one JSON line.")) -> None:
     """Continue an interrupted job from its last checkpoint, into the same MLflow run."""
     try:
-        from orchestrator.resume import load_interrupted
+        from orchestrator.jobs.resume import load_interrupted
 
         job = load_interrupted(run_id, tracking_uri)
-        from orchestrator.plan import plan_data
-        from orchestrator.runtime import prepare_environment
+        from orchestrator.jobs.plan import plan_data
+        from orchestrator.jobs.runtime import prepare_environment
 
         prepare_environment()
         plan = plan_data(job)
@@ -171,8 +174,9 @@ def compare(run_ids: Optional[list[str]] = typer.Argument(None, help="Runs to co
             tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP)) -> None:
     """Runs side by side: what differs, final and best metric, wall time, registered model."""
     try:
-        from orchestrator import compare as cmp
-        from orchestrator.tracking import find_runs, resolve_uri
+        from orchestrator.tracking import compare as cmp
+        from orchestrator.tracking.runs import find_runs
+        from orchestrator.tracking.store import resolve_uri
 
         uri = resolve_uri(tracking_uri)
         runs = find_runs(uri, None if run_ids else experiment, run_ids, limit)
@@ -193,8 +197,9 @@ def runs(experiment: Optional[str] = typer.Option(None, help="Only this experime
          tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP)) -> None:
     """List recent runs."""
     try:
-        from orchestrator.compare import runs_table
-        from orchestrator.tracking import find_runs, resolve_uri
+        from orchestrator.tracking.compare import runs_table
+        from orchestrator.tracking.runs import find_runs
+        from orchestrator.tracking.store import resolve_uri
 
         out.print(runs_table(find_runs(resolve_uri(tracking_uri), experiment, None, limit)))
     except UserError as exc:
@@ -204,8 +209,9 @@ def runs(experiment: Optional[str] = typer.Option(None, help="Only this experime
 @app.command()
 def models(tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP)) -> None:
     """List registered models and their versions."""
-    from orchestrator.compare import models_table
-    from orchestrator.tracking import model_versions, resolve_uri
+    from orchestrator.tracking.compare import models_table
+    from orchestrator.tracking.runs import model_versions
+    from orchestrator.tracking.store import resolve_uri
 
     out.print(models_table(model_versions(resolve_uri(tracking_uri))))
 
@@ -214,7 +220,7 @@ def models(tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP))
 def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1"),
        tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP)) -> None:
     """Start the MLflow UI on 127.0.0.1 for the configured store; Ctrl-C stops it and all it started."""
-    from orchestrator.ui import serve
+    from orchestrator.tracking.ui import serve
 
     try:
         serve(tracking_uri, port, log=lambda m: out.print(m, highlight=False))

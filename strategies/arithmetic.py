@@ -71,3 +71,22 @@ def fednova(x: State, ys: Sequence[State], norms: Sequence[float], weights: Sequ
         direction = sum(pi * (xk.astype(np.float64) - y[k]) / ai for pi, ai, y in zip(p, a, ys))
         out[k] = (xk - tau_eff * direction).astype(xk.dtype)
     return out
+
+
+def krum_select(updates: Sequence[np.ndarray], f: int, select: int = 1) -> list[int]:
+    """Krum / Multi-Krum (Blanchard et al., 2017): the `select` hospitals whose updates lie closest
+    to their n - f - 2 nearest neighbours, as indices into `updates` in ascending order.
+
+    Stable by construction, so a seeded run keeps its choice on any machine: squared distances are
+    taken in float64 on the differences themselves (never ||x||^2 + ||y||^2 - 2 x.y, whose
+    cancellation in float32 made near-tied scores follow the BLAS kernel), each summed in numpy's
+    fixed pairwise order, a hospital's distance to itself is left out by index, and equal scores
+    go to the hospital that comes first (hospital order)."""
+    n = len(updates)
+    if n == 0:
+        raise ValueError("krum_select needs at least one update")
+    X = np.stack([np.asarray(u, dtype=np.float64).ravel() for u in updates])
+    dist = np.stack([np.square(X - X[i]).sum(axis=1) for i in range(n)])
+    closest = max(1, n - f - 2)
+    scores = np.array([np.sort(np.delete(dist[i], i))[:closest].sum() if n > 1 else 0.0 for i in range(n)])
+    return sorted(np.argsort(scores, kind="stable")[: max(1, min(select, n))].tolist())

@@ -5,16 +5,29 @@ Flower samples hospitals with the global `random` module and sums updates in arr
 which vary run to run; a `Sampler` seeded by (seed, round) and replies sorted by hospital make a
 seeded run reproduce its metrics exactly. The listener is how the orchestrator hears about each
 round (a strategy itself never touches the file system or MLflow).
+
+A strategy module declares `Options` (its YAML section, on `StrategyOptions`), `CLIENT_READS` (the
+protocol keys its hospitals read) and `build(options, **common)`, which imports Flower's class only
+then: the job spec gathers every strategy's options without loading Flower's server side.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
-PARTITION_KEY = "partition-id"
+from orchestrator.core.protocol import NUM_EXAMPLES, PARTITION_ID
+from orchestrator.spec.base import Spec
+
+PARTITION_KEY = PARTITION_ID
+
+
+class StrategyOptions(Spec):
+    """The `federated.strategy` section of one strategy; `name` tells the sections apart."""
+
+    name: str
 
 
 class NoUsableRepliesError(RuntimeError):
@@ -51,11 +64,16 @@ class Sampler:
         n = len(self.nodes)
         fraction, least = ((self.fraction_fit, self.min_fit) if phase == "train"
                            else (self.fraction_evaluate, self.min_evaluate))
-        k = min(n, max(int(n * fraction), least))
+        k = sample_size(n, fraction, least)
         if k >= n:
             return list(self.nodes)
         rng = np.random.default_rng([self.seed, server_round, 0 if phase == "train" else 1])
         return [self.nodes[i] for i in sorted(rng.choice(n, size=k, replace=False))]
+
+
+def sample_size(num_clients: int, fraction: float, least: int) -> int:
+    """Hospitals in a round: the fraction of them, at least `least`, at most all."""
+    return min(num_clients, max(int(num_clients * fraction), least))
 
 
 class _SampledGrid:
@@ -72,12 +90,14 @@ class _SampledGrid:
 
 
 class ObservedStrategy:
-    """Mixin placed before a Flower strategy class: `class FedAvg(ObservedStrategy, flwr.FedAvg)`."""
+    """Mixin placed before a Flower strategy class (see `observed`)."""
 
     listener: Listener | None = None
     sampler: Sampler | None = None
     round_offset: int = 0          # a resumed run: Flower counts from 1, the hospitals see the true round
     accept_failures: bool = True
+    # what a round checkpoint keeps besides the global model (e.g. FedAdam's moments)
+    STATE_ATTRS: tuple[str, ...] = ()
 
     def _round(self, server_round: int) -> int:
         return server_round + self.round_offset
@@ -85,16 +105,13 @@ class ObservedStrategy:
     def _view(self, grid, server_round: int, phase: str):
         return grid if self.sampler is None else _SampledGrid(grid, self.sampler.choose(server_round, phase))
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid):
+    def configure_train(self, server_round: int, arrays, config, grid):
         r = self._round(server_round)
         return super().configure_train(r, arrays, config, self._view(grid, r, "train"))
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid):
+    def configure_evaluate(self, server_round: int, arrays, config, grid):
         r = self._round(server_round)
         return super().configure_evaluate(r, arrays, config, self._view(grid, r, "evaluate"))
-
-    # what a round checkpoint keeps besides the global model (e.g. FedAdam's moments)
-    STATE_ATTRS: tuple[str, ...] = ()
 
     def checkpoint_state(self) -> dict[str, dict[str, np.ndarray]]:
         out = {}
@@ -109,7 +126,7 @@ class ObservedStrategy:
             if attr in self.STATE_ATTRS:
                 setattr(self, attr, {k: np.asarray(v) for k, v in value.items()})
 
-    def _ordered(self, server_round: int, replies: Iterable[Message], phase: str) -> list[Message]:
+    def _ordered(self, server_round: int, replies: Iterable, phase: str) -> list:
         replies = list(replies)
         good = [m for m in replies if not m.has_error()]
         bad = [m for m in replies if m.has_error()]
@@ -134,25 +151,35 @@ class ObservedStrategy:
             raise NoUsableRepliesError(f"round {server_round} ({phase}): every hospital failed: {reasons}")
         return good + bad
 
-    def _train_replies(self, server_round: int, replies: Iterable[Message]) -> tuple[list, list[MetricRecord]]:
+    def _train_replies(self, server_round: int, replies: Iterable) -> tuple[list, list]:
         """For strategies with arithmetic of their own: the usable replies' contents in hospital
         order (reported to the listener), and each one's metrics."""
         good = [m for m in self._ordered(self._round(server_round), replies, "train") if not m.has_error()]
-        contents = [m.content for m in good]
-        return contents, [_metrics(m) for m in good]
+        return [m.content for m in good], [_metrics(m) for m in good]
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(self, server_round: int, replies: Iterable):
         r = self._round(server_round)
         ordered = self._ordered(r, replies, "train")
         return super().aggregate_train(r, [m for m in ordered if not m.has_error()])
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+    def aggregate_evaluate(self, server_round: int, replies: Iterable):
         r = self._round(server_round)
         ordered = self._ordered(r, replies, "evaluate")
         return super().aggregate_evaluate(r, [m for m in ordered if not m.has_error()])
 
 
-def _metrics(message: Message) -> MetricRecord:
+@lru_cache(maxsize=None)
+def observed(flower_class: type, *mixins: type) -> type:
+    """`class X(*mixins, ObservedStrategy, flower_class)`, made once per combination (stable identity)."""
+    name = next((m.NAME for m in mixins if hasattr(m, "NAME")), flower_class.__name__)
+    return type(name, (*mixins, ObservedStrategy, flower_class), {"__module__": __name__})
+
+
+def _metrics(message):
+    from flwr.app import MetricRecord
+
     records = message.content.metric_records
     return next(iter(records.values())) if records else MetricRecord()
+
+
+__all__ = ["NUM_EXAMPLES", "ObservedStrategy", "RoundReport", "Sampler", "StrategyOptions", "observed", "sample_size"]

@@ -10,13 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message
-from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
-from flwr.serverapp.strategy import FedAvg as _FlowerFedAvg
 
-from strategies.base import ObservedStrategy
-
-UNIFORM_WEIGHT = "uniform-weight"   # every hospital counts once: the sensitivity the noise is scaled to
+from orchestrator.core.protocol import UNIFORM_WEIGHT   # every hospital counts once: the noise's sensitivity
+from strategies.base import observed
 
 
 def accountant(dp, num_clients: int):
@@ -38,29 +34,43 @@ def projected_epsilon(dp, num_clients: int, sampled: int, rounds: int) -> float:
     return float(acc.get_privacy_spent().epsilon)
 
 
-class CentralDP(ObservedStrategy, DifferentialPrivacyServerSideFixedClipping):
+def build(dp, *, num_clients: int, sampled: int, seed: int = 0, **fedavg_kwargs):
+    """FedAvg inside Flower's server-side fixed clipping, observed like every strategy."""
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping as _Flower
+
+    return observed(_Flower, CentralDPRounds)(dp, num_clients=num_clients, sampled=sampled, seed=seed,
+                                              **fedavg_kwargs)
+
+
+class CentralDPRounds:
     """Clipping and noise act on the trainable parameters only: buffers the server set itself (the
     input scaling agreed in the census) are no hospital's update and must not be noised."""
 
+    NAME = "CentralDP"
+
     def __init__(self, dp, *, num_clients: int, sampled: int, seed: int = 0, **fedavg_kwargs):
-        inner = _FlowerFedAvg(weighted_by_key=UNIFORM_WEIGHT, **fedavg_kwargs)
+        from flwr.serverapp.strategy import FedAvg
+
+        inner = FedAvg(weighted_by_key=UNIFORM_WEIGHT, **fedavg_kwargs)
         super().__init__(inner, dp.noise_multiplier, dp.clipping_norm, sampled,
                          accountant=accountant(dp, num_clients))
         self.seed = seed
         self.trainable: list[str] | None = None   # set by the orchestrator from the model
-        self._full: ArrayRecord | None = None
+        self._full = None
 
-    def _trainable(self, record: ArrayRecord) -> ArrayRecord:
+    def _trainable(self, record):
+        from flwr.app import ArrayRecord
+
         keys = self.trainable if self.trainable is not None else list(record.keys())
         return ArrayRecord({k: record[k] for k in keys})
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid):
+    def configure_train(self, server_round: int, arrays, config, grid):
         self._full = arrays
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self.current_arrays = self._trainable(arrays)   # what updates are measured against
         return messages
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+    def aggregate_train(self, server_round: int, replies: Iterable):
         replies = list(replies)
         for m in replies:
             if not m.has_error():
@@ -74,6 +84,8 @@ class CentralDP(ObservedStrategy, DifferentialPrivacyServerSideFixedClipping):
             np.random.set_state(saved)
         if arrays is None:
             return None, metrics
+        from flwr.app import ArrayRecord
+
         merged = {k: (arrays[k] if k in arrays else v) for k, v in self._full.items()}
         return ArrayRecord(merged), metrics
 

@@ -1,10 +1,27 @@
 """Adaptive federated optimisation (Reddi et al., 2021): Adagrad on the server, applied to the mean update."""
 from __future__ import annotations
 
-from flwr.serverapp.strategy import FedAdagrad as _FlowerFedAdagrad
+from typing import Annotated, Literal
 
-from strategies.base import ObservedStrategy
+from pydantic import Field
+
+from strategies.base import StrategyOptions, observed
+
+CLIENT_READS: tuple[str, ...] = ()
 
 
-class FedAdagrad(ObservedStrategy, _FlowerFedAdagrad):
+class Options(StrategyOptions):
+    name: Literal["fedadagrad"] = "fedadagrad"
+    server_lr: Annotated[float, Field(gt=0.0, description="the server optimizer's step (eta)")] = 0.1
+    tau: Annotated[float, Field(gt=0.0, description="adaptivity (epsilon) of the server optimizer")] = 1e-3
+
+
+class FedAdagradRounds:
     STATE_ATTRS = ("m_t", "v_t")  # the server optimizer's moments, kept in round checkpoints
+    NAME = "FedAdagrad"
+
+
+def build(options: Options, **common):
+    from flwr.serverapp.strategy import FedAdagrad as _Flower
+
+    return observed(_Flower, FedAdagradRounds)(eta=options.server_lr, tau=options.tau, **common)

@@ -1,10 +1,18 @@
 """FedAvg (McMahan et al., 2017): the example-weighted mean of hospital models. Flower's arithmetic."""
 from __future__ import annotations
 
-from flwr.serverapp.strategy import FedAvg as _FlowerFedAvg
+from typing import Literal
 
-from strategies.base import ObservedStrategy
+from strategies.base import StrategyOptions, observed
+
+CLIENT_READS: tuple[str, ...] = ()
 
 
-class FedAvg(ObservedStrategy, _FlowerFedAvg):
-    pass
+class Options(StrategyOptions):
+    name: Literal["fedavg"] = "fedavg"
+
+
+def build(options: Options, **common):
+    from flwr.serverapp.strategy import FedAvg as _Flower
+
+    return observed(_Flower)(**common)

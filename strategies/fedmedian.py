@@ -1,10 +1,18 @@
 """Coordinate-wise median of hospital models (Yin et al., 2018): robust to a minority of bad updates."""
 from __future__ import annotations
 
-from flwr.serverapp.strategy import FedMedian as _FlowerFedMedian
+from typing import Literal
 
-from strategies.base import ObservedStrategy
+from strategies.base import StrategyOptions, observed
+
+CLIENT_READS: tuple[str, ...] = ()
 
 
-class FedMedian(ObservedStrategy, _FlowerFedMedian):
-    pass
+class Options(StrategyOptions):
+    name: Literal["fedmedian"] = "fedmedian"
+
+
+def build(options: Options, **common):
+    from flwr.serverapp.strategy import FedMedian as _Flower
+
+    return observed(_Flower)(**common)

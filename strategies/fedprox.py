@@ -1,13 +1,26 @@
 """FedProx (Li et al., 2020): FedAvg aggregation; hospitals add (mu/2)·||w - w_global||² to their loss.
 
-Flower's FedProx sends `proximal-mu` in the train config; `clients/client_app.py` applies the term.
+Flower's FedProx sends mu in the train config under `protocol.PROXIMAL_MU`; the hospital
+(`clients.client_app`) reads it from there and applies the term.
 """
 from __future__ import annotations
 
-from flwr.serverapp.strategy import FedProx as _FlowerFedProx
+from typing import Annotated, Literal
 
-from strategies.base import ObservedStrategy
+from pydantic import Field
+
+from orchestrator.core.protocol import PROXIMAL_MU
+from strategies.base import StrategyOptions, observed
+
+CLIENT_READS: tuple[str, ...] = (PROXIMAL_MU,)
 
 
-class FedProx(ObservedStrategy, _FlowerFedProx):
-    pass
+class Options(StrategyOptions):
+    name: Literal["fedprox"] = "fedprox"
+    mu: Annotated[float, Field(ge=0.0, description="weight of the proximal term")] = 0.01
+
+
+def build(options: Options, **common):
+    from flwr.serverapp.strategy import FedProx as _Flower
+
+    return observed(_Flower)(proximal_mu=options.mu, **common)

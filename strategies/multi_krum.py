@@ -1,10 +1,29 @@
 """Multi-Krum (Blanchard et al., 2017): average the `select` updates that Krum scores best."""
 from __future__ import annotations
 
-from flwr.serverapp.strategy import MultiKrum as _FlowerMultiKrum
+from typing import Annotated, Literal
 
-from strategies.base import ObservedStrategy
+from pydantic import Field
+
+from strategies.base import StrategyOptions, observed
+from strategies.krum import KrumRounds
+
+CLIENT_READS: tuple[str, ...] = ()
+CONVERGENCE_DRILL = {"options": {"f": 2, "select": 5}}
 
 
-class MultiKrum(ObservedStrategy, _FlowerMultiKrum):
-    pass
+class Options(StrategyOptions):
+    name: Literal["multi_krum"] = "multi_krum"
+    f: Annotated[int, Field(ge=0, description="hospitals assumed malicious")] = 0
+    select: Annotated[int, Field(ge=1, description="updates averaged")] = 1
+
+
+class MultiKrumRounds(KrumRounds):
+    NAME = "MultiKrum"
+
+
+def build(options: Options, **common):
+    from flwr.serverapp.strategy import MultiKrum as _Flower
+
+    return observed(_Flower, MultiKrumRounds)(num_malicious_nodes=options.f, num_nodes_to_select=options.select,
+                                              **common)

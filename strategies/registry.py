@@ -1,71 +1,59 @@
-"""YAML `federated.strategy` -> strategy object. Flower's arithmetic, our observation mixin."""
+"""Every strategy, one line each: YAML `federated.strategy.name` -> its module.
+
+A strategy module declares `Options` (its section of the YAML; the job spec's `federated.strategy`
+is the discriminated union of them all, on `name`), `CLIENT_READS` and `build`. Adding a strategy is
+its file plus one line below; the tests run every strategy listed here.
+"""
 from __future__ import annotations
 
-from orchestrator.config import SERVER_LR_DEFAULT
-from strategies.base import Listener, Sampler
-from strategies.fedadagrad import FedAdagrad
-from strategies.fedadam import FedAdam
-from strategies.fedavg import FedAvg
-from strategies.fedmedian import FedMedian
-from strategies.fedprox import FedProx
-from strategies.fednova import FedNova
-from strategies.fedyogi import FedYogi
-from strategies.krum import Krum
-from strategies.multi_krum import MultiKrum
-from strategies.scaffold import Scaffold
-from strategies.trimmed_mean import FedTrimmedAvg
+from typing import Annotated, Union
 
-STRATEGIES = {
-    "fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad,
-    "fedmedian": FedMedian, "trimmed_mean": FedTrimmedAvg, "krum": Krum, "multi_krum": MultiKrum,
-    "scaffold": Scaffold, "fednova": FedNova,
-}
+from pydantic import Field
 
+from strategies import (
+    fedadagrad,
+    fedadam,
+    fedavg,
+    fedmedian,
+    fednova,
+    fedprox,
+    fedyogi,
+    krum,
+    multi_krum,
+    scaffold,
+    trimmed_mean,
+)
+from strategies.base import Listener, Sampler, sample_size
 
-def strategy_options(spec) -> dict:
-    """Our YAML option names -> the keyword arguments of the Flower class."""
-    name = spec.name
-    if name == "fedprox":
-        return {"proximal_mu": spec.mu}
-    eta = spec.server_lr if spec.server_lr is not None else SERVER_LR_DEFAULT.get(name)
-    if name in ("fedadam", "fedyogi"):
-        return {"eta": eta, "tau": spec.tau, "beta_1": spec.beta1, "beta_2": spec.beta2}
-    if name == "fedadagrad":
-        return {"eta": eta, "tau": spec.tau}
-    if name == "scaffold":
-        return {"server_lr": eta}
-    if name == "trimmed_mean":
-        return {"beta": spec.beta}
-    if name == "krum":
-        return {"num_malicious_nodes": spec.f}
-    if name == "multi_krum":
-        return {"num_malicious_nodes": spec.f, "num_nodes_to_select": spec.select}
-    return {}
+MODULES = (fedavg, fedprox, fedadam, fedyogi, fedadagrad, fedmedian, trimmed_mean, krum, multi_krum, scaffold,
+           fednova)
+STRATEGIES = {m.Options.model_fields["name"].default: m for m in MODULES}
+StrategyOptions = Annotated[Union[tuple(m.Options for m in MODULES)], Field(discriminator="name")]
 
 
-def sample_size(num_clients: int, fraction: float, least: int) -> int:
-    return min(num_clients, max(int(num_clients * fraction), least))
+def owners(option: str) -> list[str]:
+    """The strategies that take `option` (for an error naming where a stray option belongs)."""
+    return [name for name, m in STRATEGIES.items() if option in m.Options.model_fields and option != "name"]
 
 
-def build_strategy(spec, *, num_clients: int, fraction_fit: float, fraction_evaluate: float,
+def build_strategy(options, *, num_clients: int, fraction_fit: float, fraction_evaluate: float,
                    listener: Listener | None = None, seed: int = 0, nodes: list[int] | None = None,
-                   min_fit: int | None = None, accept_failures: bool = True, dp=None):
-    """`spec` is the job's `federated.strategy` section; `nodes` the hospitals' node ids in
-    partition order (sampling is ours, seeded: Flower is told every offered hospital takes part)."""
-    min_nodes = min(2, num_clients) if min_fit is None else min_fit
+                   min_fit: int = 1, accept_failures: bool = True, dp=None):
+    """`options` is the job's `federated.strategy` section; `nodes` the hospitals' node ids in
+    partition order (sampling is ours, seeded: Flower is told every offered hospital takes part);
+    `min_fit` the job's resolved `federated.min_fit_clients`."""
     sampler = Sampler(nodes if nodes is not None else list(range(num_clients)), seed, fraction_fit,
-                      fraction_evaluate, min_nodes, min(min_nodes, num_clients))
+                      fraction_evaluate, min_fit, min(min_fit, num_clients))
     flower = dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1,
                   min_available_nodes=1)
     if dp is not None and dp.mode == "central":
-        from strategies.central_dp import CentralDP
+        from strategies import central_dp
 
-        strategy = CentralDP(dp, num_clients=num_clients, sampled=sample_size(num_clients, fraction_fit, min_nodes),
-                             seed=seed, **flower)
+        strategy = central_dp.build(dp, num_clients=num_clients, sampled=sample_size(num_clients, fraction_fit, min_fit),
+                                    seed=seed, **flower)
     else:
-        strategy = STRATEGIES[spec.name](**flower, **strategy_options(spec))
-    if isinstance(strategy, Scaffold):
-        strategy.num_clients = num_clients
+        strategy = STRATEGIES[options.name].build(options, **flower)
+    strategy.num_clients = num_clients   # SCAFFOLD moves c by the sampled share of all hospitals
     strategy.sampler = sampler
     strategy.listener = listener
     strategy.accept_failures = accept_failures

@@ -1,26 +1,32 @@
 """SCAFFOLD (Karimireddy et al., 2020): control variates correct each hospital's drift under label skew.
 
 Flower has no SCAFFOLD; this builds it on Flower's FedAvg message flow. Every train message carries
-the server's control variate `c` (record "control"); a hospital keeps its own `c_i` in its Flower
-`Context.state` across rounds, trains with gradients corrected by c - c_i and replies with its
-weights and `c_i+ - c_i` (record "control_delta"). The arithmetic is `strategies.arithmetic`.
+the server's control variate `c` (record `protocol.CONTROL`); a hospital keeps its own `c_i` in its
+Flower `Context.state` across rounds, trains with gradients corrected by c - c_i and replies with
+its weights and `c_i+ - c_i` (record `protocol.CONTROL_DELTA`). The arithmetic is `strategies.arithmetic`.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Annotated, Literal
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp.strategy import FedAvg as _FlowerFedAvg
+from pydantic import Field
 
+from orchestrator.core.protocol import CONTROL, CONTROL_DELTA, from_state, to_state
 from strategies import arithmetic
-from orchestrator.records import from_state, to_state
-from strategies.base import ObservedStrategy
+from strategies.base import StrategyOptions, observed
 
-CONTROL, CONTROL_DELTA = "control", "control_delta"
+CLIENT_READS: tuple[str, ...] = (CONTROL,)   # the hospital answers with CONTROL_DELTA
 
 
-class Scaffold(ObservedStrategy, _FlowerFedAvg):
+class Options(StrategyOptions):
+    name: Literal["scaffold"] = "scaffold"
+    server_lr: Annotated[float, Field(gt=0.0, description="the server's step (eta_g)")] = 1.0
+
+
+class ScaffoldRounds:
+    NAME = "Scaffold"
     STATE_ATTRS = ("control",)
 
     def __init__(self, *, server_lr: float = 1.0, **kwargs):
@@ -28,10 +34,10 @@ class Scaffold(ObservedStrategy, _FlowerFedAvg):
         self.server_lr = server_lr
         self.control: dict[str, np.ndarray] | None = None   # c, over the trainable parameters
         self.trainable: list[str] | None = None             # set by the orchestrator from the model
-        self.num_clients = 1
+        self.num_clients = 1                                 # set by the registry
         self._x: dict[str, np.ndarray] | None = None
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid):
+    def configure_train(self, server_round: int, arrays, config, grid):
         self._x = to_state(arrays)
         if self.control is None:
             names = self.trainable or [k for k, v in self._x.items() if np.issubdtype(v.dtype, np.floating)]
@@ -42,8 +48,7 @@ class Scaffold(ObservedStrategy, _FlowerFedAvg):
             m.content[CONTROL] = control
         return messages
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(self, server_round: int, replies: Iterable):
         contents, metrics = self._train_replies(server_round, replies)
         if not contents:
             return None, None
@@ -53,3 +58,9 @@ class Scaffold(ObservedStrategy, _FlowerFedAvg):
         x, self.control = arithmetic.scaffold_server(self._x, ys, deltas, self.control, weights,
                                                      self.server_lr, self.num_clients)
         return from_state(x), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+
+
+def build(options: Options, **common):
+    from flwr.serverapp.strategy import FedAvg as _Flower
+
+    return observed(_Flower, ScaffoldRounds)(server_lr=options.server_lr, **common)

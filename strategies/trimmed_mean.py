@@ -1,10 +1,21 @@
 """Coordinate-wise trimmed mean (Yin et al., 2018): drop the beta fraction at each end, average the rest."""
 from __future__ import annotations
 
-from flwr.serverapp.strategy import FedTrimmedAvg as _FlowerFedTrimmedAvg
+from typing import Annotated, Literal
 
-from strategies.base import ObservedStrategy
+from pydantic import Field
+
+from strategies.base import StrategyOptions, observed
+
+CLIENT_READS: tuple[str, ...] = ()
 
 
-class FedTrimmedAvg(ObservedStrategy, _FlowerFedTrimmedAvg):
-    pass
+class Options(StrategyOptions):
+    name: Literal["trimmed_mean"] = "trimmed_mean"
+    beta: Annotated[float, Field(gt=0.0, lt=0.5, description="fraction cut at each end, per coordinate")] = 0.2
+
+
+def build(options: Options, **common):
+    from flwr.serverapp.strategy import FedTrimmedAvg as _Flower
+
+    return observed(_Flower)(beta=options.beta, **common)

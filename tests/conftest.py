@@ -46,8 +46,8 @@ def fedavg_run(tmp_path_factory):
     """configs/hospitals_fedavg.yaml as shipped (10 hospitals, 20 rounds), once per session."""
     import time
 
-    from orchestrator.loading import load_job
-    from orchestrator.runner import run_job
+    from orchestrator.spec.loading import load_job
+    from orchestrator.jobs.runner import run_job
 
     work = tmp_path_factory.mktemp("fedavg")
     uri = f"sqlite:///{work / 'mlruns.db'}"

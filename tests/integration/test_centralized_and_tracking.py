@@ -10,8 +10,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_centralized_config_reaches_the_bar_on_the_same_held_out_split(store, fedavg_run):
-    from orchestrator.loading import load_job
-    from orchestrator.runner import run_job
+    from orchestrator.spec.loading import load_job
+    from orchestrator.jobs.runner import run_job
 
     job = load_job(CONFIGS / "centralized.yaml", [f"tracking.uri={store}"])
     result = run_job(job)
@@ -26,7 +26,7 @@ def test_centralized_config_reaches_the_bar_on_the_same_held_out_split(store, fe
 
 
 def test_a_run_that_breaks_after_starting_is_failed_and_keeps_what_was_logged(store):
-    from orchestrator.tracking import Tracker
+    from orchestrator.tracking.store import Tracker
 
     tracker = Tracker(store, "failures")
     with pytest.raises(RuntimeError, match="hospital exploded"):
@@ -44,7 +44,7 @@ def test_a_run_that_breaks_after_starting_is_failed_and_keeps_what_was_logged(st
 
 
 def test_interrupted_run_is_marked_killed(store):
-    from orchestrator.tracking import Tracker
+    from orchestrator.tracking.store import Tracker
 
     tracker = Tracker(store, "interrupts")
     with pytest.raises(KeyboardInterrupt):

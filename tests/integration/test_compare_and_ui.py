@@ -14,8 +14,8 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.ui import stop as stop_ui
-from orchestrator.ui import wait_healthy
+from orchestrator.tracking.ui import stop as stop_ui
+from orchestrator.tracking.ui import wait_healthy
 from tests.conftest import CONFIGS, free_port as _free_port
 
 pytestmark = pytest.mark.integration
@@ -25,8 +25,8 @@ ARTIFACTS = Path(os.environ.get("CONSORTIUM_TEST_ARTIFACTS", Path(__file__).reso
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     """A store holding two finished centralized runs that differ only in learning rate."""
-    from orchestrator.loading import load_job
-    from orchestrator.runner import run_job
+    from orchestrator.spec.loading import load_job
+    from orchestrator.jobs.runner import run_job
 
     work = tmp_path_factory.mktemp("compare")
     uri = f"sqlite:///{work / 'mlruns.db'}"

@@ -53,8 +53,8 @@ def test_registered_model_reproduces_logged_accuracy_in_a_fresh_process(fedavg_r
     result = fedavg_run["result"]
     script = textwrap.dedent(f"""
         import json, mlflow, mlflow.pytorch, torch
-        from orchestrator.loading import load_job
-        from orchestrator.plan import plan_data
+        from orchestrator.spec.loading import load_job
+        from orchestrator.jobs.plan import plan_data
         mlflow.set_tracking_uri({fedavg_run['uri']!r})
         model = mlflow.pytorch.load_model({result.registered!r})
         plan = plan_data(load_job({str(CONFIGS / 'hospitals_fedavg.yaml')!r}))

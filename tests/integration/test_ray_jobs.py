@@ -83,8 +83,8 @@ def cluster(tmp_path_factory):
 
 
 def test_local_runtime_ddp_matches_centralized_and_registers_one_run(store):
-    from orchestrator.loading import load_job
-    from orchestrator.runner import run_job
+    from orchestrator.spec.loading import load_job
+    from orchestrator.jobs.runner import run_job
 
     t0 = time.perf_counter()
     ray_result = run_job(load_job(DDP, [f"tracking.uri={store}"]))
@@ -105,8 +105,8 @@ def test_local_runtime_ddp_matches_centralized_and_registers_one_run(store):
 
 
 def test_two_node_cluster_places_one_worker_on_each_node(cluster, store):
-    from orchestrator.loading import load_job
-    from orchestrator.runner import run_job
+    from orchestrator.spec.loading import load_job
+    from orchestrator.jobs.runner import run_job
 
     result = run_job(load_job(DDP, [f"tracking.uri={store}", f"ray.address={cluster['address']}",
                                     "train.epochs=2", "tracking.register_model=null"]))
@@ -209,8 +209,8 @@ def test_a_killed_worker_is_replaced_then_a_stopped_driver_resumes_into_the_same
 
 
 def test_flower_and_ray_train_jobs_run_one_after_the_other_in_one_process(store):
-    from orchestrator.loading import load_job
-    from orchestrator.runner import run_job
+    from orchestrator.spec.loading import load_job
+    from orchestrator.jobs.runner import run_job
 
     small_fl = [f"tracking.uri={store}", "federated.rounds=2", "federated.num_clients=3",
                 "tracking.register_model=null", "tracking.log_model=false"]

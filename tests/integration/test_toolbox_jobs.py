@@ -14,8 +14,8 @@ pytestmark = pytest.mark.integration
 
 
 def _run(name: str, store: str, *overrides: str):
-    from orchestrator.loading import load_job
-    from orchestrator.runner import run_job
+    from orchestrator.spec.loading import load_job
+    from orchestrator.jobs.runner import run_job
 
     return run_job(load_job(CONFIGS / name, [f"tracking.uri={store}", *overrides]))
 

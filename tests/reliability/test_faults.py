@@ -88,7 +88,7 @@ def test_four_jobs_at_once_on_one_sqlite_store_all_finish(tmp_path):
 
 
 def test_a_tracking_server_restart_mid_run_loses_no_metrics(tmp_path):
-    from orchestrator import ui
+    from orchestrator.tracking import ui
 
     port = free_port()
     backend = f"sqlite:///{tmp_path / 'server.db'}"

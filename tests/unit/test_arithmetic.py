@@ -75,3 +75,33 @@ def test_sampling_is_reproducible_from_the_seed_and_varies_by_round():
     assert Sampler(nodes, seed=8, fraction_fit=0.25).choose(1, "train") != rounds[0]
     assert a.choose(1, "evaluate") == nodes  # fraction_evaluate 1.0: everyone
     assert len(Sampler(nodes, seed=1, fraction_fit=0.01, min_fit=3).choose(1, "train")) == 3
+
+
+def test_krum_keeps_the_update_closest_to_its_neighbours_and_never_an_outlier():
+    honest = [np.full(4, v, dtype=np.float32) for v in (1.0, 1.2, 0.8, 1.3, 0.7)]
+    outliers = [np.full(4, -50.0, dtype=np.float32), np.full(4, 80.0, dtype=np.float32)]
+    updates = honest[:2] + outliers[:1] + honest[2:] + outliers[1:]
+    chosen = A.krum_select(updates, f=2)
+    assert chosen == [0]   # 1.0: the centre of the honest cluster
+    assert all(i not in (2, 6) for i in A.krum_select(updates, f=2, select=5))
+
+
+def test_krum_selection_is_the_same_in_any_arrival_order_and_ties_go_to_the_first_hospital():
+    rng = np.random.default_rng(3)
+    updates = [rng.normal(size=50).astype(np.float32) for _ in range(9)]
+    chosen = {tuple(updates[i].tobytes() for i in A.krum_select(updates, f=2, select=3))}
+    for perm in (rng.permutation(9) for _ in range(5)):
+        shuffled = [updates[i] for i in perm]
+        chosen.add(tuple(sorted((shuffled[i].tobytes() for i in A.krum_select(shuffled, f=2, select=3)),
+                                key=lambda b: [u.tobytes() for u in updates].index(b))))
+    assert len(chosen) == 1
+    twins = [np.zeros(3), np.ones(3), np.ones(3), np.zeros(3)]   # 0/3 and 1/2 tie exactly
+    assert A.krum_select(twins, f=0) == [0]
+
+
+def test_krum_distances_survive_large_weights_that_cancel_in_float32():
+    # ||x||^2 + ||y||^2 - 2 x.y in float32 loses differences of 1e-3 on weights near 1e4: the
+    # difference-based float64 distance still ranks the tightest pair first
+    base = np.full(1000, 1e4, dtype=np.float32)
+    updates = [base + np.float32(d) for d in (0.0, 1e-3, 2e-3, 0.5, -0.5)]
+    assert A.krum_select(updates, f=1) == [1]

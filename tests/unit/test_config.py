@@ -7,8 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.errors import ConfigError
-from orchestrator.loading import apply_override, flatten, load_job
+from orchestrator.spec.errors import ConfigError
+from orchestrator.spec.loading import apply_override, flatten, load_job
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 
 from clients.hospitals import hospital_share
-from orchestrator.data import Split, impute_split, load_bundled, split_indices
-from orchestrator.errors import DataError
-from orchestrator.loading import load_job
-from orchestrator.plan import plan_data
+from orchestrator.core.data import Split, load_bundled
+from orchestrator.core.splits import impute_split, split_indices
+from orchestrator.spec.errors import DataError
+from orchestrator.spec.loading import load_job
+from orchestrator.jobs.plan import plan_data
 
 
 @pytest.mark.parametrize("name", ["breast_cancer", "digits", "wine"])
@@ -50,7 +51,7 @@ def test_each_hospital_imputes_from_its_own_rows(tmp_path):
                               "federated: {num_clients: null, partition: {name: natural, min_size: 4}}\n"))
     plan = plan_data(job)
     assert plan.hospitals == ["a", "b"]
-    from clients.client_app import Hospital
+    from clients.handlers import Hospital
 
     for pid, expected in [(0, 2.0), (1, 1001.0)]:
         name, raw = hospital_share(job, plan.schema, pid, 2)

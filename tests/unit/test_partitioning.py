@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clients.partitioning import PartitionError, dirichlet, iid, partition
+from orchestrator.core.partitioning import PartitionError, dirichlet, iid, partition
 
 
 def _labels(n=500, k=2, seed=0):
@@ -55,7 +55,7 @@ def test_more_hospitals_than_the_data_allows_is_an_explained_error():
 
 
 def test_shards_give_every_hospital_exactly_its_labels():
-    from clients.partitioning import shards
+    from orchestrator.core.partitioning import shards
 
     y = np.random.default_rng(0).integers(0, 10, 1500)
     parts = shards(y, 10, labels_per_hospital=2, seed=3)
@@ -66,7 +66,7 @@ def test_shards_give_every_hospital_exactly_its_labels():
 
 
 def test_quantity_skew_varies_sizes_keeps_labels_mixed_and_the_minimum():
-    from clients.partitioning import quantity
+    from orchestrator.core.partitioning import quantity
 
     parts = quantity(455, 10, alpha=0.5, seed=3, min_size=10)
     sizes = [len(p) for p in parts]
@@ -75,8 +75,8 @@ def test_quantity_skew_varies_sizes_keeps_labels_mixed_and_the_minimum():
 
 
 def test_one_csv_with_a_site_column_is_one_hospital_per_site(tmp_path):
-    from orchestrator.config import JobSpec
-    from orchestrator.data import load_source
+    from orchestrator.spec.job import JobSpec
+    from orchestrator.core.data import load_source
 
     rows = ["age,site,target"] + [f"{i},{['b-town', 'a-ville', 'c-city'][i % 3]},{i % 2}" for i in range(60)]
     (tmp_path / "all.csv").write_text("\n".join(rows) + "\n")

@@ -7,9 +7,10 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.errors import ConfigError, UserError
-from orchestrator.loading import load_job
-from orchestrator.ray_job import _shard_batches, check_placement
+from orchestrator.spec.errors import ConfigError, UserError
+from orchestrator.spec.loading import load_job
+from orchestrator.jobs.ray.session import check_placement
+from orchestrator.jobs.ray.worker import _shard_batches
 
 ROOT = Path(__file__).resolve().parents[2]
 DDP = ROOT / "configs/cluster_ddp.yaml"

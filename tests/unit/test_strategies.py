@@ -8,34 +8,63 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
-from orchestrator.config import ModelSpec, StrategySpec, TrainSpec
-from orchestrator.errors import ConfigError
-from orchestrator.loading import load_job
-from orchestrator.models import build_model
-from orchestrator.training import tensors, train_epochs
-from strategies.base import NoUsableRepliesError
-from strategies.registry import STRATEGIES, build_strategy
+from orchestrator.core import protocol as P
+from orchestrator.core.models import build_model
+from orchestrator.core.training import tensors, train_epochs
+from orchestrator.spec.errors import ConfigError
+from orchestrator.spec.loading import load_job
+from orchestrator.spec.model import ModelSpec
+from orchestrator.spec.train import TrainSpec
+from strategies import fedavg
+from strategies.base import NoUsableRepliesError, ObservedStrategy
+from strategies.registry import MODULES, STRATEGIES, build_strategy
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def strategy_of(**options):
+    opts = STRATEGIES[options.get("name", "fedavg")].Options(**options)
+    return build_strategy(opts, num_clients=10, fraction_fit=1.0, fraction_evaluate=1.0)
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_strategy_name_builds_from_yaml(name):
     job = load_job(ROOT / "configs/hospitals_fedavg.yaml", [f"federated.strategy.name={name}"])
     strategy = build_strategy(job.federated.strategy, num_clients=10, fraction_fit=1.0, fraction_evaluate=1.0)
-    assert isinstance(strategy, STRATEGIES[name])
+    assert isinstance(strategy, ObservedStrategy) and job.federated.strategy.name == name
+    assert type(strategy) is type(build_strategy(job.federated.strategy, num_clients=3, fraction_fit=1.0,
+                                                 fraction_evaluate=1.0))  # one class per strategy
+
+
+def test_every_strategy_module_declares_its_options_keys_and_builder():
+    for module in MODULES:
+        assert {"Options", "CLIENT_READS", "build"} <= set(vars(module)), module.__name__
+        assert all(isinstance(k, str) and k for k in module.CLIENT_READS)
+        for name, field in module.Options.model_fields.items():
+            assert name == "name" or field.description, f"{module.__name__}.Options.{name} has no description"
 
 
 def test_strategy_options_reach_flower():
-    def build(**kw):
-        return build_strategy(StrategySpec(**kw), num_clients=10, fraction_fit=1.0, fraction_evaluate=1.0)
-
-    assert build(name="fedprox", mu=0.5).proximal_mu == 0.5
-    adam = build(name="fedadam", server_lr=0.03, tau=1e-4, beta1=0.8, beta2=0.95)
+    assert strategy_of(name="fedprox", mu=0.5).proximal_mu == 0.5
+    adam = strategy_of(name="fedadam", server_lr=0.03, tau=1e-4, beta1=0.8, beta2=0.95)
     assert (adam.eta, adam.tau, adam.beta_1, adam.beta_2) == (0.03, 1e-4, 0.8, 0.95)
-    assert build(name="trimmed_mean", beta=0.1).beta == 0.1
-    mk = build(name="multi_krum", f=2, select=3)
+    assert strategy_of(name="trimmed_mean", beta=0.1).beta == 0.1
+    mk = strategy_of(name="multi_krum", f=2, select=3)
     assert (mk.num_malicious_nodes, mk.num_nodes_to_select) == (2, 3)
+    assert strategy_of(name="scaffold").server_lr == 1.0 and strategy_of(name="fedyogi").eta == 0.1
+
+
+def test_fedprox_sends_mu_under_the_key_the_hospitals_read(_outside_a_flower_run):
+    """The client reads protocol.PROXIMAL_MU; Flower's FedProx must write exactly that key."""
+    from flwr.app import ConfigRecord
+
+    class Grid:
+        def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+            return Message(content, dst_node_id, message_type, group_id=group_id)
+
+    prox = strategy_of(name="fedprox", mu=0.25)
+    messages = list(prox.configure_train(1, ArrayRecord([np.zeros(2, dtype=np.float32)]), ConfigRecord({}), Grid()))
+    assert len(messages) == 10 and all(m.content[P.CONFIG][P.PROXIMAL_MU] == 0.25 for m in messages)
 
 
 def test_an_option_of_another_strategy_is_an_error_that_names_its_owner():
@@ -53,7 +82,7 @@ def _outside_a_flower_run(monkeypatch):
 
 
 def test_a_dumped_spec_loads_again_for_every_strategy():
-    from orchestrator.config import JobSpec
+    from orchestrator.spec.job import JobSpec
 
     for name in STRATEGIES:
         job = load_job(ROOT / "configs/hospitals_fedavg.yaml", [f"federated.strategy.name={name}"])
@@ -71,7 +100,7 @@ def test_aggregation_does_not_depend_on_the_order_replies_arrive_in():
     values = rng.normal(size=10).astype(np.float32) * 1e3
     replies = [_reply(i, float(v), int(n)) for i, (v, n) in enumerate(zip(values, rng.integers(5, 50, 10)))]
     reports = []
-    strategy = build_strategy(StrategySpec(), num_clients=10, fraction_fit=1.0, fraction_evaluate=1.0,
+    strategy = build_strategy(fedavg.Options(), num_clients=10, fraction_fit=1.0, fraction_evaluate=1.0,
                               listener=reports.append)
     a, _ = strategy.aggregate_train(1, replies)
     b, _ = strategy.aggregate_train(1, list(reversed(replies)))
@@ -83,7 +112,7 @@ def test_aggregation_does_not_depend_on_the_order_replies_arrive_in():
 def test_a_round_where_every_hospital_failed_stops_the_job():
     from flwr.app import Error
 
-    strategy = build_strategy(StrategySpec(), num_clients=2, fraction_fit=1.0, fraction_evaluate=1.0)
+    strategy = build_strategy(fedavg.Options(), num_clients=2, fraction_fit=1.0, fraction_evaluate=1.0)
     failed = Message(Error(code=0, reason="hospital exploded"), reply_to=Message(RecordDict(), dst_node_id=1,
                                                                                   message_type="train"))
     with pytest.raises(NoUsableRepliesError, match="hospital exploded"):

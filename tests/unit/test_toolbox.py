@@ -7,10 +7,12 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from orchestrator import metrics as M
-from orchestrator.config import JobSpec, ModelSpec, ScheduleSpec, TrainSpec
-from orchestrator.models import build_model, parameter_groups, prepare
-from orchestrator.training import (
+from orchestrator.core import metrics as M
+from orchestrator.spec.job import JobSpec
+from orchestrator.spec.model import ModelSpec
+from orchestrator.spec.train import ScheduleSpec, TrainSpec
+from orchestrator.core.models import build_model, parameter_groups, prepare
+from orchestrator.core.training import (
     EarlyStopping,
     Objective,
     balanced_weights,
@@ -247,7 +249,7 @@ def test_regression_metrics_match_sklearn_and_pool_exactly():
 
 def test_federated_metrics_are_pooled_from_hospital_counts(monkeypatch):
     """The round logger's eval/* equal sklearn's on the union of every hospital's test rows."""
-    from orchestrator.federated_job import RoundLogger
+    from orchestrator.jobs.federated.rounds import RoundLogger
     from strategies.base import RoundReport
 
     y, probs = _predictions(3, n=150)

@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from orchestrator.config import ModelSpec, TrainSpec
-from orchestrator.models import build_model, mean_scale, moments, standardizer
-from orchestrator.training import evaluate, tensors, train_epochs
+from orchestrator.spec.model import ModelSpec
+from orchestrator.spec.train import TrainSpec
+from orchestrator.core.models import build_model, mean_scale, moments, standardizer
+from orchestrator.core.training import evaluate, tensors, train_epochs
 
 
 def _data(seed=0):
@@ -54,7 +55,7 @@ def test_moments_combine_across_hospitals_to_the_pooled_mean_and_scale():
 
 
 def test_optimizers_all_train():
-    from orchestrator.config import OptimizerSpec
+    from orchestrator.spec.train import OptimizerSpec
 
     X, y = _data()
     for name, lr in [("sgd", 0.1), ("adam", 0.01), ("adamw", 0.01), ("rmsprop", 0.01)]:

@@ -1,0 +1,233 @@
+"""The hospital's message handlers: train and evaluate on its own rows, share only updates and sums.
+The ClientApps that route messages here are in `clients.client_app`. Messages a hospital answers:
+  query     per-feature observed count, sum and sum of squares of its training rows (input scaling)
+  train     local epochs from the global model -> updated weights + train loss
+  evaluate  the global model on its own test rows -> loss and metrics, confusion counts
+            (classification) or error sums (regression) for exact pooling
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from clients.hospitals import hospital_share
+from orchestrator.core import metrics as M
+from orchestrator.core import protocol as P
+from orchestrator.core.data import Schema, Split
+from orchestrator.core.models import build_model, moments, standardizer
+from orchestrator.core.splits import column_fill, fill
+from orchestrator.core.training import Objective, confusion_counts, tensors, train_epochs
+from orchestrator.core.training import evaluate as evaluate_model
+from orchestrator.spec.job import JobSpec
+
+PARTITION_KEY = P.PARTITION_ID
+
+
+@dataclass
+class Hospital:
+    job: JobSpec
+    schema: Schema
+    partition_id: int
+    name: str
+    raw: Split
+    _ready: tuple | None = None
+
+    def tensors(self, input_mean: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """Imputed once, from this hospital's own training rows. A column it never observed is
+        filled with the model's input mean, so it contributes nothing after standardisation."""
+        if self._ready is None:
+            values = column_fill(self.raw.X_train, self.job.data.impute, fallback=input_mean)
+            self._ready = (*tensors(fill(self.raw.X_train, values), self.raw.y_train),
+                           *tensors(fill(self.raw.X_test, values), self.raw.y_test))
+        return self._ready
+
+
+# A simulation actor serves many hospitals in turn: keep each one's data for the job's lifetime.
+# Keyed by the job (spec + schema text): a new job in this process forgets the previous one's data.
+_JOB: dict = {"key": None, "job": None, "schema": None, "hospitals": {}}
+
+
+def _hospital(message: Message, context: Context) -> Hospital:
+    cfg = message.content[P.CONFIG]
+    pid = int(context.node_config[PARTITION_KEY])
+    job_key = str(cfg[P.JOB]) + str(cfg[P.SCHEMA])
+    if _JOB["key"] != job_key:  # parsed once per job, shared by every hospital this process serves
+        _JOB.update(key=job_key, job=JobSpec.model_validate_json(str(cfg[P.JOB])),
+                    schema=Schema.from_dict(json.loads(str(cfg[P.SCHEMA]))), hospitals={})
+    hospitals = _JOB["hospitals"]
+    if pid not in hospitals:
+        job, schema = _JOB["job"], _JOB["schema"]
+        num = int(context.node_config.get(P.NUM_PARTITIONS, job.federated.num_clients or 1))
+        data_path = context.node_config.get(P.DATA_PATH)
+        name, split = hospital_share(job, schema, pid, num, str(data_path) if data_path else None)
+        torch.set_num_threads(max(1, int(job.federated.client_resources.num_cpus)))
+        hospitals[pid] = Hospital(job, schema, pid, name, split)
+    return hospitals[pid]
+
+
+def _model(h: Hospital, message: Message) -> torch.nn.Module:
+    model = build_model(h.job.model, len(h.schema.features), len(h.schema.classes))
+    model.load_state_dict(message.content[P.ARRAYS].to_torch_state_dict())
+    return model
+
+
+def _objective(h: Hospital, model: torch.nn.Module, message: Message) -> Objective:
+    config = message.content[P.CONFIG]
+    weights = json.loads(str(config[P.CLASS_WEIGHTS])) if P.CLASS_WEIGHTS in config else None
+    return Objective.of(h.job, len(h.schema.classes), weights, model)
+
+
+def query(message: Message, context: Context) -> Message:
+    h = _hospital(message, context)
+    count, total, sumsq = moments(h.raw.X_train)
+    stats = [count, total, sumsq]
+    if h.schema.regression:  # the target's sums set the regression output's scale
+        y = h.raw.y_train.astype(np.float64)
+        stats.append(np.array([len(y), y.sum(), (y**2).sum()]))
+        labels: list[int] = []
+    else:
+        labels = np.bincount(h.raw.y_train, minlength=len(h.schema.classes)).tolist()
+    content = RecordDict({
+        P.STATS: ArrayRecord(stats),
+        P.METRICS: MetricRecord({PARTITION_KEY: h.partition_id, P.NUM_EXAMPLES: len(h.raw.y_train)}),
+        P.LABELS: ConfigRecord({"train": labels}),  # label histogram: counts only, no rows
+    })
+    return Message(content=content, reply_to=message)
+
+
+class InjectedFault(RuntimeError):
+    """A failure drill (federated.faults): this hospital fails this round on purpose."""
+
+
+def train(message: Message, context: Context) -> Message:
+    h = _hospital(message, context)
+    config = message.content[P.CONFIG]
+    server_round = int(config[P.SERVER_ROUND])
+    fed = h.job.federated
+    if fed.faults is not None and h.partition_id in fed.faults.hospitals and (
+            not fed.faults.rounds or server_round in fed.faults.rounds):
+        raise InjectedFault(f"hospital {h.name} fails round {server_round} (federated.faults drill)")
+    model = _model(h, message)
+    X, y, _, _ = h.tensors(standardizer(model).mean.numpy())
+    epochs = h.job.train.epochs
+    seed = h.job.seed * 100_003 + server_round * 1_009 + h.partition_id
+    objective = _objective(h, model, message)
+    schedule = dict(epoch_offset=(server_round - 1) * epochs, total_epochs=fed.rounds * epochs)
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    extra: dict = {}
+    metrics: dict = {}
+    if fed.dp is not None and fed.dp.mode == "local":
+        from clients import privacy
+
+        loss, steps = privacy.dp_sgd(model, X, y, h.job, seed, objective, **schedule)
+        metrics[P.DP_EPSILON] = privacy.epsilon(fed.dp.noise_multiplier, len(y), h.job.train.batch_size, epochs,
+                                                server_round, fed.dp.delta)
+    elif P.CONTROL in message.content:  # SCAFFOLD
+        loss, steps, extra[P.CONTROL_DELTA] = _scaffold_train(h, model, X, y, message, context, seed, objective,
+                                                              schedule)
+    else:
+        stats: dict = {}
+        loss = train_epochs(model, X, y, h.job.train, epochs, seed=seed,
+                            proximal_mu=float(config.get(P.PROXIMAL_MU, 0.0)),  # set by FedProx
+                            objective=objective, stats=stats, **schedule)
+        steps = stats.get("steps", 0)
+    state = model.state_dict()
+    if fed.attack is not None and h.partition_id in fed.attack.hospitals:
+        from clients.updates import poison
+
+        poisoned = poison({k: v.numpy() for k, v in start.items()}, {k: v.numpy() for k, v in state.items()},
+                          fed.attack.kind, fed.attack.factor)
+        state = {k: torch.from_numpy(v) for k, v in poisoned.items()}
+    metrics.update({PARTITION_KEY: h.partition_id, P.NUM_EXAMPLES: int(len(y)), P.TRAIN_LOSS: loss,
+                    P.LOCAL_STEPS: int(steps), P.MOMENTUM: float(h.job.train.optimizer.momentum)})
+    if P.UNIFORM_WEIGHT in config:  # central DP: every hospital counts once
+        metrics[P.UNIFORM_WEIGHT] = 1.0
+    content = RecordDict({P.ARRAYS: ArrayRecord(state), P.METRICS: MetricRecord(metrics), **extra})
+    return Message(content=content, reply_to=message)
+
+
+def _scaffold_train(h: Hospital, model: torch.nn.Module, X, y, message: Message, context: Context, seed: int,
+                    objective, schedule: dict) -> tuple[float, int, ArrayRecord]:
+    """Local SGD with gradients corrected by c - c_i; returns (loss, steps, c_i+ - c_i).
+
+    c_i lives in this hospital's Flower Context.state between rounds and, when the server names a
+    `state-dir`, in a file of its own per round, so a resumed run finds the c_i it had."""
+    from clients.updates import scaffold_client_control
+
+    server_round = int(message.content[P.CONFIG][P.SERVER_ROUND])
+    c = P.to_state(message.content[P.CONTROL])
+    c_i = _load_control(h, context, message, server_round) or {k: np.zeros_like(v) for k, v in c.items()}
+    params = dict(model.named_parameters())
+    correction = [torch.from_numpy(c[k] - c_i[k]) if k in c else torch.zeros_like(p)
+                  for k, p in params.items() if p.requires_grad]
+    x = {k: params[k].detach().numpy().copy() for k in c}
+    stats: dict = {}
+    loss = train_epochs(model, X, y, h.job.train, h.job.train.epochs, seed=seed, objective=objective,
+                        correction=correction, stats=stats, **schedule)
+    y_state = {k: params[k].detach().numpy().copy() for k in c}
+    c_new = scaffold_client_control(c_i, c, x, y_state, stats.get("lr_sum", 0.0))
+    _save_control(h, context, message, server_round, c_new)
+    return loss, stats.get("steps", 0), P.from_state({k: c_new[k] - c_i[k] for k in c})
+
+
+def _control_dir(message: Message, context: Context):
+    """Where this hospital keeps its state between runs: its node config's `state-dir` (deployment:
+    a path on the hospital's own machine), else the one the server names (simulation, one machine)."""
+    from pathlib import Path
+
+    d = context.node_config.get(P.STATE_DIR) or message.content[P.CONFIG].get(P.STATE_DIR)
+    return Path(str(d)) if d else None
+
+
+def _load_control(h: Hospital, context: Context, message: Message, server_round: int):
+    if "scaffold.c_i" in context.state:
+        return P.to_state(context.state["scaffold.c_i"])
+    d = _control_dir(message, context)
+    if d is None or not d.is_dir():
+        return None
+    saved = sorted((int(f.stem.rsplit("_r", 1)[1]), f) for f in d.glob(f"hospital{h.partition_id}_r*.npz"))
+    saved = [(r, f) for r, f in saved if r < server_round]
+    if not saved:
+        return None
+    with np.load(saved[-1][1]) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _save_control(h: Hospital, context: Context, message: Message, server_round: int, c_i: dict) -> None:
+    context.state["scaffold.c_i"] = P.from_state(c_i)
+    d = _control_dir(message, context)
+    if d is None:
+        return
+    d.mkdir(parents=True, exist_ok=True)
+    np.savez(d / f"hospital{h.partition_id}_r{server_round}.npz", **c_i)
+    for old in sorted(d.glob(f"hospital{h.partition_id}_r*.npz"),
+                      key=lambda f: int(f.stem.rsplit("_r", 1)[1]))[:-2]:
+        old.unlink(missing_ok=True)
+
+
+def evaluate(message: Message, context: Context) -> Message:
+    h = _hospital(message, context)
+    model = _model(h, message)
+    _, _, X, y = h.tensors(standardizer(model).mean.numpy())
+    objective = _objective(h, model, message)
+    res = evaluate_model(model, X, y, objective)
+    metrics = {PARTITION_KEY: h.partition_id, P.NUM_EXAMPLES: res.pop("num_examples")}
+    if P.UNIFORM_WEIGHT in message.content[P.CONFIG]:  # central DP weights every hospital alike
+        metrics[P.UNIFORM_WEIGHT] = 1.0
+    # every hospital sends the same keys (Flower aggregates only uniform records); NaN = undefined
+    # here, e.g. AUROC on a test split holding one class
+    metrics.update({f"{P.EVAL_PREFIX}{k}": float(v) for k, v in res.items()})
+    records: dict = {P.METRICS: MetricRecord(metrics)}
+    # sums the server pools into the consortium's exact metrics (counts, never rows)
+    if h.schema.regression:
+        with torch.no_grad():
+            pred = objective.predict(model(X)) if len(y) else np.zeros(0)
+        records[P.REGRESSION] = ConfigRecord({"sums": M.regression_sums(y.numpy(), pred).tolist()})
+    else:
+        confusion = confusion_counts(model, X, y, len(h.schema.classes), objective)
+        records[P.CONFUSION] = ConfigRecord({"counts": confusion.ravel().tolist()})
+    return Message(content=RecordDict(records), reply_to=message)

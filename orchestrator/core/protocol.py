@@ -1,0 +1,46 @@
+"""Every name the server and the hospitals exchange, in one place, and record <-> array conversion.
+
+Both sides import these constants; a key misspelt on one side is then an import error, not a
+strategy silently switched off. A strategy module lists the keys its hospitals read (CLIENT_READS).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# node config (what a SuperNode is started with)
+PARTITION_ID = "partition-id"          # also in every reply's metrics: which hospital answered
+NUM_PARTITIONS = "num-partitions"
+DATA_PATH = "data-path"
+STATE_DIR = "state-dir"                # also sent by the server in simulation
+
+# record names in a message's content
+CONFIG, ARRAYS, METRICS = "config", "arrays", "metrics"
+STATS, LABELS = "stats", "labels"                      # census reply
+CONFUSION, REGRESSION = "confusion", "regression"      # evaluate reply: sums the server pools
+CONTROL, CONTROL_DELTA = "control", "control_delta"    # SCAFFOLD: c (to hospitals), c_i+ - c_i (back)
+
+# config keys (server -> hospital)
+JOB, SCHEMA = "job", "schema"          # the job spec (JSON) and the agreed schema (JSON)
+SERVER_ROUND = "server-round"          # set by Flower's strategies
+CLASS_WEIGHTS = "class-weights"
+PROXIMAL_MU = "proximal-mu"            # set by Flower's FedProx: its key, so tests/unit check it
+UNIFORM_WEIGHT = "uniform-weight"      # central DP: every hospital counts once
+TRAINABLE, BUFFERS = "trainable", "buffers"   # SecAgg+: what is masked, what travels in the clear
+
+# metric keys (hospital -> server)
+NUM_EXAMPLES = "num-examples"          # Flower's weighting key
+TRAIN_LOSS = "train_loss"
+LOCAL_STEPS, MOMENTUM = "local-steps", "momentum"   # FedNova's step norms
+DP_EPSILON = "dp_epsilon"              # local DP: what this hospital has spent
+EVAL_PREFIX = "eval_"                  # evaluate metrics: eval_loss, eval_accuracy, ...
+
+
+def to_state(record) -> dict[str, np.ndarray]:
+    """A Flower ArrayRecord as named numpy arrays, for the arithmetic hospitals and strategies do."""
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def from_state(state: dict[str, np.ndarray]):
+    from flwr.app import Array, ArrayRecord
+
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})

@@ -1,0 +1,293 @@
+"""The one training loop, shared by the centralized runner, the Flower hospitals and the Ray workers.
+
+Registries for what YAML names: optimizers (`make_optimizer`), losses and heads (`Objective`),
+learning-rate schedules (`lr_factor`), early stopping (`EarlyStopping`); metrics live in metrics.py.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from orchestrator.core import metrics as M
+from orchestrator.spec.train import HEAD_LOSS, EarlyStoppingSpec, OptimizerSpec, ScheduleSpec, TrainSpec
+
+def make_optimizer(params, spec: OptimizerSpec) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]  # frozen layers (model.freeze) stay as they are
+    if spec.name == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
+                               weight_decay=spec.weight_decay)
+    if spec.name == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    if spec.name == "adamw":
+        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    if spec.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    raise ValueError(f"train.optimizer.name: unknown optimizer {spec.name!r}")
+
+
+def lr_factor(spec: ScheduleSpec, epoch: int, total: int) -> float:
+    """Multiplier of the base learning rate in (0-based) `epoch` of `total`."""
+    if epoch < spec.warmup_epochs:
+        return (epoch + 1) / (spec.warmup_epochs + 1)
+    e, span = epoch - spec.warmup_epochs, max(total - spec.warmup_epochs, 1)
+    if spec.name == "step":
+        return spec.gamma ** (e // spec.step_size)
+    if spec.name == "cosine":
+        floor = spec.min_lr_fraction
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(e, span) / span))
+    return 1.0
+
+
+def balanced_weights(label_counts: np.ndarray) -> list[float]:
+    """scikit-learn's 'balanced': n / (classes * count); a class with no rows gets 1."""
+    counts = np.asarray(label_counts, dtype=np.float64)
+    n, k = counts.sum(), len(counts)
+    return [float(n / (k * c)) if c > 0 else 1.0 for c in counts]
+
+
+def class_weights(spec: TrainSpec, label_counts: np.ndarray | None) -> list[float] | None:
+    if spec.class_weights == "balanced":
+        return balanced_weights(label_counts) if label_counts is not None else None
+    return list(spec.class_weights) if spec.class_weights else None
+
+
+@dataclass
+class Objective:
+    """Head + loss: what the outputs mean, how they are scored, how they turn into predictions.
+
+    softmax/cross_entropy: one logit per class. sigmoid/bce: one logit, P(second class).
+    linear/mse|mae|huber: one value; the loss is taken on residuals divided by the target's
+    standard deviation (the model's output scale), so the learning rate does not depend on units.
+    """
+
+    head: str
+    loss: str
+    num_classes: int
+    weights: list[float] | None = None
+    target_scale: float = 1.0
+
+    @classmethod
+    def of(cls, job, num_classes: int, weights: list[float] | None = None, model: nn.Module | None = None
+           ) -> Objective:
+        scale = 1.0
+        if job.model.head == "linear" and model is not None:
+            scale = float(model.output.scale)
+        return cls(job.model.head, job.train.loss or HEAD_LOSS[job.model.head], num_classes, weights, scale)
+
+    @property
+    def regression(self) -> bool:
+        return self.head == "linear"
+
+    def per_example(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.loss == "cross_entropy":
+            return F.cross_entropy(out.float(), y, reduction="none")
+        if self.loss == "bce":
+            return F.binary_cross_entropy_with_logits(out[:, 0].float(), y.float(), reduction="none")
+        r = (out[:, 0].float() - y.float()) / self.target_scale
+        if self.loss == "mse":
+            return r**2
+        if self.loss == "mae":
+            return r.abs()
+        if self.loss == "huber":
+            return F.huber_loss(r, torch.zeros_like(r), reduction="none", delta=1.0)
+        raise ValueError(f"train.loss: unknown loss {self.loss!r}")
+
+    def __call__(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        losses = self.per_example(out, y)
+        if self.weights is None or self.regression:
+            return losses.mean()
+        w = torch.as_tensor(self.weights, dtype=losses.dtype, device=losses.device)[y]
+        return (losses * w).sum() / w.sum()
+
+    def probabilities(self, out: torch.Tensor) -> np.ndarray:
+        if self.head == "sigmoid":
+            p = torch.sigmoid(out[:, 0].float())
+            return torch.stack([1 - p, p], 1).cpu().numpy()
+        return torch.softmax(out.float(), 1).cpu().numpy()
+
+    def scores(self, out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Every metric of this task on one batch of outputs (regression: in target units)."""
+        yn = y.cpu().numpy()
+        if self.regression:
+            return M.regression(yn, out[:, 0].float().cpu().numpy())
+        return M.classification(yn, self.probabilities(out))
+
+    def predict(self, out: torch.Tensor) -> np.ndarray:
+        if self.regression:
+            return out[:, 0].float().cpu().numpy()
+        return self.probabilities(out).argmax(1)
+
+
+def tensors(X: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features as float32; labels as int64 (classes) or float32 (a regression target)."""
+    y = np.asarray(y)
+    ydtype = torch.float32 if np.issubdtype(y.dtype, np.floating) else torch.long
+    return torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y, dtype=ydtype)
+
+
+def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn, X: torch.Tensor,
+                y: torch.Tensor, batches, autocast_dtype: torch.dtype | None = None,
+                proximal: tuple[float, list[torch.Tensor]] | None = None,
+                grad_clip: float | None = None, correction: list[torch.Tensor] | None = None) -> tuple[float, int]:
+    """One pass over `batches` (index tensors); returns (sum of per-example losses, examples).
+
+    `proximal=(mu, anchor)` adds FedProx's (mu/2)·||w - anchor||² to every step's loss; the
+    returned loss is the task loss alone, comparable across strategies. `grad_clip` caps the
+    global gradient norm of every step. `correction` (one tensor per trainable parameter) is added
+    to every step's gradient: SCAFFOLD's control-variate correction c - c_i.
+    """
+    from orchestrator.core.models import train_mode
+
+    train_mode(model)
+    total, seen = 0.0, 0
+    params = [p for p in model.parameters() if p.requires_grad]
+    for idx in batches:
+        if len(idx) < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            continue  # batch norm cannot normalise a batch of one
+        opt.zero_grad(set_to_none=True)
+        if autocast_dtype is not None:
+            with torch.autocast(device_type=X.device.type, dtype=autocast_dtype):
+                loss = loss_fn(model(X[idx]), y[idx])
+        else:
+            loss = loss_fn(model(X[idx]), y[idx])
+        if proximal is not None and proximal[0] > 0:
+            mu, anchor = proximal
+            penalty = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
+            (loss + 0.5 * mu * penalty).backward()
+        else:
+            loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        if correction is not None:
+            for p, c in zip(params, correction):
+                if p.grad is not None:
+                    p.grad.add_(c)
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+        seen += len(idx)
+    return total, seen
+
+
+def shuffled_batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    perm = torch.randperm(n, generator=gen)
+    return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def set_lr(opt: torch.optim.Optimizer, base_lr: float, factor: float) -> float:
+    for group in opt.param_groups:
+        group["lr"] = base_lr * factor
+    return base_lr * factor
+
+
+def train_epochs(model: nn.Module, X: torch.Tensor, y: torch.Tensor, spec: TrainSpec, epochs: int,
+                 seed: int, on_epoch=None, proximal_mu: float = 0.0, objective: Objective | None = None,
+                 epoch_offset: int = 0, total_epochs: int | None = None,
+                 correction: list[torch.Tensor] | None = None, stats: dict | None = None) -> float:
+    """Minibatch training; returns the mean loss of the last epoch.
+
+    `on_epoch(epoch, loss)` runs after every epoch and may return True to stop (early stopping).
+    The learning rate follows train.schedule at global epoch `epoch_offset + e` of `total_epochs`
+    (a federated hospital trains epochs `(round-1)*E ...` of `rounds*E`). With `proximal_mu` > 0
+    (FedProx) every step is pulled towards the weights the model started with. `stats`, if given,
+    receives `steps` (optimizer steps taken) and `lr_sum` (their learning rates summed).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout masks
+    opt = make_optimizer(model.parameters(), spec.optimizer)
+    loss_fn = objective or Objective("softmax", "cross_entropy", 0)
+    proximal = None
+    if proximal_mu > 0:
+        proximal = (proximal_mu, [p.detach().clone() for p in model.parameters() if p.requires_grad])
+    total_epochs = total_epochs or epochs
+    last = float("nan")
+    steps, lr_sum = 0, 0.0
+    for epoch in range(epochs):
+        lr = set_lr(opt, spec.optimizer.lr, lr_factor(spec.schedule, epoch_offset + epoch, total_epochs))
+        batches = shuffled_batches(len(y), spec.batch_size, gen)
+        total, seen = train_epoch(model, opt, loss_fn, X, y, batches,
+                                  proximal=proximal, grad_clip=spec.grad_clip, correction=correction)
+        steps, lr_sum = steps + len(batches), lr_sum + lr * len(batches)
+        if stats is not None:
+            stats.update(steps=steps, lr_sum=lr_sum)
+        last = total / max(seen, 1)
+        if on_epoch is not None and on_epoch(epoch + 1, last):
+            break
+    return last
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, objective: Objective | None = None) -> dict:
+    """Loss and every metric of the task, plus num_examples."""
+    objective = objective or Objective("softmax", "cross_entropy", 0)
+    model.eval()
+    if len(y) == 0:
+        return {"loss": float("nan"), "num_examples": 0}
+    out = model(X)
+    res = {"loss": float(objective(out, y)), **objective.scores(out, y), "num_examples": int(len(y))}
+    return res
+
+
+@torch.no_grad()
+def confusion_counts(model: nn.Module, X: torch.Tensor, y: torch.Tensor, num_classes: int,
+                     objective: Objective | None = None) -> np.ndarray:
+    """Rows: true label, columns: predicted label."""
+    model.eval()
+    if len(y) == 0:
+        return np.zeros((num_classes, num_classes), dtype=np.int64)
+    objective = objective or Objective("softmax", "cross_entropy", num_classes)
+    return M.confusion(y.cpu().numpy(), objective.predict(model(X)), num_classes)
+
+
+class EarlyStopping:
+    """Watches one validation metric; keeps a copy of the best weights to restore at the end."""
+
+    def __init__(self, spec: EarlyStoppingSpec):
+        self.spec = spec
+        self.best: float | None = None
+        self.best_epoch = 0
+        self.best_state: dict | None = None
+        self.bad_epochs = 0
+        self.stopped_epoch: int | None = None
+
+    def improved(self, value: float) -> bool:
+        if self.best is None:
+            return not math.isnan(value)
+        delta = self.spec.min_delta
+        return value < self.best - delta if self.spec.mode == "min" else value > self.best + delta
+
+    def step(self, epoch: int, value: float, model: nn.Module) -> bool:
+        """Record `value` of `epoch`; True when training should stop."""
+        if self.improved(value):
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            if self.spec.restore_best:
+                self.best_state = copy.deepcopy(model.state_dict())
+            return False
+        self.bad_epochs += 1
+        if self.bad_epochs >= self.spec.patience:
+            self.stopped_epoch = epoch
+            return True
+        return False
+
+    def restore(self, model: nn.Module) -> bool:
+        if self.spec.restore_best and self.best_state is not None:
+            model.load_state_dict(self.best_state)
+            return True
+        return False
+
+    def summary(self) -> dict[str, float]:
+        return {"early_stopping/best_epoch": float(self.best_epoch),
+                "early_stopping/best_value": float(self.best) if self.best is not None else float("nan"),
+                "early_stopping/stopped_epoch": float(self.stopped_epoch or 0)}
+
+
+def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, validation rows) out of the training rows, for early stopping."""
+    perm = np.random.default_rng(seed + 424_242).permutation(n)
+    k = min(max(1, int(round(n * fraction))), n - 1)
+    return np.sort(perm[k:]), np.sort(perm[:k])

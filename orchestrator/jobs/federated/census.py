@@ -1,0 +1,60 @@
+"""Round 0: every hospital reports aggregates of its own rows, never the rows themselves."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from orchestrator.core.models import mean_scale
+from orchestrator.core.protocol import CONFIG, LABELS, METRICS, PARTITION_ID, STATS
+
+
+def wait_for_nodes(grid: Grid, n: int, timeout: float = 120.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while len(nodes := sorted(grid.get_node_ids())) < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(nodes)} of {n} hospitals connected within {timeout:.0f}s")
+        time.sleep(0.02)
+    return nodes
+
+
+@dataclass
+class Census:
+    mean: np.ndarray
+    scale: np.ndarray
+    labels: np.ndarray          # hospitals x classes, training rows
+    target: np.ndarray          # regression: (count, sum, sum of squares) of the training targets
+    nodes: list[int]            # node id of each hospital, in partition-id order
+
+
+def census(grid: Grid, nodes: list[int], config: ConfigRecord, dim: int, num_classes: int,
+            num_hospitals: int = 0) -> Census:
+    """Ask every hospital for aggregates only: per-feature sums (-> the consortium's feature mean
+    and standard deviation), its training-label histogram (-> the partition plot, balanced class
+    weights) or, for a regression, its target's sums (-> the output scaling)."""
+    messages = [Message(content=RecordDict({CONFIG: config}), message_type=MessageType.QUERY, dst_node_id=n)
+                for n in nodes]
+    totals = np.zeros((3, dim))
+    target = np.zeros(3)
+    labels = np.zeros((max(len(nodes), num_hospitals), num_classes), dtype=np.int64)
+    failures = []
+    by_pid: dict[int, int] = {}
+    for reply in grid.send_and_receive(messages, timeout=600):
+        if reply.has_error():
+            failures.append(reply.error.reason)
+            continue
+        arrays = reply.content[STATS].to_numpy_ndarrays()
+        totals += np.stack(arrays[:3])
+        if len(arrays) > 3:
+            target += arrays[3]
+        pid = int(reply.content[METRICS][PARTITION_ID])
+        by_pid[pid] = reply.metadata.src_node_id
+        if 0 <= pid < len(labels) and num_classes:
+            labels[pid] = reply.content[LABELS]["train"]
+    if failures:
+        raise RuntimeError(f"{len(failures)} hospital(s) failed the census query: {failures[0]}")
+    mean, scale = mean_scale(*totals)
+    return Census(mean, scale, labels, target, [by_pid[p] for p in sorted(by_pid)])

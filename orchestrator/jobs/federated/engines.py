@@ -1,0 +1,60 @@
+"""The engines a federated job runs in, behind one function: `run_engine(name, ...)`.
+
+simulation  Flower's simulation engine: every hospital a Ray actor, the ServerApp in a thread here.
+inline      the same ServerApp and ClientApp in this process, hospitals called one after another
+            (`inline.InlineGrid`): no Ray start-up, identical metrics for the same seed.
+Either way the module-level ServerApp (`server_app.app`) runs the `Rounds` bound to it.
+"""
+from __future__ import annotations
+
+import os
+
+from flwr.app import Context, RecordDict
+from flwr.clientapp import ClientApp
+
+from orchestrator.core.protocol import NUM_PARTITIONS, PARTITION_ID
+from orchestrator.jobs.federated import server_app
+from orchestrator.jobs.runtime import EarlyRuntime, quiet_after_interrupt, ray_init_args, start_simulation_runtime
+
+
+def run_engine(engine: str, rounds: server_app.Rounds, client_app: ClientApp, num_clients: int,
+               runtime: EarlyRuntime | None = None) -> None:
+    """Run `rounds` to the end in `engine` with `num_clients` hospitals running `client_app`."""
+    with server_app.bound(rounds):
+        if engine == "inline":
+            if runtime is not None:
+                runtime.stop()
+            _inline(client_app, num_clients)
+        elif engine == "simulation":
+            _simulation(client_app, num_clients, rounds.job, runtime)
+        else:
+            raise ValueError(f"federated.engine: unknown engine {engine!r}")
+
+
+def _inline(client_app: ClientApp, num_clients: int) -> None:
+    from orchestrator.jobs.federated.inline import InlineGrid, server_identity
+
+    grid = InlineGrid(client_app, [{PARTITION_ID: i, NUM_PARTITIONS: num_clients} for i in range(num_clients)])
+    with server_identity(grid.run.run_id):
+        server_app.app(grid, Context(run_id=grid.run.run_id, node_id=1, node_config={}, state=RecordDict(),
+                                     run_config={}))
+
+
+def _simulation(client_app: ClientApp, num_clients: int, job, runtime: EarlyRuntime | None) -> None:
+    import ray
+    from flwr.simulation import run_simulation
+
+    resources = job.federated.client_resources
+    backend_config = {"client_resources": {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus},
+                      "init_args": ray_init_args()}
+    runtime = runtime or start_simulation_runtime()
+    runtime.join()
+    try:
+        run_simulation(server_app=server_app.app, client_app=client_app, num_supernodes=num_clients,
+                       backend_config=backend_config, verbose_logging=os.environ.get("CONSORTIUM_VERBOSE") == "1")
+    except KeyboardInterrupt:
+        quiet_after_interrupt()  # the actors' in-flight messages fail loudly as Ray goes: say nothing
+        ray.shutdown()  # Ctrl-C / SIGTERM: stop the runtime and the hospitals' actors now
+        raise
+    finally:
+        runtime.stop()

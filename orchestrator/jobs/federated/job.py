@@ -1,0 +1,83 @@
+"""kind: federated. Hospitals train in rounds under a Flower strategy; only updates and sums travel.
+
+This module is the kind (what the runner asks of it); the rounds are `server_app.Rounds`, the
+hospitals `clients.client_app`, the engines `engines`, round 0 `census`, per-round metrics
+`rounds`, round checkpoints `checkpoints`.
+"""
+from __future__ import annotations
+
+import os
+
+from orchestrator.jobs.base import Context, Description, JobKind, Launched, Outcome
+from orchestrator.jobs.federated.checkpoints import checkpoint_dir, load_last_round
+from orchestrator.jobs.federated.engines import run_engine
+from orchestrator.jobs.federated.server_app import Rounds
+from orchestrator.jobs.runtime import EarlyRuntime, quiet_flower
+from orchestrator.jobs.transfer import initial_model
+from orchestrator.spec.job import JobSpec
+
+
+def run_federated(ctx: Context) -> Outcome:
+    job, plan, run, start = ctx.job, ctx.plan, ctx.run, ctx.start
+    fed = job.federated
+    model, notes = initial_model(job, plan.num_features, plan.num_classes, start)
+    if notes:
+        run.log_params(notes)
+    ckpt_dir = checkpoint_dir(run.run_id)
+    rounds = Rounds(job, plan, run, model, ckpt_dir,
+                    copied=set(start.weights) if start is not None and start.weights is not None else set())
+    if ctx.resume and (last := load_last_round(ckpt_dir)) is not None:
+        rounds.done, rounds.saved_model, rounds.saved_strategy = last
+    if not ctx.resume:
+        run.set_tags({"federated.checkpoints": str(ckpt_dir), "federated.engine": fed.engine})
+    quiet_flower(os.environ.get("CONSORTIUM_VERBOSE") == "1")
+    from clients.client_app import app, secagg_app
+
+    runtime = ctx.launched.runtime if isinstance(ctx.launched, SimulationLaunched) else None
+    try:
+        run_engine(fed.engine, rounds, secagg_app if fed.secure else app, len(plan.hospitals), runtime)
+    finally:
+        rounds.writer.close()  # every round's metrics and checkpoint written, also when stopped
+    return Outcome(model=model, final={k: v for k, v in run.last.items() if "/" in k and not k.startswith("hospital_")},
+                   first_round_s=rounds.first_round_s, first_round_at=rounds.first_round_at,
+                   label_counts=rounds.label_counts, confusion=rounds.logger.confusion)
+
+
+class SimulationLaunched(Launched):
+    """Flower's simulation engine: its Ray runtime starts while MLflow opens the run."""
+
+    def __init__(self):
+        from orchestrator.jobs.runtime import start_simulation_runtime
+
+        self.runtime: EarlyRuntime = start_simulation_runtime()
+
+    def stop(self) -> None:
+        self.runtime.stop()  # Flower shuts its runtime down; this covers early exits
+
+
+class Federated(JobKind):
+    name = "federated"
+
+    def describe(self, job: JobSpec, plan) -> Description:
+        p, n = job.federated.partition, len(plan.hospitals)
+        part = f"dirichlet{p.alpha:g}" if p.name == "dirichlet" else p.name
+        shown = f"Dirichlet(alpha={p.alpha:g})" if p.name == "dirichlet" else p.name
+        names = ",".join(plan.hospitals)
+        if len(names) > 4000:  # MLflow caps tag values; the partition table lists every hospital
+            names = ",".join(plan.hospitals[:200]) + f",... ({n} hospitals)"
+        strategy = job.federated.strategy.name
+        return Description(
+            f"{job.name}-{strategy}-{part}-{n}h",
+            f"Federated {strategy} over {n} hospitals ({shown} partition), {job.federated.rounds} rounds x "
+            f"{job.train.epochs} local epoch(s): {job.model.name} on {job.data.path or job.data.source}.",
+            tags={"strategy": strategy, "partition": p.name, "hospitals": names},
+            params={"federated.num_clients": n, "federated.hospital_sizes": ",".join(map(str, plan.hospital_sizes))})
+
+    def launch(self, job: JobSpec) -> Launched:
+        return SimulationLaunched() if job.federated.engine == "simulation" else Launched()
+
+    def run(self, ctx: Context) -> Outcome:
+        return run_federated(ctx)
+
+
+KIND = Federated()

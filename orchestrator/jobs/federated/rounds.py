@@ -1,0 +1,64 @@
+"""Round logging: Flower's round reports become the run's metrics, one batch per round.
+
+The consortium's eval metrics are pooled exactly from the hospitals' sums (confusion counts,
+regression sums); AUROC, which sums cannot give, is the row-weighted mean over hospitals.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from orchestrator.core import metrics as M
+from orchestrator.core.protocol import CONFUSION, DP_EPSILON, NUM_EXAMPLES, REGRESSION
+from strategies.base import RoundReport
+
+if TYPE_CHECKING:
+    from orchestrator.tracking.store import TrackedRun
+
+
+def _weighted(hospitals: dict[int, dict[str, float]], key: str) -> float | None:
+    pairs = [(m[key], m.get(NUM_EXAMPLES, 0.0)) for m in hospitals.values() if key in m and not np.isnan(m[key])]
+    total = sum(w for _, w in pairs)
+    if not pairs or total <= 0:
+        return None
+    return float(sum(v * w for v, w in pairs) / total)
+
+
+class RoundLogger:
+    """Turns Flower round reports into the run's metrics, one log_batch per round."""
+
+    def __init__(self, run: TrackedRun, names: list[str], num_classes: int):
+        self.run, self.names, self.num_classes = run, names, num_classes
+        self.confusion: np.ndarray | None = None
+
+    def __call__(self, report: RoundReport) -> None:
+        step, m = report.server_round, {}
+        prefix = "train" if report.phase == "train" else "eval"
+        key = "train_loss" if report.phase == "train" else "eval_loss"
+        if (v := _weighted(report.hospitals, key)) is not None:
+            m[f"{prefix}/loss"] = v
+        for pid, hm in report.hospitals.items():
+            name = self.names[pid] if 0 <= pid < len(self.names) else str(pid)
+            m[f"hospital_{name}/{prefix}/num_examples"] = hm.get(NUM_EXAMPLES, 0.0)
+            for k, v in hm.items():
+                if k.startswith(f"{prefix}_") and not np.isnan(v):
+                    m[f"hospital_{name}/{prefix}/{k[len(prefix) + 1:]}"] = v
+        if report.phase == "evaluate":
+            if (v := _weighted(report.hospitals, "eval_auroc")) is not None and not np.isnan(v):
+                m["eval/auroc"] = v
+            counts = [e[CONFUSION]["counts"] for e in report.extras.values() if CONFUSION in e]
+            if counts:
+                k = self.num_classes
+                self.confusion = np.sum([np.asarray(c, dtype=np.int64).reshape(k, k) for c in counts], axis=0)
+                m.update({f"eval/{name}": v for name, v in M.from_confusion(self.confusion).items()})
+            sums = [e[REGRESSION]["sums"] for e in report.extras.values() if REGRESSION in e]
+            if sums:
+                pooled = np.sum([np.asarray(x, dtype=np.float64) for x in sums], axis=0)
+                m.update({f"eval/{name}": v for name, v in M.from_regression_sums(pooled).items()})
+        eps = [hm[DP_EPSILON] for hm in report.hospitals.values() if DP_EPSILON in hm]
+        if eps:  # local DP: the most any hospital has spent
+            m["dp/epsilon"] = max(eps)
+        m[f"{prefix}/failures"] = len(report.failures)
+        m[f"{prefix}/hospitals"] = len(report.hospitals)
+        self.run.log_metrics(m, step)

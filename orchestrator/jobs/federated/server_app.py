@@ -1,0 +1,192 @@
+"""The coordinator: Consortium's Flower ServerApp, at module level (`app`), as Flower's engines load it.
+
+One federated job on the server side is a `Rounds`: round 0 asks every hospital for aggregates
+(`census`), then `rounds` rounds of the configured strategy; after each, federated evaluation on
+every hospital's test split and, where the data has one, the global model on the server's central
+held-out split (`central_eval`, where the round's metrics are flushed and the round checkpointed).
+
+Which job `app` runs comes from its context: the `Rounds` bound in this process by the
+simulation and inline engines (`bound`), or the run config `job` (JSON) in Flower's deployment
+engine, where the ServerApp runs in a process of its own.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from orchestrator.core.models import standardizer
+from orchestrator.core.protocol import CLASS_WEIGHTS, JOB, SCHEMA, STATE_DIR, UNIFORM_WEIGHT, from_state, to_state
+from orchestrator.core.training import Objective, balanced_weights, evaluate, tensors
+from orchestrator.jobs.federated.census import census, wait_for_nodes
+from orchestrator.jobs.federated.checkpoints import RoundWriter, save_round
+from orchestrator.jobs.federated.rounds import RoundLogger
+from strategies.base import sample_size
+from strategies.registry import build_strategy
+
+if TYPE_CHECKING:
+    from orchestrator.jobs.plan import DataPlan
+    from orchestrator.spec.job import JobSpec
+
+
+@dataclass
+class Rounds:
+    """The server side of one federated job: what it starts from and what it records into."""
+
+    job: JobSpec
+    plan: DataPlan
+    run: Any                                   # TrackedRun / MemoryRun
+    model: torch.nn.Module
+    ckpt_dir: Path
+    copied: set[str] = field(default_factory=set)   # layers taken from a source model (transfer)
+    done: int = 0                              # rounds already done (resume)
+    saved_model: dict | None = None
+    saved_strategy: dict = field(default_factory=dict)
+    first_round_s: float | None = None
+    first_round_at: float | None = None
+    label_counts: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.logger = RoundLogger(self.run, self.plan.hospitals, self.plan.num_classes)
+        self.writer = RoundWriter()
+        self.strategy = None
+        self._t0 = time.perf_counter()
+        central = self.plan.central
+        self._central = tensors(central.X_test, central.y_test) if central else None
+
+    def central_eval(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Called by Flower at the very end of every round."""
+        server_round += self.done
+        if server_round == self.done and self.done > 0:
+            return None  # a resumed run: round `done` was evaluated before the interruption
+        res = None
+        metrics: dict[str, float] = {}
+        if self._central is not None:
+            self.model.load_state_dict(arrays.to_torch_state_dict())
+            objective = Objective.of(self.job, self.plan.num_classes, None, self.model)
+            r = {k: v for k, v in evaluate(self.model, *self._central, objective).items() if k != "num_examples"}
+            metrics.update({f"central/{k}": v for k, v in r.items()})
+            res = MetricRecord({k: float(v) for k, v in r.items() if not np.isnan(v)})
+        strategy = self.strategy
+        if server_round > 0:
+            metrics["time/round_end_s"] = time.perf_counter() - self._t0
+            if self.first_round_s is None:
+                self.first_round_s = time.perf_counter() - self._t0
+                self.first_round_at = time.time()
+            if strategy is not None and hasattr(strategy, "epsilon"):
+                metrics["dp/epsilon"] = strategy.epsilon()
+        run = self.run
+        run.log_metrics(metrics, server_round)
+        if server_round > 0 and strategy is not None:
+            # Flower evaluates centrally last: the round is over. Its metrics reach the store
+            # first, then the checkpoint, so a run killed in between redoes the round. Both on
+            # the writer thread, while the next round trains.
+            snapshot = to_state(arrays), {a: {k: np.array(v) for k, v in d.items()}
+                                          for a, d in strategy.checkpoint_state().items()}
+            ckpt_dir = self.ckpt_dir
+            self.writer.submit(lambda: (run.flush(), save_round(ckpt_dir, server_round, *snapshot)))
+        else:
+            self.writer.submit(run.flush)
+        return res
+
+    def config(self) -> ConfigRecord:
+        """What every message tells the hospitals: the job, the agreed schema, where state lives."""
+        return ConfigRecord({JOB: self.job.model_dump_json(), SCHEMA: json.dumps(self.plan.schema.to_dict()),
+                             STATE_DIR: str(self.ckpt_dir / "hospitals")})
+
+    def main(self, grid: Grid, context: Context) -> None:
+        job, plan, model, fed = self.job, self.plan, self.model, self.job.federated
+        num_clients = len(plan.hospitals)
+        config = self.config()
+        nodes = wait_for_nodes(grid, fed.min_available(num_clients))
+        found = census(grid, nodes, config, plan.num_features, plan.num_classes, num_clients)
+        self.label_counts = found.labels
+        self._scale_from(found)
+        weights = None
+        if job.train.class_weights == "balanced":
+            weights = balanced_weights(found.labels.sum(0))  # consortium-wide label counts
+        elif job.train.class_weights:
+            weights = list(job.train.class_weights)
+        if weights is not None:
+            config[CLASS_WEIGHTS] = json.dumps(weights)
+            if not self.done:
+                self.run.log_params({"train.class_weights_resolved": ",".join(f"{w:.4g}" for w in weights)})
+        if fed.dp is not None and fed.dp.mode == "central":
+            config[UNIFORM_WEIGHT] = 1
+        if fed.secure:
+            from orchestrator.jobs.federated.secagg import run_secagg
+
+            run_secagg(grid, context, job, model, config, self.logger, self.central_eval,
+                       max_weight=float(max(plan.hospital_sizes)))
+            return
+        strategy = build_strategy(fed.strategy, num_clients=num_clients, fraction_fit=fed.fraction_fit,
+                                  fraction_evaluate=fed.fraction_evaluate, listener=self.logger, seed=job.seed,
+                                  nodes=found.nodes, min_fit=fed.min_fit(num_clients),
+                                  accept_failures=fed.accept_failures, dp=fed.dp)
+        if hasattr(strategy, "trainable"):
+            strategy.trainable = [k for k, p in model.named_parameters() if p.requires_grad]
+        self.strategy = strategy
+        initial = ArrayRecord(model.state_dict())
+        if self.saved_model is not None:
+            initial = from_state(self.saved_model)
+            model.load_state_dict(initial.to_torch_state_dict())
+            strategy.load_checkpoint_state(self.saved_strategy)
+            strategy.round_offset = self.done
+            if hasattr(strategy, "replay"):
+                strategy.replay(self.done, sample_size(num_clients, fed.fraction_fit, fed.min_fit(num_clients)),
+                                num_clients)
+        if fed.rounds - self.done <= 0:
+            return
+        result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=fed.rounds - self.done,
+                                timeout=fed.round_timeout_s, train_config=config,
+                                evaluate_config=ConfigRecord(dict(config)), evaluate_fn=self.central_eval)
+        model.load_state_dict(result.arrays.to_torch_state_dict())
+
+    def _scale_from(self, found) -> None:
+        """The model's input scaling (and a regression's output scaling) from the hospitals' sums."""
+        if self.job.data.standardize and "input.mean" not in self.copied:
+            standardizer(self.model).set(found.mean, found.scale)
+        if self.plan.regression and "output.mean" not in self.copied:
+            n, total, sumsq = found.target
+            mean = total / max(n, 1.0)
+            self.model.output.set(mean, float(np.sqrt(max(sumsq / max(n, 1.0) - mean**2, 0.0))))
+
+
+_bound: dict[str, Rounds] = {}
+_lock = threading.Lock()
+
+
+@contextmanager
+def bound(rounds: Rounds):
+    """`app` runs `rounds` while this block lasts (the simulation and inline engines run the
+    ServerApp in this process)."""
+    with _lock:
+        _bound["rounds"] = rounds
+    try:
+        yield
+    finally:
+        with _lock:
+            _bound.pop("rounds", None)
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    rounds = _bound.get("rounds")
+    if rounds is None:
+        job = context.run_config.get(JOB)
+        raise RuntimeError("this ServerApp runs jobs started by `consortium run`; a job submitted on its own "
+                           f"(run config job={'set' if job else 'missing'}) needs Flower's deployment engine "
+                           "support, which is not built yet")
+    rounds.main(grid, context)

@@ -1,0 +1,162 @@
+"""Check the data against the job before anything starts, and lay out who holds what.
+
+Runs in the orchestrator before an MLflow run exists, so a bad file or an impossible split is a
+clear DataError (exit 2) with nothing created. In a federated job the plan keeps only what the
+server may see: the schema, hospital names and sizes, and the central held-out split.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from orchestrator.core.partitioning import PartitionError
+from orchestrator.spec.job import JobSpec
+from orchestrator.spec.model import SEQUENCE_MODELS
+from orchestrator.core.data import Schema, Split, Table, load_source
+from orchestrator.core.splits import hospital_name, impute_split, own_split, pool_and_central, pool_partition
+from orchestrator.spec.errors import DataError
+from orchestrator.core.models import image_side
+
+
+@dataclass
+class DataPlan:
+    schema: Schema
+    hospitals: list[str]                  # names, in partition-id order
+    hospital_sizes: list[int]             # rows each hospital holds (train + test)
+    central: Split | None                 # server-side held-out set (single-source data), imputed
+    centralized: Split | None = None      # pooled train/test for kind: centralized, imputed
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def num_features(self) -> int:
+        return len(self.schema.features)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.schema.classes)
+
+    @property
+    def regression(self) -> bool:
+        return self.schema.regression
+
+
+def load_tables(job: JobSpec) -> tuple[list[Table], Schema]:
+    return load_source(job)
+
+
+def plan_data(job: JobSpec) -> DataPlan:
+    tables, schema = load_tables(job)
+    empty = [f for j, f in enumerate(schema.features) if all(np.isnan(t.X[:, j]).all() for t in tables)]
+    if empty:
+        raise DataError(job.data.path or job.data.source,
+                        [f"column '{c}' has no values in any row: drop it or fill it" for c in empty])
+    if job.model.name == "cnn" and image_side(len(schema.features)) is None:
+        raise DataError(job.data.path or job.data.source,
+                        [f"model.name: cnn needs square images, but the data has {len(schema.features)} feature columns"])
+    if job.model.name in SEQUENCE_MODELS and len(schema.features) % job.model.input_size:
+        raise DataError(job.data.path or job.data.source,
+                        [f"model.input_size: {job.model.input_size} features per step do not divide the "
+                         f"{len(schema.features)} feature columns into whole time steps"])
+    if job.model.head == "sigmoid" and len(schema.classes) != 2:
+        raise DataError(job.data.path or job.data.source,
+                        [f"model.head: sigmoid is for two classes, the data has {len(schema.classes)}: "
+                         f"use model.head: softmax"])
+    if job.model.freeze:
+        from orchestrator.spec.errors import ConfigError
+        from orchestrator.core.models import build_model
+
+        try:
+            build_model(job.model, len(schema.features), max(len(schema.classes), 1))
+        except ValueError as exc:
+            raise ConfigError("model.freeze", [str(exc).removeprefix("model.freeze: ")]) from None
+    weights = job.train.class_weights
+    if isinstance(weights, list) and len(weights) != len(schema.classes):
+        raise DataError(job.data.path or job.data.source,
+                        [f"train.class_weights: {len(weights)} weights for {len(schema.classes)} classes "
+                         f"{list(schema.classes)}"])
+    natural = len(tables) > 1 or (job.kind == "federated" and job.federated.partition.name == "natural")
+    source = job.data.path or job.data.source
+    if job.kind == "federated" and not natural and len(tables) > 1:
+        raise DataError(source, ["a directory of per-hospital CSVs needs federated.partition.name: natural"])
+    min_rows = job.federated.partition.min_size
+    notes: dict = {"data.num_features": len(schema.features), "data.num_classes": len(schema.classes)}
+    missing = int(sum(np.isnan(t.X).sum() for t in tables))
+    notes["data.missing_cells"] = missing
+    notes["data.imputation"] = (
+        f"{job.data.impute} of each hospital's own training rows" if job.kind == "federated"
+        else f"{job.data.impute} of the pooled training rows"
+    ) if missing else "none needed"
+
+    if natural:
+        problems = [f"{t.name}.csv: {len(t.y)} rows, a hospital needs at least {min_rows} "
+                    f"(federated.partition.min_size) for its own train/test split"
+                    for t in tables if len(t.y) < min_rows]
+        n = job.federated.num_clients
+        if job.kind == "federated" and n is not None and n != len(tables):
+            problems.append(f"federated.num_clients: {n}, but {source} holds {len(tables)} hospital files "
+                            f"(set it to {len(tables)} or null)")
+        if problems:
+            raise DataError(source, problems)
+        splits = [own_split(t.X, t.y, job, i) for i, t in enumerate(tables)]
+        centralized = None
+        if job.pooled:
+            pooled = Split(*(np.concatenate([getattr(s, a) for s in splits])
+                             for a in ("X_train", "y_train", "X_test", "y_test")))
+            centralized = impute_split(pooled, job.data.impute)
+        plan = DataPlan(schema, [hospital_name(t.name) for t in tables], [len(t.y) for t in tables],
+                        central=None, centralized=centralized, notes=notes)
+        if job.kind == "federated":
+            check_privacy_budget(job, lambda: [len(s.y_train) for s in splits])
+        return plan
+
+    (table,) = tables
+    if len(table.y) < 4:
+        raise DataError(source, [f"{len(table.y)} rows: too few to hold out a test split"])
+    pool, test = pool_and_central(table, job)
+    # The server's held-out rows are imputed from themselves, as a new site would do.
+    central = impute_split(Split(table.X[test], table.y[test], table.X[test], table.y[test]), job.data.impute)
+    if job.pooled:
+        centralized = impute_split(Split(table.X[pool], table.y[pool], table.X[test], table.y[test]), job.data.impute)
+        return DataPlan(schema, [], [], central=central, centralized=centralized, notes=notes)
+    n = int(job.federated.num_clients or 0)
+    try:
+        _, shares = pool_partition(table, job, n)
+    except PartitionError as exc:
+        msg = str(exc)
+        raise DataError(source, [msg if msg.startswith("federated.") else f"federated.num_clients: {msg}"]) from None
+    check_privacy_budget(job, lambda: [len(own_split(table.X[rows], table.y[rows], job, i).y_train)
+                                       for i, rows in enumerate(shares)])
+    return DataPlan(schema, [str(i) for i in range(n)], [len(s) for s in shares], central=central, notes=notes)
+
+
+def check_privacy_budget(job: JobSpec, training_rows) -> None:
+    """Refuse a DP job whose rounds and noise would spend more than federated.dp.target_epsilon.
+    `training_rows()` gives each hospital's training rows; only a job with a budget computes them."""
+    from orchestrator.spec.errors import ConfigError
+
+    dp, fed = job.federated.dp, job.federated
+    if dp is None or dp.target_epsilon is None:
+        return
+    train_rows = training_rows()
+    if not train_rows:
+        return
+    if dp.mode == "central":
+        from strategies.central_dp import projected_epsilon
+        from strategies.base import sample_size
+
+        n = len(train_rows)
+        eps = projected_epsilon(dp, n, sample_size(n, fed.fraction_fit, fed.min_fit(n)), fed.rounds)
+        who = "the consortium"
+    else:
+        from clients.privacy import epsilon
+
+        spent = [epsilon(dp.noise_multiplier, r, job.train.batch_size, job.train.epochs, fed.rounds, dp.delta)
+                 for r in train_rows]
+        eps = max(spent)
+        who = f"hospital {int(np.argmax(spent))} ({train_rows[int(np.argmax(spent))]} training rows)"
+    if eps > dp.target_epsilon:
+        raise ConfigError("federated.dp", [
+            f"target_epsilon: {dp.target_epsilon:g} cannot be met: {fed.rounds} rounds at noise_multiplier "
+            f"{dp.noise_multiplier:g} spend epsilon {eps:.3g} for {who} at delta {dp.delta:g}; raise "
+            f"federated.dp.noise_multiplier, lower federated.rounds or raise target_epsilon"])

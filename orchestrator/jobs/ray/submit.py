@@ -1,0 +1,80 @@
+"""`consortium submit`: package the project and a resolved job, run it as a Ray job on a head node."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from orchestrator.spec.job import JobSpec
+from orchestrator.spec.errors import UserError
+from orchestrator.spec.loading import dump_yaml
+from orchestrator.jobs.ray.session import SUBMITTED_ENV, worker_env
+from orchestrator.jobs.runtime import consortium_home
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("orchestrator", "clients", "strategies")
+
+
+def stage(job: JobSpec) -> Path:
+    """A small working_dir: our packages plus the resolved job (never .venv, stores or results)."""
+    d = Path(tempfile.mkdtemp(prefix="consortium-submit-"))
+    for pkg in PACKAGES:
+        shutil.copytree(ROOT / pkg, d / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    # A unique first line gives each submission its own package: Ray names packages by content
+    # hash, and a package shared with a finished job can be garbage-collected under a new one.
+    (d / "job.yaml").write_text(f"# consortium submission {uuid.uuid4().hex}\n" + dump_yaml(job))
+    return d
+
+
+def submit(job: JobSpec, address: str, python: str = "python", wait: bool = True, log=print) -> int:
+    """Submit and (by default) stream the job's logs; returns 0 if the Ray job SUCCEEDED, else 1."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from orchestrator.tracking.store import resolve_uri
+
+    if job.data.path and not Path(job.data.path).is_absolute():
+        job = job.model_copy(update={"data": job.data.model_copy(update={"path": str(Path(job.data.path).resolve())})})
+    # The job runs elsewhere: pin the store this machine would use, and join the cluster it runs on.
+    job = job.model_copy(update={
+        "tracking": job.tracking.model_copy(update={"uri": resolve_uri(job.tracking.uri)}),
+        "ray": job.ray.model_copy(update={"address": "auto"}),
+    })
+    try:
+        client = JobSubmissionClient(address)
+    except Exception as exc:  # ConnectionError, ValueError for a malformed address ...
+        raise UserError("--address", [f"no Ray job server at {address}: {str(exc).splitlines()[0][:300]}"]) from None
+    workdir = stage(job)
+    try:
+        job_id = client.submit_job(
+            entrypoint=f"{python} -m orchestrator.cli run job.yaml --debug",
+            runtime_env={"working_dir": str(workdir),
+                         # The driver and its Train workers inherit this env; the driver adds none of its
+                         # own (a second runtime_env would replace the job's working_dir under it).
+                         "env_vars": {**worker_env(), "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1",
+                                      # checkpoints beside the submitter's, not in the job's scratch dir
+                                      "CONSORTIUM_HOME": str(consortium_home()),
+                                      SUBMITTED_ENV: "1"}},
+            metadata={"consortium_job": job.name},
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    log(f"submitted Ray job {job_id} to {address}")
+    if not wait:
+        return 0
+
+    async def stream() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            sys.stdout.write(lines)
+            sys.stdout.flush()
+
+    asyncio.run(stream())
+    status = client.get_job_status(job_id)
+    while not status.is_terminal():
+        time.sleep(0.5)
+        status = client.get_job_status(job_id)
+    log(f"Ray job {job_id}: {status.value}")
+    return 0 if status == JobStatus.SUCCEEDED else 1

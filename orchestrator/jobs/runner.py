@@ -1,0 +1,115 @@
+"""One job, start to end, whatever its kind: check the data, open the MLflow run, let the kind
+train, then report, log and register the model. Kinds live in their own modules (`jobs.base`)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from orchestrator.jobs.base import Context, JobKind, Launched
+from orchestrator.jobs.kinds import kind_of
+from orchestrator.jobs.plan import DataPlan, plan_data
+from orchestrator.jobs.runtime import git_commit, prepare_environment
+from orchestrator.spec.job import JobSpec
+from orchestrator.spec.loading import dump_yaml, flatten
+
+
+@dataclass
+class JobResult:
+    run_id: str
+    experiment: str
+    experiment_id: str
+    tracking_uri: str
+    final: dict[str, float] = field(default_factory=dict)
+    model_uri: str | None = None
+    registered: str | None = None          # models:/NAME/VERSION
+    wall_s: float = 0.0
+    first_round_at: float | None = None    # time.time() when the first round/epoch ended
+    round_ends_s: list[float] = field(default_factory=list)  # federated: seconds from start, per round
+
+
+def run_job(job: JobSpec, plan: DataPlan | None = None, resume_run_id: str | None = None) -> JobResult:
+    """Run `job`; with `resume_run_id`, continue that run from its last checkpoint instead."""
+    prepare_environment()
+    plan = plan or plan_data(job)  # DataError here: nothing created in MLflow yet
+    kind = kind_of(job.kind)
+    kind.check(job, plan)
+    launched = kind.launch(job)    # e.g. Ray starts while MLflow is imported
+    try:
+        tracker = open_tracker(job)
+        from orchestrator.jobs.transfer import resolve
+
+        launched.join()            # e.g. an impossible placement: exit 2, nothing written
+        start = resolve(job, tracker.uri)  # a wrong model.init_from: exit 2, no run
+        return execute(job, plan, tracker, kind=kind, launched=launched, resume_run_id=resume_run_id, start=start)
+    finally:
+        launched.stop()
+
+
+def open_tracker(job: JobSpec):
+    if not job.tracking.enabled:
+        from orchestrator.tracking.memory import MemoryTracker
+
+        return MemoryTracker()
+    from orchestrator.tracking.store import Tracker
+
+    return Tracker(job.tracking.uri, job.tracking.experiment)
+
+
+def execute(job: JobSpec, plan: DataPlan, tracker, *, kind: JobKind | None = None, launched: Launched | None = None,
+            resume_run_id: str | None = None, start=None, tags: dict | None = None, params: dict | None = None,
+            on_epoch=None, report: bool = True, register: bool = True) -> JobResult:
+    """The run's lifecycle around `kind.run`. A sweep's trials come through here too (`tags` names
+    their parent run, `on_epoch(run_id, epoch, metrics)` reports to Ray Tune, no figures, nothing
+    registered)."""
+    kind = kind or kind_of(job.kind)
+    t0 = time.perf_counter()
+    about = kind.describe(job, plan)
+    all_tags = {"kind": job.kind, "dataset": job.data.path or job.data.source, "job": job.name,
+                "git_commit": git_commit(), "model": job.model.name, "mlflow.note.content": about.text,
+                **about.tags, **(tags or {})}
+    if start is not None:
+        all_tags.update(start.tags)
+    opened = tracker.reopen(resume_run_id) if resume_run_id else tracker.run(about.run_name, all_tags)
+    with opened as run:
+        if not resume_run_id:
+            run.log_params({**flatten(job.model_dump(mode="json")), **plan.notes, **about.params, **(params or {})})
+            run.log_text(dump_yaml(job), "config/resolved.yaml")
+        epoch_hook = None if on_epoch is None else (lambda epoch, metrics: on_epoch(run.run_id, epoch, metrics))
+        ctx = Context(job, plan, run, tracker, launched or Launched(), start, bool(resume_run_id), epoch_hook)
+        outcome = kind.run(ctx)
+        wall = time.perf_counter() - t0
+        run.log_metrics({"time/wall_s": wall, "time/first_round_s": outcome.first_round_s or 0.0}, 0)
+        result = JobResult(run.run_id, run.experiment, run.experiment_id, tracker.uri, final=dict(outcome.final),
+                           wall_s=wall, first_round_at=outcome.first_round_at,
+                           model_uri=outcome.model_uri, registered=outcome.registered,
+                           round_ends_s=[v for _, v in sorted(run.history(["time/round_end_s"])["time/round_end_s"])]
+                           if job.kind == "federated" else [])
+        if not job.tracking.enabled or outcome.model is None:
+            return result  # nothing to report into, or nothing to report on
+        from orchestrator.tracking.store import RETRY_S
+
+        run.flush(wait=RETRY_S)  # every metric is in the store before the report reads them back
+        if report:
+            from orchestrator.tracking.explain import explain_run
+            from orchestrator.tracking.report import log_report
+
+            log_report(run, job, plan, outcome)
+            explain_run(run, job, plan, outcome.model)
+        if job.tracking.log_model:
+            t_model = time.perf_counter()
+            record = run.log_model(outcome.model, input_example(plan), job.tracking.register_model if register else None)
+            run.log_metrics({"time/log_model_s": time.perf_counter() - t_model}, 0)
+            run.flush()
+            result.model_uri, result.registered = record.model_uri, record.registry_uri
+            if record.registry_uri:
+                run.set_tags({"registered_model": record.registry_uri})
+    return result
+
+
+def input_example(plan: DataPlan) -> np.ndarray:
+    split = plan.central or plan.centralized
+    if split is not None:
+        return np.asarray(split.X_test[:5], dtype=np.float32)
+    return np.zeros((5, plan.num_features), dtype=np.float32)

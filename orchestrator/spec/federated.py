@@ -1,0 +1,97 @@
+"""`federated:` hospitals, partitions, rounds, the strategy, engines, privacy and drills."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from orchestrator.spec.base import Spec
+from strategies.registry import StrategyOptions
+
+
+class PartitionSpec(Spec):
+    name: Literal["iid", "dirichlet", "shards", "quantity", "natural"] = Field("dirichlet", description=(
+        "iid | dirichlet (label skew, each class shared ~ Dir(alpha)) | shards (labels_per_hospital labels each) "
+        "| quantity (sizes ~ Dir(alpha), labels iid) | natural (a CSV per hospital, or site_column)"))
+    alpha: Annotated[float, Field(gt=0.0, description="dirichlet, quantity: smaller is more skewed")] = 0.5
+    labels_per_hospital: Annotated[int, Field(ge=1, description="shards: labels each hospital holds")] = 2
+    site_column: str | None = Field(None, description="natural: the column of one CSV naming each row's hospital")
+    min_size: Annotated[int, Field(ge=2, description=(
+        "every hospital gets at least this many rows (before its own train/test split)"))] = 10
+
+
+class ClientResources(Spec):
+    num_cpus: Annotated[float, Field(gt=0.0, description="per simulated hospital (Flower's default is 2)")] = 1.0
+    num_gpus: Annotated[float, Field(ge=0.0, description="per simulated hospital; fractions share a GPU")] = 0.0
+
+
+class AttackSpec(Spec):
+    """Robustness drills: these hospitals send poisoned updates. `scale` sends w + factor*(update),
+    `sign_flip` sends w - factor*(update), where update = trained - global."""
+    kind: Literal["scale", "sign_flip"] = Field("sign_flip", description="scale | sign_flip")
+    hospitals: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, description="partition ids")
+    factor: Annotated[float, Field(gt=0.0, description="how far the poisoned update goes")] = 10.0
+
+
+class FaultSpec(Spec):
+    """Failure drills: these hospitals raise in these rounds (empty: every round)."""
+    hospitals: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, description="partition ids")
+    rounds: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list, description="empty: every round")
+
+
+class DPSpec(Spec):
+    """Differential privacy. central: the server clips every hospital's update to `clipping_norm`
+    and adds Gaussian noise (std noise_multiplier*clipping_norm/hospitals) to the average (Flower's
+    server-side fixed clipping, RDP accountant). local: every hospital trains with DP-SGD (Opacus).
+    The run refuses to start when `target_epsilon` would be exceeded."""
+    mode: Literal["central", "local"] = Field("central", description="central | local")
+    noise_multiplier: Annotated[float, Field(gt=0.0, description="noise std in units of clipping_norm")] = 1.0
+    clipping_norm: Annotated[float, Field(gt=0.0, description="central: per update; local: per example")] = 1.0
+    delta: Annotated[float, Field(gt=0.0, lt=1.0, description="the delta epsilon is reported at")] = 1e-5
+    target_epsilon: Annotated[float, Field(gt=0.0)] | None = Field(None, description=(
+        "a budget: refuse to start when the configured rounds and noise would exceed it"))
+
+
+class SecAggSpec(Spec):
+    """Secure aggregation (Flower's SecAgg+): the server only ever sees the sum of masked updates."""
+    enabled: bool = Field(True, description="mask every hospital's update")
+    num_shares: Annotated[int, Field(ge=2, description="share holders per hospital")] = 3
+    reconstruction_threshold: Annotated[int, Field(ge=2, description="shares that rebuild a dropped mask")] = 2
+    clipping_range: Annotated[float, Field(gt=0.0, description="parameters must lie within +-this")] = 8.0
+    quantization_range: Annotated[int, Field(ge=2, description="levels of the quantised update")] = 4194304
+
+
+class FederatedSpec(Spec):
+    num_clients: Annotated[int, Field(ge=1)] | None = Field(10, description=(
+        "hospitals; null with partition natural: one hospital per CSV file (or site)"))
+    rounds: Annotated[int, Field(ge=1, description="federated rounds")] = 20
+    partition: PartitionSpec = Field(default_factory=PartitionSpec)
+    strategy: StrategyOptions = Field(default_factory=lambda: {"name": "fedavg"}, description=(
+        "name and that strategy's own options; see the strategies table"))
+    fraction_fit: Annotated[float, Field(gt=0.0, le=1.0, description=(
+        "< 1: hospitals sampled per round, reproducibly from the seed"))] = 1.0
+    fraction_evaluate: Annotated[float, Field(gt=0.0, le=1.0, description="hospitals evaluated per round")] = 1.0
+    client_resources: ClientResources = Field(default_factory=ClientResources)
+    engine: Literal["simulation", "inline"] = Field("simulation", description=(
+        "simulation: Flower's simulation engine (a Ray actor per hospital) | inline: the same ClientApp "
+        "called in this process one hospital after another, no Ray start-up"))
+    min_fit_clients: Annotated[int, Field(ge=1)] | None = Field(None, description="null: min(2, hospitals)")
+    min_available_clients: Annotated[int, Field(ge=1)] | None = Field(None, description="null: every hospital")
+    accept_failures: bool = Field(True, description="false: a hospital that fails a round stops the run")
+    round_timeout_s: Annotated[float, Field(gt=0.0, description="a hospital slower than this fails the round")] = 3600.0
+    attack: AttackSpec | None = Field(None, description="a drill: poisoned updates from these hospitals")
+    faults: FaultSpec | None = Field(None, description="a drill: these hospitals raise in these rounds")
+    dp: DPSpec | None = Field(None, description="differential privacy, central or local")
+    secagg: SecAggSpec | None = Field(None, description="secure aggregation with Flower's SecAgg+")
+
+    def min_fit(self, hospitals: int) -> int:
+        """The resolved `min_fit_clients`: at least this many hospitals train each round."""
+        return self.min_fit_clients if self.min_fit_clients is not None else min(2, hospitals)
+
+    def min_available(self, hospitals: int) -> int:
+        """Hospitals the server waits for before round 1."""
+        return min(self.min_available_clients or hospitals, hospitals)
+
+    @property
+    def secure(self) -> bool:
+        return self.secagg is not None and self.secagg.enabled

@@ -1,0 +1,193 @@
+"""The whole job: every YAML section, and the checks that span sections.
+
+`JOB_KINDS` is the registry of job kinds: a name and the module that runs it (imported only when a
+job of that kind runs, by `orchestrator.jobs.kinds`). Adding a kind is its module plus one line here.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from orchestrator.spec.base import Spec
+from orchestrator.spec.cluster import CheckpointSpec, RaySpec
+from orchestrator.spec.data import LABELLED_SOURCES, TABULAR_SOURCES, DataSpec
+from orchestrator.spec.federated import FederatedSpec
+from orchestrator.spec.model import SEQUENCE_MODELS, ModelSpec
+from orchestrator.spec.sweep import SweepSpec
+from orchestrator.spec.tracking import ExplainSpec, TrackingSpec
+from orchestrator.spec.train import HEAD_LOSS, LOSS_HEAD, TrainSpec
+
+JOB_KINDS = {
+    "federated": "orchestrator.jobs.federated.job",
+    "centralized": "orchestrator.jobs.centralized",
+    "ray": "orchestrator.jobs.ray.job",
+    "sweep": "orchestrator.jobs.sweep",
+}
+JobKind = Literal[tuple(JOB_KINDS)]
+
+
+class JobSpec(Spec):
+    name: str = Field("job", min_length=1, description="names the MLflow run")
+    kind: JobKind = Field("federated", description=" | ".join(JOB_KINDS))
+    seed: int = Field(42, description="same YAML + seed -> same final metrics")
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    federated: FederatedSpec = Field(default_factory=FederatedSpec)
+    ray: RaySpec = Field(default_factory=RaySpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    explain: ExplainSpec = Field(default_factory=ExplainSpec)
+    sweep: SweepSpec | None = None
+
+    @property
+    def pooled(self) -> bool:
+        """Trains one model on the pooled data (every kind but federated)."""
+        return self.kind != "federated"
+
+    @property
+    def head(self) -> str:
+        return self.model.head
+
+    @property
+    def loss(self) -> str:
+        return self.train.loss or HEAD_LOSS[self.model.head]
+
+    @property
+    def task(self) -> str:
+        return "regression" if self.model.head == "linear" else "classification"
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> JobSpec:
+        part = self.federated.partition.name
+        if self.kind == "federated":
+            if part == "natural" and self.data.source != "csv":
+                raise ValueError(
+                    "federated.partition.name: 'natural' needs data.source 'csv' with data.path "
+                    "a directory holding one CSV per hospital"
+                )
+            if part != "natural" and self.federated.num_clients is None:
+                raise ValueError(f"federated.num_clients: required with partition '{part}'")
+            _check_federated(self)
+        if self.model.name == "cnn" and self.data.source not in ("digits", "csv"):
+            raise ValueError("model.name: cnn needs image rows (data.source digits, or a csv of square images)")
+        if self.train.loss is not None and LOSS_HEAD[self.train.loss] != self.model.head:
+            raise ValueError(f"train.loss: '{self.train.loss}' trains a {LOSS_HEAD[self.train.loss]} head, but "
+                             f"model.head is '{self.model.head}' (set model.head: {LOSS_HEAD[self.train.loss]})")
+        regression_data = self.data.source == "diabetes"
+        if regression_data and self.model.head != "linear":
+            raise ValueError("model.head: diabetes is a regression target: set model.head: linear")
+        if self.data.source in LABELLED_SOURCES and self.model.head == "linear":
+            raise ValueError(f"model.head: linear is for regression, but {self.data.source} has class labels")
+        if self.model.head == "linear":
+            if self.train.class_weights is not None:
+                raise ValueError("train.class_weights: a regression (model.head linear) has no classes")
+            if self.data.classes is not None:
+                raise ValueError("data.classes: a regression (model.head linear) has no classes")
+            if self.kind == "federated" and part == "dirichlet":
+                raise ValueError("federated.partition.name: dirichlet skews class labels; a regression target "
+                                 "needs iid or natural")
+        if self.model.name in SEQUENCE_MODELS and self.data.source in TABULAR_SOURCES:
+            raise ValueError(f"model.name: {self.model.name} reads sequences (data.source sequences, or a csv of "
+                             f"steps x model.input_size columns)")
+        if self.kind == "federated" and self.train.early_stopping.enabled:
+            raise ValueError("train.early_stopping: stops epochs of a centralized or ray job; a federated job "
+                             "runs federated.rounds rounds")
+        if self.kind == "sweep" and self.sweep is None:
+            raise ValueError("sweep: kind sweep needs a sweep section with the space to search")
+        if self.kind != "sweep" and self.sweep is not None:
+            raise ValueError(f"sweep: only used with kind: sweep (kind is '{self.kind}')")
+        if self.sweep is not None:
+            _check_sweep_space(self)
+        return self
+
+
+def _check_federated(job: JobSpec) -> None:
+    fed, part = job.federated, job.federated.partition
+    n = fed.num_clients
+    if part.site_column is not None and part.name != "natural":
+        raise ValueError(f"federated.partition.site_column: only used with name natural (name is '{part.name}')")
+    if part.site_column is not None and part.site_column == job.data.target:
+        raise ValueError(f"federated.partition.site_column: '{part.site_column}' is the target column")
+    if part.name in ("shards",) and job.model.head == "linear":
+        raise ValueError("federated.partition.name: shards splits by class label; a regression target needs "
+                         "iid, quantity or natural")
+    for section in ("attack", "faults"):
+        spec = getattr(fed, section)
+        if spec is not None and n is not None:
+            bad = [h for h in spec.hospitals if h >= n]
+            if bad:
+                raise ValueError(f"federated.{section}.hospitals: {bad} out of range for {n} hospitals "
+                                 f"(partition ids 0..{n - 1})")
+        if spec is not None and fed.rounds and section == "faults":
+            late = [r for r in spec.rounds if r > fed.rounds]
+            if late:
+                raise ValueError(f"federated.faults.rounds: {late} beyond federated.rounds ({fed.rounds})")
+    if n is not None:
+        for key in ("min_fit_clients", "min_available_clients"):
+            v = getattr(fed, key)
+            if v is not None and v > n:
+                raise ValueError(f"federated.{key}: {v} is more than the {n} hospitals")
+    name = fed.strategy.name
+    if name in ("scaffold", "fednova") and job.train.optimizer.name != "sgd":
+        raise ValueError(f"train.optimizer.name: {name} corrects plain SGD steps; set train.optimizer.name: sgd "
+                         f"(it is '{job.train.optimizer.name}')")
+    if fed.dp is not None:
+        if job.model.batchnorm:
+            raise ValueError("federated.dp: batch norm's running statistics are neither clipped nor noised; "
+                             "set model.batchnorm: false")
+        if fed.dp.mode == "central" and name != "fedavg":
+            raise ValueError(f"federated.dp: central DP clips and noises FedAvg's average; strategy is '{name}' "
+                             "(set federated.strategy.name: fedavg, or dp.mode: local)")
+        if fed.dp.mode == "local":
+            if job.model.name not in ("mlp", "logistic", "cnn") or job.model.batchnorm:
+                raise ValueError("federated.dp: local DP-SGD needs per-example gradients: model.name mlp, logistic "
+                                 "or cnn without model.batchnorm")
+            if name == "scaffold":
+                raise ValueError("federated.dp: local DP-SGD does not combine with scaffold's corrected gradients")
+        if fed.secure:
+            raise ValueError("federated.dp: combine DP with secagg is not supported yet (choose one)")
+    if fed.secure:
+        if name != "fedavg":
+            raise ValueError(f"federated.secagg: SecAgg+ sums masked updates, which only FedAvg can use; "
+                             f"strategy is '{name}'")
+        if fed.secagg.reconstruction_threshold > fed.secagg.num_shares:
+            raise ValueError(f"federated.secagg.reconstruction_threshold: "
+                             f"{fed.secagg.reconstruction_threshold} is more than num_shares ({fed.secagg.num_shares})")
+        if fed.attack is not None or fed.faults is not None:
+            raise ValueError("federated.secagg: attack and faults drills run without secure aggregation")
+        if fed.fraction_fit < 1.0:
+            raise ValueError("federated.secagg: SecAgg+ here masks every hospital's update each round; "
+                             "set federated.fraction_fit: 1.0")
+        if n is not None and fed.secagg.num_shares > n:
+            raise ValueError(f"federated.secagg.num_shares: {fed.secagg.num_shares} is more than the {n} hospitals")
+
+
+def _check_sweep_space(job: JobSpec) -> None:
+    """Every value a sweep can pick must make a valid job (for a range: both ends)."""
+    from pydantic import ValidationError
+
+    base = job.model_dump(mode="json")
+    base["kind"], base["sweep"] = job.sweep.trial_kind, None
+    for key, values in job.sweep.space.items():
+        if not re.match(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", key):
+            raise ValueError(f"sweep.space: '{key}' is not a dotted key such as train.optimizer.lr")
+        for value in values if isinstance(values, list) else [values["low"], values["high"]]:
+            data = json.loads(json.dumps(base))
+            node = data
+            parts = key.split(".")
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    raise ValueError(f"sweep.space: '{key}' is not a key of the job")
+                node = node[part]
+            node[parts[-1]] = value
+            try:
+                JobSpec.model_validate(data)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err["loc"]) or key
+                msg = str(err.get("ctx", {}).get("error", err["msg"]))
+                raise ValueError(f"sweep.space: {key}={value!r} makes an invalid job: {where}: {msg}") from None

@@ -1,0 +1,44 @@
+"""`model:` the network: feedforward, CNN, recurrent or transformer, its head and transfer learning."""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from orchestrator.spec.base import Spec
+
+Head = Literal["softmax", "sigmoid", "linear"]
+SEQUENCE_MODELS = ("rnn", "lstm", "gru", "transformer")
+
+
+class ModelSpec(Spec):
+    name: Literal["mlp", "logistic", "cnn", "rnn", "lstm", "gru", "transformer"] = Field("mlp", description=(
+        "mlp | logistic | cnn (square images as flat pixel columns, e.g. digits 8x8) | rnn | lstm | gru | "
+        "transformer (sequences as flat rows of steps x input_size columns)"))
+    channels: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [16, 32],
+                                                        description="cnn: conv channels per layer")
+    hidden: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64], description=(
+        "mlp: layer widths; rnn/lstm/gru: hidden size per stacked layer; transformer: width per encoder layer"))
+    activation: Literal["relu", "tanh", "sigmoid", "gelu"] = Field("relu", description="hidden activation")
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0, description="dropout probability")] = 0.0
+    batchnorm: bool = Field(False, description="batch norm after hidden layers (mlp, cnn)")
+    head: Head = Field("softmax", description=(
+        "softmax: one output per class | sigmoid: one output, binary | linear: one output, regression"))
+    input_size: Annotated[int, Field(ge=1, description="sequence models: features per time step")] = 1
+    heads: Annotated[int, Field(ge=1, description="transformer: attention heads")] = 2
+    init_from: str | None = Field(None, description=(
+        "transfer learning: start from a logged model, models:/NAME/VERSION (or latest) or runs:/RUN_ID/model; "
+        "layers whose names and shapes match are copied"))
+    freeze: list[str] = Field(default_factory=list, description=(
+        "parameter name prefixes kept fixed, e.g. [input, body] to train only the head"))
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        if self.name in SEQUENCE_MODELS and len(set(self.hidden)) > 1:
+            raise ValueError(f"hidden: stacked {self.name} layers share one width (got {self.hidden})")
+        if self.name == "transformer" and self.hidden[0] % self.heads:
+            raise ValueError(f"heads: the transformer width hidden[0]={self.hidden[0]} must divide by heads={self.heads}")
+        if self.init_from is not None and not re.match(r"^(models|runs):/.+", self.init_from):
+            raise ValueError(f"init_from: expected models:/NAME/VERSION or runs:/RUN_ID/model (got {self.init_from!r})")
+        return self

@@ -1,0 +1,296 @@
+"""MLflow, and only this package: one run per job, batched metrics, the model and its registered version.
+
+Reading runs back (compare, runs, models, a source model for transfer learning) is `tracking.runs`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from orchestrator.spec.errors import UserError
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+def resolve_uri(uri: str | None) -> str:
+    """YAML `tracking.uri`, else $MLFLOW_TRACKING_URI, else ./mlruns.db (absolute, so workers agree)."""
+    if uri:
+        return uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path.cwd() / 'mlruns.db'}"
+
+
+def _artifact_root(uri: str) -> str | None:
+    # A SQLite store keeps artifacts beside the database file, not in whatever the cwd is.
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        return (db.parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+_log = logging.getLogger("consortium.tracking")
+# How long the end of a run waits for an unreachable store to take its buffered metrics.
+RETRY_S = float(os.environ.get("CONSORTIUM_TRACKING_RETRY_S", "300"))
+
+
+def check_reachable(uri: str, timeout: float = 3.0) -> None:
+    """An http(s) tracking server must answer before a run is created (else exit 2, nothing lost)."""
+    from urllib.parse import urlparse
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    parsed = urlparse(uri)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", port), timeout=timeout):
+            return
+    except OSError:
+        raise UserError("tracking.uri", [f"nothing answers at {uri}: start the server "
+                                         f"(`mlflow server --host 127.0.0.1 --port {port}`) or fix the address"]) from None
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise the first touches of a SQLite store (schema creation, experiment creation)
+    across processes: four jobs started together must not race to create the same tables."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def retrying(fn, *args, attempts: int = 5, **kwargs):
+    """A store call retried on a transient failure (a locked SQLite file, a restarting server)."""
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            if i == attempts - 1:
+                raise
+            time.sleep(0.2 * 2**i)
+
+
+@dataclass
+class ModelRecord:
+    model_uri: str
+    registered_name: str | None = None
+    version: str | None = None
+
+    @property
+    def registry_uri(self) -> str | None:
+        return f"models:/{self.registered_name}/{self.version}" if self.version else None
+
+
+@dataclass
+class TrackedRun:
+    """A live MLflow run. Metric logging is thread-safe (Flower's server runs in a thread)."""
+
+    client: MlflowClient
+    run_id: str
+    experiment_id: str
+    experiment: str
+    tracking_uri: str = ""
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _pending: list[Metric] = field(default_factory=list)
+    _unsent_since: float | None = None
+    _next_try: float = 0.0
+    last: dict[str, float] = field(default_factory=dict)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Record now, sent with the next flush() as one log_batch."""
+        ts = int(time.time() * 1000)
+        with self._lock:
+            for k, v in metrics.items():
+                v = float(v)
+                self._pending.append(Metric(k, v, ts, step))
+                self.last[k] = v
+
+    def flush(self, wait: float = 0.0) -> bool:
+        """Send buffered metrics. If the store is unreachable (a server restarting, a locked
+        SQLite file) they stay buffered for the next flush, training goes on; with `wait` > 0,
+        keep retrying that many seconds, then raise. True when nothing is left buffered."""
+        deadline = time.monotonic() + wait
+        delay = 0.5
+        if wait <= 0 and self._unsent_since is not None and time.monotonic() < self._next_try:
+            return False  # the store was away a moment ago: don't stall training on it each epoch
+        while True:
+            with self._lock:
+                pending, self._pending = self._pending, []
+            sent = 0
+            try:
+                for i in range(0, len(pending), 1000):
+                    self.client.log_batch(self.run_id, metrics=pending[i : i + 1000])
+                    sent = i + 1000
+                if self._unsent_since is not None:
+                    _log.warning("tracking store reachable again: %d buffered metric values sent", len(pending))
+                    self._unsent_since = None
+                return True
+            except Exception as exc:
+                with self._lock:
+                    self._pending = pending[sent:] + self._pending  # keep order, lose nothing
+                self._next_try = time.monotonic() + 3.0
+                if self._unsent_since is None:
+                    self._unsent_since = time.monotonic()
+                    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                    _log.warning("tracking store unreachable (%s): metrics are buffered and sent when it is back",
+                                 first)
+                if time.monotonic() >= deadline:
+                    if wait > 0:
+                        raise
+                    return False
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, _param_str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            retrying(self.client.log_batch, self.run_id, params=items[i : i + 100])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        retrying(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_dict(self, data: dict, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, data, artifact_file)
+
+    def log_figure(self, figure, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def metric_keys(self) -> list[str]:
+        return sorted(self.client.get_run(self.run_id).data.metrics)
+
+    def history(self, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
+        return {k: [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, k)] for k in keys}
+
+    def log_model(self, model, input_example, registered_name: str | None) -> ModelRecord:
+        """Log with signature, input example and explicit requirements (fast); register if named."""
+        import numpy as np
+        import torch
+        import mlflow.pytorch
+        from mlflow.models import infer_signature
+
+        model = model.eval()
+        with torch.no_grad():
+            output = model(torch.as_tensor(input_example)).numpy()
+        signature = infer_signature(np.asarray(input_example), output)
+        requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
+                        f"numpy=={np.__version__}"]
+        with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
+            info = mlflow.pytorch.log_model(
+                model, name="model", input_example=input_example, signature=signature,
+                pip_requirements=requirements, registered_model_name=registered_name,
+                await_registration_for=0,
+            )
+        version = getattr(info, "registered_model_version", None)
+        return ModelRecord(info.model_uri, registered_name, str(version) if version is not None else None)
+
+
+    def register(self, model_uri: str, name: str) -> str:
+        """Register a logged model under `name`; returns models:/NAME/VERSION."""
+        mlflow.set_tracking_uri(self.tracking_uri)
+        version = mlflow.register_model(model_uri, name, await_registration_for=0)
+        return f"models:/{name}/{version.version}"
+
+
+def _param_str(v: Any) -> str:
+    s = "null" if v is None else str(v)
+    return s if len(s) <= 6000 else s[:5997] + "..."
+
+
+def attach_run(uri: str, run_id: str) -> TrackedRun:
+    """A handle on a run another process opened (Ray Train's rank 0 logs into the driver's run)."""
+    client = MlflowClient(uri)
+    info = client.get_run(run_id).info
+    name = client.get_experiment(info.experiment_id).name
+    return TrackedRun(client, run_id, info.experiment_id, name, uri)
+
+
+class Tracker:
+    def __init__(self, uri: str | None, experiment: str):
+        self.uri = resolve_uri(uri)
+        self.experiment = experiment
+        check_reachable(self.uri)
+        mlflow.set_tracking_uri(self.uri)
+        with store_lock(self.uri):
+            self.client = MlflowClient(self.uri)
+            # The first touch of a new SQLite file creates (and migrates) the tracking and registry
+            # schemas: done once, under the lock, never by two jobs at the same time.
+            try:
+                self.client.search_experiments(max_results=1)
+                self.client.search_registered_models(max_results=1)
+            except Exception:
+                pass  # reported with context by experiment_id()
+
+    def experiment_id(self) -> str:
+        try:
+            with store_lock(self.uri):
+                exp = self.client.get_experiment_by_name(self.experiment)
+                if exp is not None:
+                    return exp.experiment_id
+                return self.client.create_experiment(self.experiment, artifact_location=_artifact_root(self.uri))
+        except Exception as exc:  # unreachable server, unwritable file, bad scheme ...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"tracking.uri {self.uri}", [f"cannot open the MLflow store: {first[:300]}"]) from None
+
+    @contextmanager
+    def run(self, run_name: str, tags: dict[str, Any]) -> Iterator[TrackedRun]:
+        """FINISHED on success; KILLED on Ctrl-C/SIGTERM; FAILED on any error. What was logged stays."""
+        exp_id = self.experiment_id()
+        created = retrying(self.client.create_run, exp_id, run_name=run_name,
+                           tags={k: str(v) for k, v in tags.items()})
+        # A short id tells repeated runs of one job apart at a glance in the UI.
+        retrying(self.client.update_run, created.info.run_id, name=f"{run_name}-{created.info.run_id[:6]}")
+        run = TrackedRun(self.client, created.info.run_id, exp_id, self.experiment, self.uri)
+        with self._ending(run):
+            yield run
+
+    @contextmanager
+    def reopen(self, run_id: str) -> Iterator[TrackedRun]:
+        """Continue an existing run (resume): RUNNING again, then FINISHED/FAILED/KILLED as usual."""
+        run = attach_run(self.uri, run_id)
+        self.client.update_run(run_id, status="RUNNING")
+        with self._ending(run):
+            yield run
+
+    @contextmanager
+    def _ending(self, run: TrackedRun) -> Iterator[None]:
+        status = "FAILED"
+        try:
+            yield
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            try:
+                # a store that is away gets time to come back (less when the job is being stopped)
+                run.flush(wait=RETRY_S if status == "FINISHED" else min(RETRY_S, 15.0))
+            finally:
+                retrying(self.client.set_terminated, run.run_id, status, attempts=8)
+
+    def get_run(self, run_id: str):
+        return self.client.get_run(run_id)

@@ -1,0 +1,154 @@
+"""The layout's rules, checked on every import in the tree (function-level ones included).
+
+  spec        the job spec: pydantic only (and the strategies' own option models)
+  core        plain torch/numpy shared by every runner and every hospital
+  clients/    the hospital: may import only the spec and the core (what a SuperNode ships)
+  strategies/ may import only the spec and the core; never the file system's MLflow or Ray
+  tracking/   the only package that imports mlflow;  jobs/ray/  the only one that imports ray.train
+and no import cycle between first-party modules.
+"""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("orchestrator", "clients", "strategies")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+
+
+def _imports(path: Path) -> list[str]:
+    """Every module `path` imports, anywhere in the file, as dotted names (first-party resolved to modules)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                out.append(full if full in MODULES else node.module)
+    return out
+
+
+GRAPH = {name: _imports(path) for name, path in MODULES.items()}
+
+
+def _first_party(name: str) -> bool:
+    return name.split(".")[0] in PACKAGES
+
+
+def _top(name: str) -> str:
+    return name.split(".")[0]
+
+
+@pytest.mark.parametrize("package", ["clients", "strategies"])
+def test_hospitals_and_strategies_import_only_the_spec_and_the_core(package):
+    allowed = ("orchestrator.spec", "orchestrator.core", package)
+    bad = [f"{m} imports {i}" for m, imports in GRAPH.items() if _top(m) == package for i in imports
+           if (_first_party(i) and not i.startswith(allowed))
+           or _top(i) in ("mlflow", "ray", "typer", "matplotlib", "rich")]
+    assert not bad, bad
+
+
+def test_only_tracking_imports_mlflow_and_only_the_ray_jobs_import_ray_train():
+    mlflow = [m for m, imports in GRAPH.items() if any(_top(i) == "mlflow" for i in imports)]
+    assert mlflow and all(m.startswith("orchestrator.tracking") for m in mlflow), mlflow
+    train = [m for m, imports in GRAPH.items() if any(i.startswith("ray.train") for i in imports)]
+    assert train and all(m.startswith("orchestrator.jobs.ray") for m in train), train
+
+
+def test_the_spec_and_the_core_know_nothing_of_the_layers_above():
+    above = ("orchestrator.jobs", "orchestrator.tracking", "orchestrator.cli", "clients")
+    bad = [f"{m} imports {i}" for m, imports in GRAPH.items()
+           if m.startswith(("orchestrator.spec", "orchestrator.core")) for i in imports
+           if i.startswith(above) or _top(i) in ("mlflow", "ray", "typer", "matplotlib")]
+    assert not bad, bad
+    spec_third_party = {_top(i) for m, imports in GRAPH.items() if m.startswith("orchestrator.spec")
+                        for i in imports if not _first_party(i)}
+    assert not spec_third_party & {"torch", "flwr", "numpy"}, spec_third_party
+
+
+def test_no_import_cycle_between_first_party_modules():
+    edges = {m: sorted({i for i in imports if i in MODULES and i != m}) for m, imports in GRAPH.items()}
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    sys.setrecursionlimit(10_000)
+    for v in edges:
+        if v not in index:
+            visit(v)
+    assert not cycles, cycles
+
+
+def _loaded(statement: str) -> set[str]:
+    probe = f"import sys\n{statement}\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return set(out.stdout.split())
+
+
+def test_importing_the_hospital_app_loads_no_mlflow_ray_typer_or_matplotlib():
+    banned = {"mlflow", "ray", "typer", "matplotlib"}
+    # flwr 1.42 itself imports typer (flwr.supercore.logger): what Flower's ClientApp loads alone is
+    # the floor; the hospital app must add none of the banned packages to it
+    floor = _loaded("import flwr.app, flwr.clientapp") & banned
+    assert floor <= {"typer"}, floor
+    assert _loaded("import clients.client_app") & banned == floor
+
+
+def test_loading_a_job_spec_loads_no_torch_flower_ray_or_mlflow():
+    probe = ("import sys\nfrom orchestrator.spec.loading import load_job\n"
+             "load_job('configs/hospitals_fedavg.yaml')\n"
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'flwr', 'ray', 'mlflow'}))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_no_module_is_over_300_lines():
+    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 300}
+    assert not long, long
+
+
+def test_every_job_kind_is_a_registered_module_with_a_kind():
+    from orchestrator.jobs.base import JobKind
+    from orchestrator.jobs.kinds import kind_of
+    from orchestrator.spec.job import JOB_KINDS
+
+    for name in JOB_KINDS:
+        kind = kind_of(name)
+        assert isinstance(kind, JobKind) and kind.name == name
