@@ -1,7 +1,7 @@
 """Every benchmark, one command; results in bench/results/*.json and a combined bench/results/README.md.
 
-    .venv/bin/python bench/run_all.py            # 12.5-14.5 min on a 2-core machine
-    .venv/bin/python bench/run_all.py --quick    # 1 repeat each, 5 rounds: a smoke run
+    .venv/bin/python -m bench.run_all          # 12.5-14.5 min on a 2-core machine
+    .venv/bin/python -m bench.run_all --quick  # 1 repeat each, 5 rounds: a smoke run
 
 Not part of the test suite: absolute times on a shared machine are noisy; the ratios between
 contenders measured side by side in one run are what the tables are for.
@@ -38,7 +38,7 @@ def main() -> None:
     if "ray_ddp" not in a.skip:
         subprocess.run([sys.executable, str(ROOT / "bench/ray_ddp.py"), "--repeats", str(repeats)], check=True,
                        stdout=open(RESULTS / "ray_ddp.md", "w"))
-    parts = [f"# Benchmarks\n\n{time.strftime('%Y-%m-%d')}, {machine()}; `python bench/run_all.py` "
+    parts = [f"# Benchmarks\n\n{time.strftime('%Y-%m-%d')}, {machine()}; `python -m bench.run_all` "
              f"took {(time.time() - t0) / 60:.1f} min.\n"]
     for name in ("federated_overhead", "scale", "ray_ddp"):
         text = (RESULTS / f"{name}.md").read_text().strip()

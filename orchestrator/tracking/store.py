@@ -18,6 +18,8 @@ from typing import Any, Iterator
 from orchestrator.spec.errors import UserError
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# MLflow logs its schema migrations at INFO on a new store; the console is ours (CONSORTIUM_VERBOSE=1 shows them)
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if os.environ.get("CONSORTIUM_VERBOSE") == "1" else "WARNING")
 
 import mlflow  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
@@ -90,6 +92,20 @@ def retrying(fn, *args, attempts: int = 5, **kwargs):
             if i == attempts - 1:
                 raise
             time.sleep(0.2 * 2**i)
+
+
+@contextmanager
+def quiet_registry() -> Iterator[None]:
+    """MLflow prints "Successfully registered model ..." and "Created version ..." itself (to the
+    stderr of the moment); the run's summary says which version was made."""
+    import contextlib
+    import io
+
+    if os.environ.get("CONSORTIUM_VERBOSE") == "1":
+        yield
+        return
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
 
 
 @dataclass
@@ -199,7 +215,7 @@ class TrackedRun:
         signature = infer_signature(np.asarray(input_example), output)
         requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
                         f"numpy=={np.__version__}"]
-        with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
+        with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None), quiet_registry():
             info = mlflow.pytorch.log_model(
                 model, name="model", input_example=input_example, signature=signature,
                 pip_requirements=requirements, registered_model_name=registered_name,
@@ -212,7 +228,8 @@ class TrackedRun:
     def register(self, model_uri: str, name: str) -> str:
         """Register a logged model under `name`; returns models:/NAME/VERSION."""
         mlflow.set_tracking_uri(self.tracking_uri)
-        version = mlflow.register_model(model_uri, name, await_registration_for=0)
+        with quiet_registry():
+            version = mlflow.register_model(model_uri, name, await_registration_for=0)
         return f"models:/{name}/{version.version}"
 
 

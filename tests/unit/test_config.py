@@ -175,3 +175,19 @@ def test_bad_input_exits_2_with_a_message_naming_the_key_or_file(tmp_path, monke
     assert expected in result.output.replace("\n", " ") or expected in result.output, result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "mlruns.db").exists(), "a rejected job must not create anything in MLflow"
+
+
+def test_the_committed_key_reference_and_schema_are_generated_from_the_spec():
+    from orchestrator.spec.reference import render, schema
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    stale = "is stale: run python -m orchestrator.spec.reference"
+    assert (configs / "REFERENCE.md").read_text() == render(), f"configs/REFERENCE.md {stale}"
+    assert (configs / "schema.json").read_text() == schema(), f"configs/schema.json {stale}"
+
+
+def test_every_shipped_config_opens_with_its_command_and_the_schema_line():
+    for path in sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml")):
+        first, second = path.read_text().splitlines()[:2]
+        assert first == f"# consortium run configs/{path.name}", path.name
+        assert second == "# yaml-language-server: $schema=schema.json", path.name
