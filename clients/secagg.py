@@ -11,7 +11,7 @@ import copy
 import json
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from clients.handlers import evaluate, train
 from orchestrator.core import protocol as P

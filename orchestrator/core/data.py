@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.core.tables import Schema, Split, Table  # noqa: F401 (the data's types)
+from orchestrator.core.tables import Schema, Split, Table  # noqa: F401 - Split: the data's types, importable from here
 from orchestrator.core.csvfiles import csv_files, csv_schema, frame_to_table, label_str, read_frame
 from orchestrator.spec.errors import DataError
 

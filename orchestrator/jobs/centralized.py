@@ -5,7 +5,6 @@ import time
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from orchestrator.jobs.base import Context, Description, JobKind, Outcome
 from orchestrator.jobs.plan import DataPlan

@@ -37,10 +37,12 @@ def run_job(job: JobSpec, plan: DataPlan | None = None, resume_run_id: str | Non
     kind.check(job, plan)
     launched = kind.launch(job)    # e.g. Ray starts while MLflow is imported
     try:
-        tracker = open_tracker(job)
+        if job.tracking.enabled:
+            import orchestrator.tracking.store  # noqa: F401 - MLflow's import overlaps the runtime's start
         from orchestrator.jobs.transfer import resolve
 
-        launched.join()            # e.g. an impossible placement: exit 2, nothing written
+        launched.join()            # e.g. an impossible placement: exit 2, nothing written yet
+        tracker = open_tracker(job)
         start = resolve(job, tracker.uri)  # a wrong model.init_from: exit 2, no run
         return execute(job, plan, tracker, kind=kind, launched=launched, resume_run_id=resume_run_id, start=start)
     finally:

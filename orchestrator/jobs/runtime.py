@@ -197,7 +197,7 @@ def start_simulation_runtime() -> EarlyRuntime:
     return EarlyRuntime(ray_init_args())
 
 
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]   # the repository (or the installed tree)
 
 
 def git_commit() -> str:

@@ -1,7 +1,6 @@
 """Reading runs back from any MLflow store: runs and models for the CLI, a source model's weights."""
 from __future__ import annotations
 
-import mlflow
 from mlflow.tracking import MlflowClient
 
 from orchestrator.spec.errors import UserError

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-import subprocess
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 from orchestrator.spec.errors import UserError
+from orchestrator.tracking.stores import _artifact_root, check_reachable, resolve_uri, retrying, store_lock
+
+_log = logging.getLogger("consortium.tracking")
+# How long the end of a run waits for an unreachable store to take its buffered metrics.
+RETRY_S = float(os.environ.get("CONSORTIUM_TRACKING_RETRY_S", "300"))
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # MLflow logs its schema migrations at INFO on a new store; the console is ours (CONSORTIUM_VERBOSE=1 shows them)
@@ -24,74 +26,6 @@ os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if os.environ.get("CONSORTI
 import mlflow  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
-
-def resolve_uri(uri: str | None) -> str:
-    """YAML `tracking.uri`, else $MLFLOW_TRACKING_URI, else ./mlruns.db (absolute, so workers agree)."""
-    if uri:
-        return uri
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return f"sqlite:///{Path.cwd() / 'mlruns.db'}"
-
-
-def _artifact_root(uri: str) -> str | None:
-    # A SQLite store keeps artifacts beside the database file, not in whatever the cwd is.
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        return (db.parent / "mlartifacts").resolve().as_uri()
-    return None
-
-
-_log = logging.getLogger("consortium.tracking")
-# How long the end of a run waits for an unreachable store to take its buffered metrics.
-RETRY_S = float(os.environ.get("CONSORTIUM_TRACKING_RETRY_S", "300"))
-
-
-def check_reachable(uri: str, timeout: float = 3.0) -> None:
-    """An http(s) tracking server must answer before a run is created (else exit 2, nothing lost)."""
-    from urllib.parse import urlparse
-
-    if not uri.startswith(("http://", "https://")):
-        return
-    parsed = urlparse(uri)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", port), timeout=timeout):
-            return
-    except OSError:
-        raise UserError("tracking.uri", [f"nothing answers at {uri}: start the server "
-                                         f"(`mlflow server --host 127.0.0.1 --port {port}`) or fix the address"]) from None
-
-
-@contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    """Serialise the first touches of a SQLite store (schema creation, experiment creation)
-    across processes: four jobs started together must not race to create the same tables."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    import fcntl
-
-    db = Path(uri[len("sqlite:///"):])
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{db}.lock", "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def retrying(fn, *args, attempts: int = 5, **kwargs):
-    """A store call retried on a transient failure (a locked SQLite file, a restarting server)."""
-    for i in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception:
-            if i == attempts - 1:
-                raise
-            time.sleep(0.2 * 2**i)
 
 
 @contextmanager

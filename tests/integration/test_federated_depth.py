@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import CONFIGS, ROOT
+from tests.conftest import CONFIGS
 
 pytestmark = pytest.mark.integration
 

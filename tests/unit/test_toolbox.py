@@ -9,8 +9,7 @@ from sklearn import metrics as skm
 
 from orchestrator.core import metrics as M
 from orchestrator.spec.job import JobSpec
-from orchestrator.spec.model import ModelSpec
-from orchestrator.spec.train import ScheduleSpec, TrainSpec
+from orchestrator.spec.train import ScheduleSpec
 from orchestrator.core.models import build_model, parameter_groups, prepare
 from orchestrator.core.training import (
     EarlyStopping,

@@ -15,7 +15,7 @@ from orchestrator.spec.loading import dump_yaml
 from orchestrator.jobs.ray.session import SUBMITTED_ENV, worker_env
 from orchestrator.jobs.runtime import consortium_home
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]   # where orchestrator/, clients/ and strategies/ live
 PACKAGES = ("orchestrator", "clients", "strategies")
 
 
