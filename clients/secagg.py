@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
@@ -55,6 +56,11 @@ def secagg_train(message: Message, context: Context) -> Message:
     metrics = _scalars(reply.content[P.METRICS])
     res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([state[k].numpy() for k in names]),
                  int(metrics[P.NUM_EXAMPLES]), metrics)
+    # secaggplus_mod quantises this reply with stochastic rounding drawn from numpy's global
+    # generator: seeded from (job seed, round, hospital), a seeded SecAgg+ run repeats exactly (the
+    # masks cancel in the sum whatever their randomness)
+    job_seed = json.loads(str(inner.content[P.CONFIG][P.JOB]))["seed"]
+    np.random.seed([int(job_seed), int(inner.content[P.CONFIG][P.SERVER_ROUND]), int(metrics[P.PARTITION_ID])])
     return Message(fitres_to_recorddict(res, True), reply_to=message)
 
 

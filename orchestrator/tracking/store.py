@@ -31,14 +31,17 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 @contextmanager
 def quiet_registry() -> Iterator[None]:
     """MLflow prints "Successfully registered model ..." and "Created version ..." itself (to the
-    stderr of the moment); the run's summary says which version was made."""
+    stderr of the moment), and torch.export warns about what it traces (an RNN's flat weights); the
+    run's summary says which version was made."""
     import contextlib
     import io
+    import warnings
 
     if os.environ.get("CONSORTIUM_VERBOSE") == "1":
         yield
         return
-    with contextlib.redirect_stderr(io.StringIO()):
+    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         yield
 
 
