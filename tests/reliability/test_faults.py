@@ -118,3 +118,39 @@ def test_a_tracking_server_restart_mid_run_loses_no_metrics(tmp_path):
         if job is not None and job.poll() is None:
             job.kill()
         ui.stop(server)
+
+
+_RACER = """
+import os, sys, time
+from pathlib import Path
+{imports}
+go = Path(sys.argv[1])
+while not go.exists():   # every process imported MLflow: start together, as a notebook and a job would
+    time.sleep(0.005)
+{work}
+"""
+
+
+def test_a_job_survives_outside_clients_creating_a_new_sqlite_store_at_the_same_moment(tmp_path):
+    """A notebook's MlflowClient (or `mlflow ui`) opening a brand-new store at the moment a job
+    opens it: both create MLflow's schema and one's migration fails halfway. The job's tracker
+    waits for the other creator (or finishes a migration that died) and its run goes through."""
+    job_code = _RACER.format(imports="from orchestrator.tracking.store import Tracker",
+                             work="t = Tracker(sys.argv[2], 'consortium')\n"
+                                  "with t.run('raced', {}) as run:\n    run.log_metrics({'m': 1.0}, 0)\n"
+                                  "print(run.run_id)")
+    outside_code = _RACER.format(imports="from mlflow.tracking import MlflowClient",
+                                 work="MlflowClient(sys.argv[2]).search_experiments()")
+    for trial in range(3):
+        d = tmp_path / f"t{trial}"
+        d.mkdir()
+        store, go = f"sqlite:///{d / 'mlruns.db'}", d / "go"
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(go), store], cwd=d, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for code in (job_code, outside_code, outside_code)]
+        time.sleep(5)   # all three have imported MLflow and wait
+        go.touch()
+        (out, errs), *_ = [p.communicate(timeout=180) for p in procs]
+        assert procs[0].returncode == 0, (trial, errs[-3000:])
+        run = MlflowClient(store).get_run(out.strip())
+        assert run.info.status == "FINISHED" and run.data.metrics["m"] == 1.0
