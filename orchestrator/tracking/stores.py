@@ -74,3 +74,64 @@ def retrying(fn, *args, attempts: int = 5, **kwargs):
             if i == attempts - 1:
                 raise
             time.sleep(0.2 * 2**i)
+
+
+STORE_WAIT_S = float(os.environ.get("CONSORTIUM_STORE_WAIT_S", "60"))
+
+
+def first_touch(uri: str):
+    """A client whose store's schema is complete. A creator that does not take our lock may be
+    migrating the new file right now (MLflow then fails with 'table ... already exists' or
+    'Online migration expected to match one row'): wait for it and retry. If it died halfway (the
+    schema stays out of date, or its batch-migration tables are left behind), finish the job."""
+    deadline, delay, attempt = time.monotonic() + STORE_WAIT_S, 0.2, 0
+    while True:
+        try:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(uri)
+            client.search_experiments(max_results=1)
+            client.search_registered_models(max_results=1)
+            return client
+        except Exception as exc:
+            if not uri.startswith("sqlite:") or time.monotonic() > deadline:
+                raise UserError(f"tracking.uri {uri}", [f"cannot open the MLflow store: "
+                                                        f"{str(exc).strip().splitlines()[0][:300]}"]) from None
+            attempt += 1
+            _forget_engines(uri)
+            time.sleep(delay)   # another process is creating the schema: let it finish
+            delay = min(delay * 2, 2.0)
+            if attempt >= 3 and ("out-of-date database schema" in str(exc) or "_alembic_tmp_" in str(exc)):
+                _finish_migration(uri)
+
+
+def _forget_engines(uri: str) -> None:
+    """MLflow keeps one engine per URI for the life of the process, also after its store failed to
+    open: drop it, so that a retry starts from a clean connection."""
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    for store in (SqlAlchemyStore, RegistryStore):
+        engine = store._engine_map.pop(uri, None)
+        if engine is not None:
+            engine.dispose()
+
+
+def _finish_migration(uri: str) -> None:
+    """Bring a half-migrated SQLite store to MLflow's current schema (a migration that died left it)."""
+    import sqlalchemy
+    from mlflow.store.db.utils import _upgrade_db
+
+    _forget_engines(uri)   # this process's failed attempt still holds the file through MLflow's cached engine
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.begin() as conn:
+            left = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table' "
+                                        "AND name LIKE '\\_alembic\\_tmp\\_%' ESCAPE '\\'").fetchall()
+            for (name,) in left:   # fetched first: a DROP while the SELECT is open is 'table is locked'
+                conn.exec_driver_sql(f'DROP TABLE "{name}"')
+        _upgrade_db(engine)
+    except Exception:  # noqa: BLE001 - someone else is migrating after all: the caller tries again
+        pass
+    finally:
+        engine.dispose()
