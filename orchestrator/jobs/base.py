@@ -10,6 +10,7 @@ report, the logged and registered model, FINISHED / FAILED / KILLED.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -66,19 +67,19 @@ class Context:
     on_epoch: Callable[[int, dict], None] | None = None   # sees every epoch's metrics (a sweep's trials)
 
 
-class JobKind:
-    """Defaults for a kind; a kind module overrides what it needs."""
+class JobKind(ABC):
+    """A kind describes and runs; checking and launching have defaults that do nothing."""
 
     name = "job"
 
     def check(self, job: JobSpec, plan: DataPlan) -> None:
         pass
 
-    def describe(self, job: JobSpec, plan: DataPlan) -> Description:
-        raise NotImplementedError
+    @abstractmethod
+    def describe(self, job: JobSpec, plan: DataPlan) -> Description: ...
 
     def launch(self, job: JobSpec) -> Launched:
         return Launched()
 
-    def run(self, ctx: Context) -> Outcome:
-        raise NotImplementedError
+    @abstractmethod
+    def run(self, ctx: Context) -> Outcome: ...
