@@ -2,28 +2,45 @@
 
 The server sends the job spec and the agreed schema in every message's config, so the same app runs
 in Flower's simulation engine and in its deployment engine (`flower-supernode` with
-`--node-config "partition-id=0 num-partitions=3"` and, for natural silos, `data-path=/data/site.csv`).
+`--node-config 'partition-id=0 num-partitions=3 data-path="/data/site.csv"'`; see
+`consortium federation supernode`). In the deployment engine one Flower App serves both: `app`
+hands the messages of Flower's SecAgg+ workflow (legacy fit/evaluate records) to `secagg_app`.
 
 Messages a hospital answers (`clients.handlers`):
-  query     per-feature observed count, sum and sum of squares of its training rows (input scaling)
+  query     before a schema is agreed (deployment): its columns, labels and row counts; then
+            per-feature observed count, sum and sum of squares of its training rows (input scaling)
   train     local epochs from the global model -> updated weights + train loss
   evaluate  the global model on its own test rows -> loss and metrics, confusion counts
             (classification) or error sums (regression) for exact pooling
-Importing this module loads Flower, torch and the job spec, never MLflow, Ray or matplotlib
-(tests/unit/test_layering.py checks it in a fresh process).
+Importing this module loads Flower, torch and the job spec, never MLflow, Ray, pandas or matplotlib
+(tests/unit/test_layering.py checks it in a fresh process): in the deployment engine it is imported
+once per message.
 """
 from __future__ import annotations
 
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from clients import handlers, secagg
-
-app = ClientApp()
-app.query()(handlers.query)
-app.train()(handlers.train)
-app.evaluate()(handlers.evaluate)
 
 secagg_app = ClientApp(mods=secagg.secagg_mods())
 secagg_app.query()(handlers.query)
 secagg_app.train()(secagg.secagg_train)
 secagg_app.evaluate()(secagg.secagg_evaluate)
+
+_LEGACY = ("fitins", "evaluateins", "secaggplus")  # record names of Flower's SecAgg+ workflow
+
+
+class _Hospital(ClientApp):
+    """The plain handlers, except that SecAgg+ messages go to `secagg_app`."""
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        if any(k.startswith(_LEGACY) for k in message.content.keys()):
+            return secagg_app(message, context)
+        return super().__call__(message, context)
+
+
+app = _Hospital()
+app.query()(handlers.query)
+app.train()(handlers.train)
+app.evaluate()(handlers.evaluate)

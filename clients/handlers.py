@@ -62,8 +62,14 @@ def _hospital(message: Message, context: Context) -> Hospital:
     if pid not in hospitals:
         job, schema = _JOB["job"], _JOB["schema"]
         num = int(context.node_config.get(P.NUM_PARTITIONS, job.federated.num_clients or 1))
-        data_path = context.node_config.get(P.DATA_PATH)
-        name, split = hospital_share(job, schema, pid, num, str(data_path) if data_path else None)
+        data_path = str(context.node_config.get(P.DATA_PATH) or "") or None
+        if context.node_config.get(P.CACHE_DIR):  # deployment: one process per message
+            from clients.hospitals import cached_share
+
+            name, split = cached_share(job, str(cfg[P.JOB]), schema, pid, num, data_path,
+                                       str(context.node_config[P.CACHE_DIR]))
+        else:
+            name, split = hospital_share(job, schema, pid, num, data_path)
         torch.set_num_threads(max(1, int(job.federated.client_resources.num_cpus)))
         hospitals[pid] = Hospital(job, schema, pid, name, split)
     return hospitals[pid]
@@ -82,6 +88,8 @@ def _objective(h: Hospital, model: torch.nn.Module, message: Message) -> Objecti
 
 
 def query(message: Message, context: Context) -> Message:
+    if P.SCHEMA not in message.content[P.CONFIG]:
+        return describe(message, context)
     h = _hospital(message, context)
     count, total, sumsq = moments(h.raw.X_train)
     stats = [count, total, sumsq]
@@ -96,6 +104,29 @@ def query(message: Message, context: Context) -> Message:
         P.METRICS: MetricRecord({PARTITION_KEY: h.partition_id, P.NUM_EXAMPLES: len(h.raw.y_train)}),
         P.LABELS: ConfigRecord({"train": labels}),  # label histogram: counts only, no rows
     })
+    return Message(content=content, reply_to=message)
+
+
+def describe(message: Message, context: Context) -> Message:
+    """Before a schema is agreed (deployment engine): what this hospital's data is, never a row.
+    A mistake in its data comes back as `error`, for the server to name this hospital."""
+    from clients.hospitals import describe_share
+    from orchestrator.spec.errors import UserError
+
+    pid = int(context.node_config[PARTITION_KEY])
+    job = JobSpec.model_validate_json(str(message.content[P.CONFIG][P.JOB]))
+    num = int(context.node_config.get(P.NUM_PARTITIONS, job.federated.num_clients or 1))
+    data_path = context.node_config.get(P.DATA_PATH)
+    try:
+        found = {"description": json.dumps(describe_share(job, pid, num, str(data_path) if data_path else None))}
+    except UserError as exc:
+        from pathlib import Path
+
+        from orchestrator.core.splits import hospital_name
+
+        found = {"name": hospital_name(Path(str(data_path)).stem) if data_path else str(pid),
+                 "source": exc.source, "problems": json.dumps(exc.problems)}
+    content = RecordDict({P.METRICS: MetricRecord({PARTITION_KEY: pid}), P.DESCRIPTION: ConfigRecord(found)})
     return Message(content=content, reply_to=message)
 
 

@@ -107,11 +107,18 @@ class ObservedStrategy:
 
     def configure_train(self, server_round: int, arrays, config, grid):
         r = self._round(server_round)
-        return super().configure_train(r, arrays, config, self._view(grid, r, "train"))
+        return self._sending("train", super().configure_train(r, arrays, config, self._view(grid, r, "train")))
 
     def configure_evaluate(self, server_round: int, arrays, config, grid):
         r = self._round(server_round)
-        return super().configure_evaluate(r, arrays, config, self._view(grid, r, "evaluate"))
+        return self._sending("evaluate", super().configure_evaluate(r, arrays, config, self._view(grid, r, "evaluate")))
+
+    def _sending(self, phase: str, messages) -> list:
+        """Who was asked, so that a hospital that never answers (killed, cut off: a deployment's
+        round timeout) counts as a failure of the round, like one that answered with an error."""
+        messages = list(messages)
+        self.__dict__.setdefault("_asked", {})[phase] = {m.metadata.dst_node_id for m in messages}
+        return messages
 
     def checkpoint_state(self) -> dict[str, dict[str, np.ndarray]]:
         out = {}
@@ -141,6 +148,9 @@ class ObservedStrategy:
             if m.content.config_records:
                 report.extras[pid] = {name: dict(rec) for name, rec in m.content.config_records.items()}
         report.failures = [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in bad]
+        asked = self.__dict__.get("_asked", {}).pop(phase, set())
+        silent = sorted(asked - {m.metadata.src_node_id for m in replies})[:max(0, len(asked) - len(replies))]
+        report.failures += [f"node {n}: no reply within federated.round_timeout_s" for n in silent]
         if self.listener is not None:
             self.listener(report)
         if bad and not self.accept_failures:

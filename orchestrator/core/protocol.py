@@ -12,12 +12,17 @@ PARTITION_ID = "partition-id"          # also in every reply's metrics: which ho
 NUM_PARTITIONS = "num-partitions"
 DATA_PATH = "data-path"
 STATE_DIR = "state-dir"                # also sent by the server in simulation
+CACHE_DIR = "cache-dir"                # deployment: where the hospital keeps its prepared rows between messages
 
 # record names in a message's content
 CONFIG, ARRAYS, METRICS = "config", "arrays", "metrics"
 STATS, LABELS = "stats", "labels"                      # census reply
+DESCRIPTION = "description"                            # deployment census: a hospital's facts, or its error
 CONFUSION, REGRESSION = "confusion", "regression"      # evaluate reply: sums the server pools
 CONTROL, CONTROL_DELTA = "control", "control_delta"    # SCAFFOLD: c (to hospitals), c_i+ - c_i (back)
+
+# run config of the Flower App (pyproject [tool.flwr.app.config]), set by `consortium run`
+RUN_JOB, RUN_MLFLOW = "job", "mlflow-run"
 
 # config keys (server -> hospital)
 JOB, SCHEMA = "job", "schema"          # the job spec (JSON) and the agreed schema (JSON)

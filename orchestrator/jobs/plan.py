@@ -27,6 +27,10 @@ class DataPlan:
     central: Split | None                 # server-side held-out set (single-source data), imputed
     centralized: Split | None = None      # pooled train/test for kind: centralized, imputed
     notes: dict = field(default_factory=dict)
+    partition_ids: list[int] | None = None  # of each hospital, where not 0..n-1 (a deployment missing one)
+
+    def pids(self) -> list[int]:
+        return self.partition_ids if self.partition_ids is not None else list(range(len(self.hospitals)))
 
     @property
     def num_features(self) -> int:
@@ -51,30 +55,7 @@ def plan_data(job: JobSpec) -> DataPlan:
     if empty:
         raise DataError(job.data.path or job.data.source,
                         [f"column '{c}' has no values in any row: drop it or fill it" for c in empty])
-    if job.model.name == "cnn" and image_side(len(schema.features)) is None:
-        raise DataError(job.data.path or job.data.source,
-                        [f"model.name: cnn needs square images, but the data has {len(schema.features)} feature columns"])
-    if job.model.name in SEQUENCE_MODELS and len(schema.features) % job.model.input_size:
-        raise DataError(job.data.path or job.data.source,
-                        [f"model.input_size: {job.model.input_size} features per step do not divide the "
-                         f"{len(schema.features)} feature columns into whole time steps"])
-    if job.model.head == "sigmoid" and len(schema.classes) != 2:
-        raise DataError(job.data.path or job.data.source,
-                        [f"model.head: sigmoid is for two classes, the data has {len(schema.classes)}: "
-                         f"use model.head: softmax"])
-    if job.model.freeze:
-        from orchestrator.spec.errors import ConfigError
-        from orchestrator.core.models import build_model
-
-        try:
-            build_model(job.model, len(schema.features), max(len(schema.classes), 1))
-        except ValueError as exc:
-            raise ConfigError("model.freeze", [str(exc).removeprefix("model.freeze: ")]) from None
-    weights = job.train.class_weights
-    if isinstance(weights, list) and len(weights) != len(schema.classes):
-        raise DataError(job.data.path or job.data.source,
-                        [f"train.class_weights: {len(weights)} weights for {len(schema.classes)} classes "
-                         f"{list(schema.classes)}"])
+    check_schema(job, schema, job.data.path or job.data.source)
     natural = len(tables) > 1 or (job.kind == "federated" and job.federated.partition.name == "natural")
     source = job.data.path or job.data.source
     if job.kind == "federated" and not natural and len(tables) > 1:
@@ -128,6 +109,94 @@ def plan_data(job: JobSpec) -> DataPlan:
     check_privacy_budget(job, lambda: [len(own_split(table.X[rows], table.y[rows], job, i).y_train)
                                        for i, rows in enumerate(shares)])
     return DataPlan(schema, [str(i) for i in range(n)], [len(s) for s in shares], central=central, notes=notes)
+
+
+def check_schema(job: JobSpec, schema: Schema, source: str) -> None:
+    """What the model asks of the agreed schema (whoever agreed it: the files here, or the
+    hospitals' census in a deployment)."""
+    if job.model.name == "cnn" and image_side(len(schema.features)) is None:
+        raise DataError(source,
+                        [f"model.name: cnn needs square images, but the data has {len(schema.features)} feature columns"])
+    if job.model.name in SEQUENCE_MODELS and len(schema.features) % job.model.input_size:
+        raise DataError(source,
+                        [f"model.input_size: {job.model.input_size} features per step do not divide the "
+                         f"{len(schema.features)} feature columns into whole time steps"])
+    if job.model.head == "sigmoid" and len(schema.classes) != 2:
+        raise DataError(source,
+                        [f"model.head: sigmoid is for two classes, the data has {len(schema.classes)}: "
+                         f"use model.head: softmax"])
+    if job.model.freeze:
+        from orchestrator.spec.errors import ConfigError
+        from orchestrator.core.models import build_model
+
+        try:
+            build_model(job.model, len(schema.features), max(len(schema.classes), 1))
+        except ValueError as exc:
+            raise ConfigError("model.freeze", [str(exc).removeprefix("model.freeze: ")]) from None
+    weights = job.train.class_weights
+    if isinstance(weights, list) and len(weights) != len(schema.classes):
+        raise DataError(source,
+                        [f"train.class_weights: {len(weights)} weights for {len(schema.classes)} classes "
+                         f"{list(schema.classes)}"])
+
+
+def plan_from_census(job: JobSpec, described: dict[int, dict]) -> DataPlan:
+    """The plan of a deployed federation, from what each hospital said about its data (partition
+    id -> `clients.hospitals.describe_share`): the coordinator never opens a hospital's file.
+    A mistake names the hospital."""
+    from orchestrator.core.csvfiles import label_str
+
+    pids = sorted(described)
+    first = described[pids[0]]
+    where = "the hospitals' census"
+    problems = []
+    features = list(first["features"])
+    for pid in pids[1:]:
+        d = described[pid]
+        if set(d["features"]) != set(features):
+            missing, extra = sorted(set(features) - set(d["features"])), sorted(set(d["features"]) - set(features))
+            problems.append(f"hospital {d['name']}: columns differ from hospital {first['name']}'s "
+                            f"(missing {missing}, extra {extra})")
+    min_rows = job.federated.partition.min_size
+    problems += [f"hospital {described[p]['name']}: {described[p]['rows']} rows, a hospital needs at least "
+                 f"{min_rows} (federated.partition.min_size) for its own train/test split"
+                 for p in pids if described[p]["rows"] < min_rows]
+    names = [described[p]["name"] for p in pids]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        problems.append(f"hospitals {twice} answer under the same name from different SuperNodes: give each "
+                        "SuperNode its own partition-id and data file")
+    if problems:
+        raise DataError(where, problems)
+    if job.model.head == "linear":
+        classes: tuple[str, ...] = ()
+    elif job.data.classes:
+        classes = tuple(job.data.classes)
+    else:
+        union = {v for p in pids for v in described[p]["labels"]}
+        try:
+            ordered = sorted(union)
+        except TypeError:
+            ordered = sorted(union, key=str)
+        classes = tuple(dict.fromkeys(label_str(v) for v in ordered))
+        if len(classes) < 2:
+            raise DataError(where, [f"data.target: the hospitals hold a single class {list(classes)}: nothing to learn"])
+    schema = Schema(tuple(features), classes)
+    observed = np.zeros(len(features), dtype=np.int64)
+    for p in pids:
+        order = {f: i for i, f in enumerate(described[p]["features"])}
+        observed += np.asarray([described[p]["observed"][order[f]] for f in features], dtype=np.int64)
+    empty = [f for f, n in zip(features, observed) if n == 0]
+    if empty:
+        raise DataError(where, [f"column '{c}' has no values at any hospital: drop it or fill it" for c in empty])
+    check_schema(job, schema, where)
+    missing = int(sum(described[p]["missing"] for p in pids))
+    notes: dict = {"data.num_features": len(features), "data.num_classes": len(classes), "data.missing_cells": missing,
+                   "data.imputation": f"{job.data.impute} of each hospital's own training rows" if missing
+                   else "none needed", "data.schema_from": "the hospitals' census"}
+    check_privacy_budget(job, lambda: [described[p]["train_rows"] for p in pids])
+    return DataPlan(schema, names, [described[p]["rows"] for p in pids], central=None, notes=notes,
+                    partition_ids=pids)
 
 
 def check_privacy_budget(job: JobSpec, training_rows) -> None:

@@ -61,10 +61,11 @@ def open_tracker(job: JobSpec):
 
 def execute(job: JobSpec, plan: DataPlan, tracker, *, kind: JobKind | None = None, launched: Launched | None = None,
             resume_run_id: str | None = None, start=None, tags: dict | None = None, params: dict | None = None,
-            on_epoch=None, report: bool = True, register: bool = True) -> JobResult:
+            on_epoch=None, report: bool = True, register: bool = True, attach_run_id: str | None = None) -> JobResult:
     """The run's lifecycle around `kind.run`. A sweep's trials come through here too (`tags` names
     their parent run, `on_epoch(run_id, epoch, metrics)` reports to Ray Tune, no figures, nothing
-    registered)."""
+    registered). `attach_run_id`: record into a run another process opened and left empty (a job
+    submitted to Flower's deployment engine: `consortium run` opened it, the ServerApp fills it)."""
     kind = kind or kind_of(job.kind)
     t0 = time.perf_counter()
     about = kind.describe(job, plan)
@@ -73,8 +74,13 @@ def execute(job: JobSpec, plan: DataPlan, tracker, *, kind: JobKind | None = Non
                 **about.tags, **(tags or {})}
     if start is not None:
         all_tags.update(start.tags)
-    opened = tracker.reopen(resume_run_id) if resume_run_id else tracker.run(about.run_name, all_tags)
+    if resume_run_id or attach_run_id:
+        opened = tracker.reopen(resume_run_id or attach_run_id)
+    else:
+        opened = tracker.run(about.run_name, all_tags)
     with opened as run:
+        if attach_run_id:
+            run.set_tags({**all_tags, "mlflow.runName": f"{about.run_name}-{attach_run_id[:6]}"})
         if not resume_run_id:
             run.log_params({**flatten(job.model_dump(mode="json")), **plan.notes, **about.params, **(params or {})})
             run.log_text(dump_yaml(job), "config/resolved.yaml")

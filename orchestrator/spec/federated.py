@@ -72,9 +72,19 @@ class FederatedSpec(Spec):
         "< 1: hospitals sampled per round, reproducibly from the seed"))] = 1.0
     fraction_evaluate: Annotated[float, Field(gt=0.0, le=1.0, description="hospitals evaluated per round")] = 1.0
     client_resources: ClientResources = Field(default_factory=ClientResources)
-    engine: Literal["simulation", "inline"] = Field("simulation", description=(
+    engine: Literal["simulation", "inline", "deployment"] = Field("simulation", description=(
         "simulation: Flower's simulation engine (a Ray actor per hospital) | inline: the same ClientApp "
-        "called in this process one hospital after another, no Ray start-up"))
+        "called in this process one hospital after another, no Ray start-up | deployment: submit to a "
+        "running Flower SuperLink (federated.superlink), one SuperNode per hospital holding its own data"))
+    superlink: str | None = Field(None, description=(
+        "deployment: the SuperLink's HOST:PORT (consortium federation superlink serves on 9093)"))
+    root_certificates: str | None = Field(None, description=(
+        "deployment: the consortium's CA certificate (PEM) that signed the SuperLink's certificate"))
+    insecure: bool = Field(False, description=(
+        "deployment: no TLS to the SuperLink (testing only: every update travels in the clear)"))
+    join_timeout_s: Annotated[float, Field(gt=0.0, description=(
+        "deployment: how long the server waits for num_clients hospitals to join; then it goes on "
+        "with those connected if there are at least min_available_clients (default 1)"))] = 120.0
     min_fit_clients: Annotated[int, Field(ge=1)] | None = Field(None, description="null: min(2, hospitals)")
     min_available_clients: Annotated[int, Field(ge=1)] | None = Field(None, description="null: every hospital")
     accept_failures: bool = Field(True, description="false: a hospital that fails a round stops the run")

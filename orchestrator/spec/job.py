@@ -131,6 +131,21 @@ def _check_federated(job: JobSpec) -> None:
             v = getattr(fed, key)
             if v is not None and v > n:
                 raise ValueError(f"federated.{key}: {v} is more than the {n} hospitals")
+    if fed.engine == "deployment":
+        if not fed.superlink:
+            raise ValueError("federated.superlink: engine deployment submits to a running SuperLink: set "
+                             "federated.superlink: HOST:PORT (or run `consortium federation poc CONFIG`)")
+        if not job.tracking.enabled:
+            raise ValueError("tracking.enabled: engine deployment records the run through MLflow (the ServerApp "
+                             "runs at the SuperLink): set tracking.enabled: true")
+        if not fed.insecure and not fed.root_certificates:
+            raise ValueError("federated.root_certificates: the consortium's CA certificate is needed to reach the "
+                             "SuperLink over TLS (or federated.insecure: true, for a test only)")
+        if part.name != "natural" and job.data.source == "csv":
+            raise ValueError(f"federated.partition.name: '{part.name}' splits one shared file, which no real "
+                             "hospital holds; in a deployment each hospital reads its own CSV: use natural")
+    elif fed.superlink or fed.root_certificates or fed.insecure:
+        raise ValueError(f"federated.superlink: only used with engine deployment (engine is '{fed.engine}')")
     name = fed.strategy.name
     if name in ("scaffold", "fednova") and job.train.optimizer.name != "sgd":
         raise ValueError(f"train.optimizer.name: {name} corrects plain SGD steps; set train.optimizer.name: sgd "

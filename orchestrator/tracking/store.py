@@ -207,15 +207,19 @@ class Tracker:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"tracking.uri {self.uri}", [f"cannot open the MLflow store: {first[:300]}"]) from None
 
-    @contextmanager
-    def run(self, run_name: str, tags: dict[str, Any]) -> Iterator[TrackedRun]:
-        """FINISHED on success; KILLED on Ctrl-C/SIGTERM; FAILED on any error. What was logged stays."""
-        exp_id = self.experiment_id()
-        created = retrying(self.client.create_run, exp_id, run_name=run_name,
+    def create(self, run_name: str, tags: dict[str, Any]) -> str:
+        """A new RUNNING run, left open (another process fills and ends it); its id."""
+        created = retrying(self.client.create_run, self.experiment_id(), run_name=run_name,
                            tags={k: str(v) for k, v in tags.items()})
         # A short id tells repeated runs of one job apart at a glance in the UI.
         retrying(self.client.update_run, created.info.run_id, name=f"{run_name}-{created.info.run_id[:6]}")
-        run = TrackedRun(self.client, created.info.run_id, exp_id, self.experiment, self.uri)
+        return created.info.run_id
+
+    @contextmanager
+    def run(self, run_name: str, tags: dict[str, Any]) -> Iterator[TrackedRun]:
+        """FINISHED on success; KILLED on Ctrl-C/SIGTERM; FAILED on any error. What was logged stays."""
+        run_id = self.create(run_name, tags)
+        run = TrackedRun(self.client, run_id, self.experiment_id(), self.experiment, self.uri)
         with self._ending(run):
             yield run
 

@@ -31,7 +31,7 @@ class Census:
 
 
 def census(grid: Grid, nodes: list[int], config: ConfigRecord, dim: int, num_classes: int,
-            num_hospitals: int = 0) -> Census:
+           pids: list[int]) -> Census:
     """Ask every hospital for aggregates only: per-feature sums (-> the consortium's feature mean
     and standard deviation), its training-label histogram (-> the partition plot, balanced class
     weights) or, for a regression, its target's sums (-> the output scaling)."""
@@ -39,7 +39,8 @@ def census(grid: Grid, nodes: list[int], config: ConfigRecord, dim: int, num_cla
                 for n in nodes]
     totals = np.zeros((3, dim))
     target = np.zeros(3)
-    labels = np.zeros((max(len(nodes), num_hospitals), num_classes), dtype=np.int64)
+    row = {pid: i for i, pid in enumerate(pids)}  # the plan's hospitals, in partition-id order
+    labels = np.zeros((len(pids), num_classes), dtype=np.int64)
     failures = []
     by_pid: dict[int, int] = {}
     for reply in grid.send_and_receive(messages, timeout=600):
@@ -52,9 +53,46 @@ def census(grid: Grid, nodes: list[int], config: ConfigRecord, dim: int, num_cla
             target += arrays[3]
         pid = int(reply.content[METRICS][PARTITION_ID])
         by_pid[pid] = reply.metadata.src_node_id
-        if 0 <= pid < len(labels) and num_classes:
-            labels[pid] = reply.content[LABELS]["train"]
+        if pid in row and num_classes:
+            labels[row[pid]] = reply.content[LABELS]["train"]
     if failures:
         raise RuntimeError(f"{len(failures)} hospital(s) failed the census query: {failures[0]}")
     mean, scale = mean_scale(*totals)
     return Census(mean, scale, labels, target, [by_pid[p] for p in sorted(by_pid)])
+
+
+def describe_census(grid: Grid, nodes: list[int], job_json: str, timeout: float) -> dict[int, dict]:
+    """Deployment's round 0a: before any schema exists, every hospital says what its data is
+    (`clients.hospitals.describe_share`); partition id -> its description. A hospital whose data
+    cannot work is named in the DataError, with its own words about its file."""
+    import json
+
+    from orchestrator.core.protocol import DESCRIPTION, JOB
+    from orchestrator.spec.errors import DataError
+
+    config = ConfigRecord({JOB: job_json})
+    messages = [Message(content=RecordDict({CONFIG: config}), message_type=MessageType.QUERY, dst_node_id=n)
+                for n in nodes]
+    found: dict[int, dict] = {}
+    problems: list[str] = []
+    failed: list[str] = []
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            failed.append(f"node {reply.metadata.src_node_id}: {reply.error.reason.strip().splitlines()[-1][:300]}")
+            continue
+        pid = int(reply.content[METRICS][PARTITION_ID])
+        d = reply.content[DESCRIPTION]
+        if "description" in d:
+            if pid in found:
+                problems.append(f"two SuperNodes answer as partition-id {pid} ({found[pid]['name']} and "
+                                f"{json.loads(str(d['description']))['name']}): give each its own partition-id")
+            found[pid] = json.loads(str(d["description"]))
+        else:
+            problems += [f"hospital {d['name']}: {d['source']}: {p}" for p in json.loads(str(d["problems"]))]
+    if problems:
+        raise DataError("the hospitals' census", problems)
+    if failed:
+        raise RuntimeError(f"{len(failed)} hospital(s) failed the census query: {failed[0]}")
+    if not found:
+        raise RuntimeError("no hospital answered the census query")
+    return found

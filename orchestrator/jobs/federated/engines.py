@@ -3,7 +3,9 @@
 simulation  Flower's simulation engine: every hospital a Ray actor, the ServerApp in a thread here.
 inline      the same ServerApp and ClientApp in this process, hospitals called one after another
             (`inline.InlineGrid`): no Ray start-up, identical metrics for the same seed.
-Either way the module-level ServerApp (`server_app.app`) runs the `Rounds` bound to it.
+deployment  Flower's deployment engine: this process *is* the ServerApp the SuperLink started
+            (`deployed.serve`); the rounds run on the grid of SuperNodes it was given.
+In the first two the module-level ServerApp (`server_app.app`) runs the `Rounds` bound to it.
 """
 from __future__ import annotations
 
@@ -18,8 +20,12 @@ from orchestrator.jobs.runtime import EarlyRuntime, quiet_after_interrupt, ray_i
 
 
 def run_engine(engine: str, rounds: server_app.Rounds, client_app: ClientApp, num_clients: int,
-               runtime: EarlyRuntime | None = None) -> None:
-    """Run `rounds` to the end in `engine` with `num_clients` hospitals running `client_app`."""
+               runtime: EarlyRuntime | None = None, deployed=None) -> None:
+    """Run `rounds` to the end in `engine` with `num_clients` hospitals running `client_app`
+    (deployment: on the SuperNodes of `deployed`, a `deployed.Deployed`)."""
+    if engine == "deployment":
+        rounds.main(deployed.grid, deployed.context)
+        return
     with server_app.bound(rounds):
         if engine == "inline":
             if runtime is not None:

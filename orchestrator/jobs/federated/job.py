@@ -35,7 +35,8 @@ def run_federated(ctx: Context) -> Outcome:
 
     runtime = ctx.launched.runtime if isinstance(ctx.launched, SimulationLaunched) else None
     try:
-        run_engine(fed.engine, rounds, secagg_app if fed.secure else app, len(plan.hospitals), runtime)
+        run_engine(fed.engine, rounds, secagg_app if fed.secure else app, len(plan.hospitals), runtime,
+                   deployed=ctx.launched)
     finally:
         rounds.writer.close()  # every round's metrics and checkpoint written, also when stopped
     return Outcome(model=model, final={k: v for k, v in run.last.items() if "/" in k and not k.startswith("hospital_")},

@@ -28,8 +28,9 @@ def _weighted(hospitals: dict[int, dict[str, float]], key: str) -> float | None:
 class RoundLogger:
     """Turns Flower round reports into the run's metrics, one log_batch per round."""
 
-    def __init__(self, run: TrackedRun, names: list[str], num_classes: int):
-        self.run, self.names, self.num_classes = run, names, num_classes
+    def __init__(self, run: TrackedRun, names: dict[int, str] | list[str], num_classes: int):
+        self.run, self.num_classes = run, num_classes
+        self.names = names if isinstance(names, dict) else dict(enumerate(names))  # partition id -> hospital
         self.confusion: np.ndarray | None = None
 
     def __call__(self, report: RoundReport) -> None:
@@ -39,7 +40,7 @@ class RoundLogger:
         if (v := _weighted(report.hospitals, key)) is not None:
             m[f"{prefix}/loss"] = v
         for pid, hm in report.hospitals.items():
-            name = self.names[pid] if 0 <= pid < len(self.names) else str(pid)
+            name = self.names.get(pid, str(pid))
             m[f"hospital_{name}/{prefix}/num_examples"] = hm.get(NUM_EXAMPLES, 0.0)
             for k, v in hm.items():
                 if k.startswith(f"{prefix}_") and not np.isnan(v):

@@ -7,7 +7,7 @@ held-out split (`central_eval`, where the round's metrics are flushed and the ro
 
 Which job `app` runs comes from its context: the `Rounds` bound in this process by the
 simulation and inline engines (`bound`), or the run config `job` (JSON) in Flower's deployment
-engine, where the ServerApp runs in a process of its own.
+engine, where the ServerApp runs in a process of its own (`deployed.serve`).
 """
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ class Rounds:
     label_counts: np.ndarray | None = None
 
     def __post_init__(self):
-        self.logger = RoundLogger(self.run, self.plan.hospitals, self.plan.num_classes)
+        self.logger = RoundLogger(self.run, dict(zip(self.plan.pids(), self.plan.hospitals)),
+                                  self.plan.num_classes)
         self.writer = RoundWriter()
         self.strategy = None
         self._t0 = time.perf_counter()
@@ -86,6 +87,8 @@ class Rounds:
                 metrics["dp/epsilon"] = strategy.epsilon()
         run = self.run
         run.log_metrics(metrics, server_round)
+        if self.job.federated.engine == "deployment" and server_round > 0:
+            self._progress(server_round)
         if server_round > 0 and strategy is not None:
             # Flower evaluates centrally last: the round is over. Its metrics reach the store
             # first, then the checkpoint, so a run killed in between redoes the round. Both on
@@ -98,17 +101,28 @@ class Rounds:
             self.writer.submit(run.flush)
         return res
 
+    def _progress(self, server_round: int) -> None:
+        """Deployment: one line per round in the ServerApp's log, which `consortium run` streams."""
+        last = self.run.last
+        shown = [f"{k} {last[k]:.4f}" for k in ("eval/accuracy", "eval/f1", "eval/mse", "eval/r2", "eval/loss")
+                 if k in last][:2]
+        print(f"[consortium] round {server_round}/{self.job.federated.rounds}: {', '.join(shown)}; "
+              f"{int(last.get('eval/hospitals', 0))} hospitals answered, "
+              f"{int(last.get('train/failures', 0))} failed training", flush=True)
+
     def config(self) -> ConfigRecord:
         """What every message tells the hospitals: the job, the agreed schema, where state lives."""
-        return ConfigRecord({JOB: self.job.model_dump_json(), SCHEMA: json.dumps(self.plan.schema.to_dict()),
-                             STATE_DIR: str(self.ckpt_dir / "hospitals")})
+        config = ConfigRecord({JOB: self.job.model_dump_json(), SCHEMA: json.dumps(self.plan.schema.to_dict())})
+        if self.job.federated.engine != "deployment":  # one machine: the hospitals' state beside the run's
+            config[STATE_DIR] = str(self.ckpt_dir / "hospitals")
+        return config
 
     def main(self, grid: Grid, context: Context) -> None:
         job, plan, model, fed = self.job, self.plan, self.model, self.job.federated
         num_clients = len(plan.hospitals)
         config = self.config()
         nodes = wait_for_nodes(grid, fed.min_available(num_clients))
-        found = census(grid, nodes, config, plan.num_features, plan.num_classes, num_clients)
+        found = census(grid, nodes, config, plan.num_features, plan.num_classes, plan.pids())
         self.label_counts = found.labels
         self._scale_from(found)
         weights = None
@@ -184,9 +198,9 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     rounds = _bound.get("rounds")
-    if rounds is None:
-        job = context.run_config.get(JOB)
-        raise RuntimeError("this ServerApp runs jobs started by `consortium run`; a job submitted on its own "
-                           f"(run config job={'set' if job else 'missing'}) needs Flower's deployment engine "
-                           "support, which is not built yet")
+    if rounds is None:  # Flower's deployment engine started this process for a submitted job
+        from orchestrator.jobs.federated.deployed import serve
+
+        serve(grid, context)
+        return
     rounds.main(grid, context)

@@ -1,0 +1,268 @@
+"""A deployed round: Consortium's Flower App vs a minimal PyTorch Flower App, in one federation.
+
+    .venv/bin/python bench/deployment.py [--rounds 4] [--repeats 1]
+
+One local federation (`consortium federation poc`'s: SuperLink with TLS and SuperNode
+authentication, one SuperNode per heart-disease hospital given only its CSV) runs both apps in
+turn, side by side, on the same SuperNodes:
+
+  minimal     the shape of Flower's quickstart: a ServerApp running Flower's FedAvg for N rounds,
+              a ClientApp that imports torch, reads its CSV with numpy, trains the same MLP
+              (13-32-2, dropout 0.1, Adam 0.01, batch 32, 2 epochs) and replies
+  consortium  `consortium run configs/heart_disease_sites.yaml` with federated.engine: deployment
+              (census, schema agreed from the hospitals, pooled metrics, MLflow, the model logged)
+
+A round is the time between two round ends as the ServerApp saw them (the minimal app prints them,
+ours logs `time/round_end_s`), median over rounds 2..N; memory is the peak RSS of a SuperNode's
+whole process tree (its ClientApp processes included). Also reported: the same job's simulated
+round (Flower's simulation engine) for comparison. Writes bench/results/deployment.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import RESULTS, ROOT  # noqa: E402
+
+MINIMAL_PYPROJECT = """[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "minimalapp"
+version = "1.0.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "bench"
+
+[tool.flwr.app.components]
+serverapp = "minimalapp.server:app"
+clientapp = "minimalapp.client:app"
+
+[tool.flwr.app.config]
+num-server-rounds = 4
+"""
+
+MINIMAL_SERVER = '''import time
+
+from flwr.app import ArrayRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from minimalapp.task import Net
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    t0 = time.perf_counter()
+    while len(list(grid.get_node_ids())) < 4:
+        time.sleep(0.2)
+
+    def round_end(server_round, arrays):
+        print(f"[minimal] round {server_round} end {time.perf_counter() - t0:.3f}", flush=True)
+        return None
+
+    FedAvg(fraction_train=1.0, fraction_evaluate=1.0).start(
+        grid=grid, initial_arrays=ArrayRecord(Net().state_dict()),
+        num_rounds=int(context.run_config["num-server-rounds"]), evaluate_fn=round_end)
+'''
+
+MINIMAL_TASK = '''import numpy as np
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(13, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 2))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def load(path, seed=0):
+    rows = np.genfromtxt(path, delimiter=",", names=True, dtype=np.float64)
+    names = [n for n in rows.dtype.names if n != "target"]
+    X = np.stack([rows[n] for n in names], axis=1)
+    y = rows["target"].astype(np.int64)
+    with np.errstate(all="ignore"):
+        fill = np.nan_to_num(np.nanmean(X, axis=0))
+    X = np.where(np.isnan(X), fill, X)
+    X = (X - X.mean(0)) / (X.std(0) + 1e-8)
+    idx = np.random.default_rng(seed).permutation(len(y))
+    cut = int(0.75 * len(y))
+    t = lambda a: torch.tensor(a, dtype=torch.float32)
+    return (t(X[idx[:cut]]), torch.tensor(y[idx[:cut]]), t(X[idx[cut:]]), torch.tensor(y[idx[cut:]]))
+'''
+
+MINIMAL_CLIENT = '''import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from minimalapp.task import Net, load
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context):
+    X, y, _, _ = load(context.node_config["data-path"])
+    model = Net()
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.train()
+    for _ in range(2):
+        for i in range(0, len(y), 32):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(X[i:i + 32]), y[i:i + 32]).backward()
+            opt.step()
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                          "metrics": MetricRecord({"num-examples": len(y)})})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context):
+    _, _, X, y = load(context.node_config["data-path"])
+    model = Net()
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.eval()
+    with torch.no_grad():
+        out = model(X)
+    metrics = {"num-examples": len(y), "eval_loss": float(torch.nn.functional.cross_entropy(out, y)),
+               "eval_accuracy": float((out.argmax(1) == y).float().mean())}
+    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+'''
+
+
+def minimal_app(root: Path) -> Path:
+    app = root / "minimal-app"
+    (app / "minimalapp").mkdir(parents=True, exist_ok=True)
+    (app / "pyproject.toml").write_text(MINIMAL_PYPROJECT)
+    for name, text in {"__init__": "", "server": MINIMAL_SERVER, "task": MINIMAL_TASK,
+                       "client": MINIMAL_CLIENT}.items():
+        (app / "minimalapp" / f"{name}.py").write_text(text)
+    return app
+
+
+class TreeRSS(threading.Thread):
+    """Peak RSS of each SuperNode's whole process tree, sampled every 0.2 s."""
+
+    def __init__(self, pids: list[int]):
+        super().__init__(daemon=True)
+        self.pids, self.peak, self.done = pids, {p: 0 for p in pids}, threading.Event()
+
+    def run(self):
+        import psutil
+
+        while not self.done.is_set():
+            for p in self.pids:
+                try:
+                    root = psutil.Process(p)
+                    total = sum(q.memory_info().rss for q in [root, *root.children(recursive=True)])
+                    self.peak[p] = max(self.peak[p], total)
+                except psutil.Error:
+                    pass
+            time.sleep(0.2)
+
+
+def run_minimal(fed, rounds: int, work: Path) -> list[float]:
+    from orchestrator.federation.flower import CONNECTION, binary, connection_home, environment, flwr, json_out
+
+    home = connection_home(fed.link)
+    proc = flwr(fed.link, "run", str(minimal_app(work)), CONNECTION, "--format", "json", "--run-config",
+                f"num-server-rounds={rounds}", home=home, timeout=300)
+    run_id = json_out(proc).get("run-id")
+    assert run_id, proc.stdout + proc.stderr
+    log = subprocess.run([binary("flwr"), "log", str(run_id), CONNECTION, "--stream"], capture_output=True,
+                         text=True, env=environment(home), timeout=1800).stdout
+    ends = []
+    for line in log.splitlines():
+        if "[minimal] round" in line:
+            r, t = line.split("[minimal] round ")[1].split(" end ")
+            if int(r) > 0:  # round 0: Flower's evaluation of the initial model
+                ends.append(float(t))
+    assert len(ends) == rounds, log[-3000:]
+    return ends
+
+
+def run_consortium(fed, rounds: int, work: Path, engine: str = "deployment") -> list[float]:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{work / 'mlruns.db'}"
+    args = [sys.executable, "-m", "orchestrator.cli", "run", str(ROOT / "configs/heart_disease_sites.yaml"),
+            f"federated.rounds={rounds}", f"tracking.uri={uri}", f"data.path={ROOT / 'configs/data/heart_disease'}",
+            "--json"]
+    if engine == "deployment":
+        args += ["federated.engine=deployment", f"federated.superlink={fed.link.address}",
+                 f"federated.root_certificates={fed.link.ca}", "federated.num_clients=4"]
+    else:
+        args += [f"federated.engine={engine}"]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=work, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    run_id = json.loads(proc.stdout.strip().splitlines()[-1])["run_id"]
+    hist = MlflowClient(uri).get_metric_history(run_id, "time/round_end_s")
+    return [m.value for m in sorted(hist, key=lambda m: m.step)]
+
+
+def per_round(ends: list[float]) -> float:
+    return statistics.median(b - a for a, b in zip(ends, ends[1:]))
+
+
+def main(rounds: int = 4, repeats: int = 1) -> dict:
+    from orchestrator.federation.poc import local_federation
+    from orchestrator.jobs.runtime import prepare_environment
+    from orchestrator.spec.loading import load_job
+
+    prepare_environment()
+    job = load_job(ROOT / "configs/heart_disease_sites.yaml", [f"data.path={ROOT / 'configs/data/heart_disease'}"])
+    work = Path(tempfile.mkdtemp(prefix="bench-deployment-"))
+    res: dict = {"rounds": rounds, "repeats": repeats, "minimal": [], "consortium": [], "simulation": []}
+    with local_federation(job, work / "federation") as fed:
+        rss = TreeRSS([d.proc.pid for d in fed.nodes.values()])
+        rss.start()
+        for _ in range(repeats):  # interleaved: both contenders see the same machine load
+            res["minimal"].append(per_round(run_minimal(fed, rounds, work)))
+            res["consortium"].append(per_round(run_consortium(fed, rounds, work)))
+        rss.done.set()
+        res["supernode_peak_rss_mib"] = max(rss.peak.values()) / 2**20
+    for _ in range(repeats):
+        res["simulation"].append(per_round(run_consortium(None, rounds, work, "simulation")))
+    m, c, s = (statistics.median(res[k]) for k in ("minimal", "consortium", "simulation"))
+    res.update(minimal_s=m, consortium_s=c, simulation_s=s, ratio=c / m)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "deployment.json").write_text(json.dumps(res, indent=2))
+    md = (f"Deployed round, heart disease (4 real hospitals, one SuperNode each, TLS + authentication, "
+          f"loopback), {rounds} rounds, median over rounds 2..{rounds} and {repeats} repeat(s).\n\n"
+          "| contender | seconds per round | vs minimal |\n|---|---|---|\n"
+          f"| minimal PyTorch Flower App | {m:.2f} | 1.00x |\n"
+          f"| consortium (deployment engine) | {c:.2f} | {c / m:.2f}x |\n"
+          f"| consortium, same job simulated | {s:.2f} | {s / m:.2f}x |\n\n"
+          f"Peak RSS of one SuperNode's process tree (its ClientApp processes included): "
+          f"{res['supernode_peak_rss_mib']:.0f} MiB.\n")
+    (RESULTS / "deployment.md").write_text(md)
+    print(md)
+    return res
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=1)
+    a = ap.parse_args()
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    main(a.rounds, a.repeats)

@@ -1,0 +1,168 @@
+"""`consortium federation ...`: make the keys, start the SuperLink and the hospitals' SuperNodes,
+admit hospitals, and try a whole federation on one machine (`poc`). deploy/federation/README.md
+walks a hospital's IT team through these commands across machines."""
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+fed_app = typer.Typer(no_args_is_help=True, help="A real federation: Flower SuperLink and SuperNodes with TLS and "
+                                                 "authenticated hospitals.")
+
+INSECURE_WARNING = ("WARNING: --insecure: no TLS and no hospital authentication. Every model update travels in "
+                    "the clear and any process that can reach the port can join. Use it only for a local test.")
+
+
+def _say(msg: str, err: bool = False) -> None:
+    print(msg, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def _user_error(source: str, problem: str) -> None:
+    _say(f"consortium: {source}: {problem}", err=True)
+    raise typer.Exit(2)
+
+
+@fed_app.command()
+def certs(directory: Path = typer.Argument(..., help="Where to write ca.pem, superlink.pem/.key, hospitals/NAME[.pub]"),
+          san: list[str] = typer.Option(..., "--san", help="An address hospitals dial (IP or DNS name); repeat"),
+          hospital: list[str] = typer.Option([], "--hospital", help="A hospital's name; one key pair each; repeat"),
+          days: int = typer.Option(365, help="Validity of the certificates")) -> None:
+    """Make the consortium's CA, the SuperLink's TLS certificate and one key pair per hospital."""
+    from orchestrator.federation.certs import make_certs
+
+    files = make_certs(directory, san, hospital, days)
+    _say(f"CA           {files.ca}  (give it to every hospital; keep {files.ca_key.name} offline)")
+    _say(f"SuperLink    {files.cert}, {files.key}  (SANs: {', '.join([*san, '127.0.0.1', 'localhost'])})")
+    for name, (private, public) in files.hospitals.items():
+        _say(f"hospital     {name}: {private} (stays at the hospital), {public} (register it)")
+
+
+@fed_app.command()
+def keygen(name: str = typer.Argument(..., help="This hospital's name"),
+           directory: Path = typer.Option(Path("."), "--dir", help="Where to write NAME and NAME.pub")) -> None:
+    """Make this hospital's key pair here: NAME stays at the hospital, NAME.pub goes to the coordinator."""
+    from orchestrator.federation.certs import hospital_key
+
+    private, public = hospital_key(directory, name)
+    _say(f"private key  {private}  (stays here: `federation supernode --key {private}`)")
+    _say(f"public key   {public}  (send it to the coordinator: `federation register {public.name}`)")
+
+
+def _foreground(daemon) -> None:
+    """Follow a daemon's log until it ends or we are stopped (Ctrl-C / SIGTERM stop it)."""
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        daemon.proc.wait()
+    except KeyboardInterrupt:
+        daemon.stop()
+        _say(f"consortium: {daemon.name} stopped")
+        raise typer.Exit(130)
+    tail = daemon.log.read_text()[-3000:] if daemon.log.exists() else ""
+    _say(f"consortium: {daemon.name} exited with code {daemon.proc.returncode}; its log ({daemon.log}):\n{tail}", err=True)
+    raise typer.Exit(1)
+
+
+@fed_app.command()
+def superlink(certs_dir: Optional[Path] = typer.Option(None, "--certs", help="Directory from `federation certs`"),
+              host: str = typer.Option("0.0.0.0", help="Address to listen on"),
+              port: int = typer.Option(9093, help="The one port of Fleet, Control and Runtime APIs"),
+              state: Path = typer.Option(Path("superlink-state"), help="State database and logs (registrations "
+                                                                        "survive a restart)"),
+              insecure: bool = typer.Option(False, help="No TLS, no authentication (local tests only)")) -> None:
+    """Start the coordinator's SuperLink (TLS + SuperNode authentication by default) in the foreground."""
+    from orchestrator.federation.daemons import start_superlink
+
+    if insecure:
+        _say(INSECURE_WARNING, err=True)
+    elif certs_dir is None or not (certs_dir / "superlink.pem").is_file():
+        _user_error("--certs", "needs the directory holding ca.pem, superlink.pem and superlink.key "
+                               "(`consortium federation certs DIR --san ADDRESS`), or --insecure")
+    d = start_superlink(host, port, state, None if insecure else certs_dir)
+    _say(f"SuperLink on {host}:{port} (log: {d.log}); Ctrl-C stops it")
+    _foreground(d)
+
+
+@fed_app.command("register")
+def register_cmd(public_key: Path = typer.Argument(..., help="A hospital's NAME.pub"),
+                 superlink_address: str = typer.Option(..., "--superlink", help="HOST:PORT of the SuperLink"),
+                 ca: Path = typer.Option(..., help="The consortium's ca.pem"),
+                 name: Optional[str] = typer.Option(None, help="The hospital's name (default: the key's file name)")) -> None:
+    """Admit a hospital: register its public key with the SuperLink."""
+    from orchestrator.federation.flower import Link, register
+
+    if not public_key.is_file():
+        _user_error(str(public_key), "no such file: expected a hospital's OpenSSH public key (NAME.pub)")
+    link = Link(superlink_address, ca)
+    try:
+        link.check()
+        node = register(link, public_key, name or public_key.stem)
+    except Exception as exc:  # noqa: BLE001 - said plainly, exit 2
+        _user_error(str(public_key), str(exc))
+    _say(f"registered {public_key.stem} as node {node}")
+
+
+@fed_app.command()
+def supernode(superlink_address: str = typer.Option(..., "--superlink", help="HOST:PORT of the SuperLink"),
+              ca: Optional[Path] = typer.Option(None, help="The consortium's ca.pem"),
+              key: Optional[Path] = typer.Option(None, help="This hospital's private key (its .pub is registered)"),
+              partition_id: int = typer.Option(..., help="This hospital's place in the consortium, 0..N-1"),
+              num_partitions: int = typer.Option(..., help="N, the hospitals in the consortium"),
+              data: Optional[Path] = typer.Option(None, help="This hospital's CSV (none for bundled demo data)"),
+              port: int = typer.Option(9094, help="The node's own local port (one per node on a machine)"),
+              state: Path = typer.Option(Path("supernode-state"), help="Cache, Flower state and logs"),
+              insecure: bool = typer.Option(False, help="No TLS, no authentication (local tests only)")) -> None:
+    """Start one hospital's SuperNode on its own CSV, in the foreground."""
+    from orchestrator.federation.daemons import start_supernode
+    from orchestrator.federation.flower import Link
+
+    if insecure:
+        _say(INSECURE_WARNING, err=True)
+        link = Link(superlink_address, None)
+    else:
+        if ca is None or not ca.is_file():
+            _user_error("--ca", f"{'no such file: ' + str(ca) if ca else 'missing'}; a hospital trusts the SuperLink "
+                                "only through the consortium's CA certificate (ca.pem), or --insecure for a local test")
+        if key is None or not key.is_file():
+            _user_error("--key", f"{'no such file: ' + str(key) if key else 'missing'}; the SuperLink admits this "
+                                 "hospital by its private key, whose .pub was registered")
+        link = Link(superlink_address, ca)
+        from orchestrator.federation.flower import tls_problem
+
+        problem = tls_problem(superlink_address, ca, timeout=30)
+        if problem:
+            _user_error("--ca", problem)
+    if data is not None and not data.is_file():
+        _user_error("--data", f"{data}: no such file; expected this hospital's CSV")
+    d = start_supernode(link, key, partition_id, num_partitions, data, port, state)
+    _say(f"SuperNode {partition_id}/{num_partitions} -> {superlink_address} (log: {d.log}); Ctrl-C stops it")
+    _foreground(d)
+
+
+@fed_app.command()
+def poc(config: str = typer.Argument(..., help="Job YAML file"),
+        overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. federated.rounds=3"),
+        debug: bool = typer.Option(False, help="Show the full traceback when the job fails."),
+        json_out: bool = typer.Option(False, "--json", help="Also print the result as one JSON line.")) -> None:
+    """Start a SuperLink and one SuperNode per hospital here (TLS, authenticated), run the job
+    through them, print the summary, and stop everything."""
+    from orchestrator import console
+    from orchestrator.federation.poc import local_federation, poc_job
+    from orchestrator.spec.errors import UserError
+
+    try:
+        job = console.load(config, overrides)
+        if job.kind != "federated":
+            raise UserError(config, [f"kind: federation poc runs federated jobs (kind is '{job.kind}')"])
+        from orchestrator.jobs.runtime import prepare_environment
+
+        prepare_environment()
+        with local_federation(job) as fed:
+            _say(f"consortium federation poc: SuperLink {fed.link.address} (TLS, authenticated), "
+                 f"{len(fed.hospitals)} SuperNodes: {', '.join(h.name for h in fed.hospitals)}")
+            console.run_deployed_job(poc_job(job, fed), debug, json_out)
+    except UserError as exc:
+        console.fail_user(exc)

@@ -1,0 +1,120 @@
+"""Start and stop a SuperLink and SuperNodes with Consortium's settings.
+
+TLS and SuperNode authentication are the default; `insecure=True` turns both off (tests of the
+plain protocol only: every update then travels in the clear and any process can join).
+
+    superlink   flower-superlink --host H --port P --ssl-* (the consortium's certificate)
+                --enable-supernode-auth --database STATE/superlink.db (registrations survive a restart)
+                --disable-runtime-dependency-installation (the SuperLink runs this environment;
+                it installs nothing it is sent)
+    supernode   (through `rejoin`, which restarts it until admitted after a crash)
+                flower-supernode --superlink HOST:PORT --root-certificates CA
+                --auth-supernode-private-key KEY --node-config 'partition-id=N num-partitions=M
+                data-path="CSV" cache-dir="..."' --port LOCAL (its own Runtime API, one per node)
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.federation.flower import Link, binary, environment, wait_listening
+
+
+@dataclass
+class Daemon:
+    """A Flower program we started, in its own process group (its children go with it)."""
+    name: str
+    proc: subprocess.Popen
+    log: Path
+    argv: list[str] = field(default_factory=list)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(timeout=wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def kill(self) -> None:
+        """As a crash would: SIGKILL to the node and its ClientApp processes."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+
+
+def _spawn(name: str, argv: list[str], home: Path, log: Path, wrap: list[str] | None = None,
+           env: dict | None = None) -> Daemon:
+    home.mkdir(parents=True, exist_ok=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log, "ab")
+    proc = subprocess.Popen([*(wrap or []), *argv], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=environment(home, env), start_new_session=True, cwd=str(home))
+    out.close()
+    return Daemon(name, proc, log, argv)
+
+
+def superlink_argv(host: str, port: int, state: Path, certs: Path | None) -> list[str]:
+    argv = [binary("flower-superlink"), "--host", host, "--port", str(port),
+            "--database", str(state / "superlink.db"), "--disable-runtime-dependency-installation"]
+    if certs is None:
+        return [*argv, "--insecure"]
+    return [*argv, "--ssl-ca-certfile", str(certs / "ca.pem"), "--ssl-certfile", str(certs / "superlink.pem"),
+            "--ssl-keyfile", str(certs / "superlink.key"), "--enable-supernode-auth"]
+
+
+def start_superlink(host: str, port: int, state: Path, certs: Path | None, wrap: list[str] | None = None,
+                    env: dict | None = None, wait_s: float = 60.0, dial: str | None = None) -> Daemon:
+    """A SuperLink serving on HOST:PORT; returns once it accepts connections (at `dial`, default
+    127.0.0.1:PORT: inside a network namespace the caller dials through `wrap` itself)."""
+    state.mkdir(parents=True, exist_ok=True)
+    d = _spawn("superlink", superlink_argv(host, port, state, certs), state / "flwr-home", state / "superlink.log",
+               wrap, env)
+    if dial != "":
+        wait_listening(dial or f"127.0.0.1:{port}", wait_s, d.proc, d.log)
+    return d
+
+
+def node_config(partition_id: int, num_partitions: int, data: Path | None, cache: Path | None) -> str:
+    parts = [f"partition-id={partition_id}", f"num-partitions={num_partitions}"]
+    if data is not None:
+        parts.append(f'data-path="{data.resolve()}"')
+    if cache is not None:
+        parts.append(f'cache-dir="{cache.resolve()}"')
+    return " ".join(parts)
+
+
+def supernode_argv(link: Link, key: Path | None, partition_id: int, num_partitions: int, data: Path | None,
+                   port: int, state: Path) -> list[str]:
+    argv = [binary("flower-supernode"), "--superlink", link.address, "--port", str(port), "--host", "127.0.0.1",
+            "--node-config", node_config(partition_id, num_partitions, data, state / "cache")]
+    if link.ca is None:
+        return [*argv, "--insecure"]
+    argv += ["--root-certificates", str(link.ca)]
+    if key is not None:
+        argv += ["--auth-supernode-private-key", str(key)]
+    return argv
+
+
+def start_supernode(link: Link, key: Path | None, partition_id: int, num_partitions: int, data: Path | None,
+                    port: int, state: Path, wrap: list[str] | None = None, env: dict | None = None) -> Daemon:
+    """One hospital's SuperNode; it keeps its prepared rows and Flower state under `state`."""
+    state.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "orchestrator.federation.rejoin",
+            *supernode_argv(link, key, partition_id, num_partitions, data, port, state)]
+    return _spawn(f"supernode-{partition_id}", argv, state / "flwr-home", state / "supernode.log", wrap, env)

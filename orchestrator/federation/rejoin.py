@@ -1,0 +1,96 @@
+"""A hospital's SuperNode that comes back after a crash: `python -m orchestrator.federation.rejoin ARGV...`.
+
+A SuperNode restarted right after a crash is refused by the SuperLink ("[code: 2004] Failed to
+activate SuperNode", Flower's exit code 305) until the SuperLink has missed its heartbeats (Flower 1.42: twice
+the 30 s interval) and marked the old connection offline. Here flower-supernode is started again
+until it is admitted (or `CONSORTIUM_REJOIN_WAIT_S`, default 300 s, has passed). This process is
+the attempts' subreaper (Linux), so the SuperExec a refused attempt leaves behind is stopped too,
+and everything stays in this process group: stopping the group stops the hospital. Any other exit
+code is passed on as is; SIGTERM/SIGINT stop the running attempt and end this process.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+REFUSED = "Failed to activate SuperNode"  # flwr's message for ExitCode 305 (its process exits with 1)
+
+
+def _subreaper() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+def _reap_orphans() -> None:
+    """Stop the processes an attempt left behind (reparented to us as its subreaper)."""
+    me = os.getpid()
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == me:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+                os.waitpid(int(entry), 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+
+
+def main(argv: list[str]) -> int:
+    _subreaper()
+    wait = float(os.environ.get("CONSORTIUM_REJOIN_WAIT_S", "300"))
+    deadline = time.monotonic() + wait
+    current: dict = {}
+
+    def stop(signum, _frame):
+        proc = current.get("proc")
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        _reap_orphans()
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    attempt = 0
+    while True:
+        attempt += 1
+        proc = current["proc"] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        seen = {"refused": False}
+
+        def relay(stream=proc.stdout):  # passed through to our log, read for the refusal
+            for line in stream:
+                sys.stdout.buffer.write(line)
+                sys.stdout.flush()
+                seen["refused"] = seen["refused"] or REFUSED.encode() in line
+
+        reader = threading.Thread(target=relay, daemon=True)
+        reader.start()
+        code = proc.wait()
+        _reap_orphans()  # its SuperExec, if it outlived the node (it holds the pipe open)
+        reader.join(timeout=10)
+        refused = seen["refused"]
+        if code == 0 or not refused or time.monotonic() > deadline:
+            return code
+        print(f"[consortium] SuperNode not admitted yet (attempt {attempt}): the SuperLink still holds this "
+              "hospital's previous connection; retrying in 5 s", flush=True)
+        time.sleep(5.0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
