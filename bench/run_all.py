@@ -38,9 +38,15 @@ def main() -> None:
     if "ray_ddp" not in a.skip:
         subprocess.run([sys.executable, str(ROOT / "bench/ray_ddp.py"), "--repeats", str(repeats)], check=True,
                        stdout=open(RESULTS / "ray_ddp.md", "w"))
+    if "deployment" not in a.skip:  # Flower's deployment engine: ~9 min on 2 cores (a process per message)
+        from bench import deployment
+
+        deployment.main(rounds=3 if a.quick else 4, repeats=1)
     parts = [f"# Benchmarks\n\n{time.strftime('%Y-%m-%d')}, {machine()}; `python -m bench.run_all` "
              f"took {(time.time() - t0) / 60:.1f} min.\n"]
-    for name in ("federated_overhead", "scale", "ray_ddp"):
+    for name in ("federated_overhead", "scale", "ray_ddp", "deployment"):
+        if not (RESULTS / f"{name}.md").exists():
+            continue
         text = (RESULTS / f"{name}.md").read_text().strip()
         if name == "ray_ddp":
             text = "Ray DDP, digits CNN (configs/cluster_ddp.yaml), median of 3: " \

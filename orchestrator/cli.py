@@ -27,6 +27,8 @@ def validate(config: str = typer.Argument(..., help="Job YAML file"),
     """Check a job spec (and its data) without running anything."""
     try:
         job = load(config, overrides)
+        if job.kind == "federated" and job.federated.engine == "deployment":
+            data = False  # the hospitals hold the data; they check it in the run's census
         if data:
             from orchestrator.jobs.plan import plan_data
 

@@ -87,11 +87,16 @@ def execute(job, plan, debug: bool, resume_run_id: str | None = None, json_out: 
         print(json.dumps(dataclasses.asdict(result)))
 
 
+BEFORE_EXIT: list = []  # e.g. `federation poc` stopping the SuperLink and SuperNodes it started
+
+
 def exit_interrupted() -> None:
     """Exit 130 now. The run is already marked KILLED and its metrics flushed; a simulation's
     server thread may still be waiting on hospitals that are gone, and must not hold the exit."""
     import threading
 
+    for stop in BEFORE_EXIT:
+        stop()
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         sys.stdout.flush()
         sys.stderr.flush()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv (idempotent) and run the whole suite: unit tests, real Ray/Flower/MLflow integration
-# tests, and the browser test of the MLflow UI (Debian's chromium, installed here when missing).
+# tests, the federation across network namespaces (Debian's tcpdump) and the browser test of the
+# MLflow UI (Debian's chromium); both are installed here when missing.
 # Screenshots of the UI land in tests/artifacts/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,11 @@ if ! command -v chromium >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get install -y -q chromium >/dev/null 2>&1 \
     || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q chromium >/dev/null; }
+fi
+# The multi-host federation test reads the wire with Debian's tcpdump.
+if ! command -v tcpdump >/dev/null 2>&1; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get install -y -q tcpdump >/dev/null 2>&1 || echo "test.sh: tcpdump could not be installed" >&2
 fi
 export MLFLOW_DISABLE_TELEMETRY=true FLWR_TELEMETRY_ENABLED=0 RAY_USAGE_STATS_ENABLED=0
 unset MLFLOW_TRACKING_URI

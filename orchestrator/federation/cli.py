@@ -161,6 +161,7 @@ def poc(config: str = typer.Argument(..., help="Job YAML file"),
 
         prepare_environment()
         with local_federation(job) as fed:
+            console.BEFORE_EXIT.append(fed.stop)  # Ctrl-C: stopped before the process exits
             _say(f"consortium federation poc: SuperLink {fed.link.address} (TLS, authenticated), "
                  f"{len(fed.hospitals)} SuperNodes: {', '.join(h.name for h in fed.hospitals)}")
             console.run_deployed_job(poc_job(job, fed), debug, json_out)

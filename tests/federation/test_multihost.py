@@ -164,18 +164,25 @@ def test_three_hospitals_on_their_own_hosts_federate_over_tls_and_survive_an_int
         assert text not in wire, text
 
 
-def test_a_hospital_without_the_consortiums_ca_is_refused_with_a_clear_message(tmp_path, hosts):
+def test_registrations_survive_a_superlink_restart_and_hospitals_without_the_ca_are_refused(tmp_path, hosts):
     from orchestrator.federation.certs import make_certs
     from orchestrator.federation.daemons import start_superlink
-    from orchestrator.federation.flower import Link
+    from orchestrator.federation.flower import CONNECTION, Link, flwr, json_out, register
 
     coord, hospital_ns, _ = hosts
     env = {**os.environ, "CONSORTIUM_HOME": str(tmp_path / ".consortium"), "PYTHONPATH": str(ROOT)}
     certs = make_certs(tmp_path / "certs", ["10.231.0.1"], ["cleveland"])
     other = make_certs(tmp_path / "other-ca", ["10.231.0.1"], [])
+    local = Link(f"127.0.0.1:{PORT}", certs.ca)
+    superlink = start_superlink("0.0.0.0", PORT, tmp_path / "superlink", tmp_path / "certs", wrap=_in(coord), dial="")
+    _wait_tls(coord, local)
+    node_id = register(local, certs.hospitals["cleveland"][1], name="cleveland", wrap=_in(coord))
+    superlink.stop()  # the state database keeps the registration
     superlink = start_superlink("0.0.0.0", PORT, tmp_path / "superlink", tmp_path / "certs", wrap=_in(coord), dial="")
     try:
-        _wait_tls(coord, Link(f"127.0.0.1:{PORT}", certs.ca))
+        _wait_tls(coord, local)
+        listed = json_out(flwr(local, "supernode", "ls", CONNECTION, "--format", "json", wrap=_in(coord)))
+        assert str(node_id) in [n["node-id"] for n in listed["nodes"]], listed
         data = CONFIGS / "data" / "heart_disease" / "cleveland.csv"
         base = ["federation", "supernode", "--superlink", f"10.231.0.1:{PORT}", "--key",
                 str(certs.hospitals["cleveland"][0]), "--partition-id", "0", "--num-partitions", "1", "--data",
