@@ -96,6 +96,8 @@ class ObservedStrategy:
     sampler: Sampler | None = None
     round_offset: int = 0          # a resumed run: Flower counts from 1, the hospitals see the true round
     accept_failures: bool = True
+    evaluate_every: int = 1        # federated.evaluate_every: the hospitals evaluate every k rounds ...
+    last_round: int = 0            # ... and always in the last one
     # what a round checkpoint keeps besides the global model (e.g. FedAdam's moments)
     STATE_ATTRS: tuple[str, ...] = ()
 
@@ -109,8 +111,15 @@ class ObservedStrategy:
         r = self._round(server_round)
         return self._sending("train", super().configure_train(r, arrays, config, self._view(grid, r, "train")))
 
+    def evaluates(self, true_round: int) -> bool:
+        """Whether the hospitals evaluate in this round (federated.evaluate_every)."""
+        k = self.evaluate_every
+        return k <= 1 or true_round % k == 0 or true_round >= self.last_round
+
     def configure_evaluate(self, server_round: int, arrays, config, grid):
         r = self._round(server_round)
+        if not self.evaluates(r):
+            return self._sending("evaluate", [])
         return self._sending("evaluate", super().configure_evaluate(r, arrays, config, self._view(grid, r, "evaluate")))
 
     def _sending(self, phase: str, messages) -> list:
@@ -174,6 +183,8 @@ class ObservedStrategy:
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable):
         r = self._round(server_round)
+        if not self.evaluates(r):
+            return None  # a round without evaluation logs no eval metrics
         ordered = self._ordered(r, replies, "evaluate")
         return super().aggregate_evaluate(r, [m for m in ordered if not m.has_error()])
 

@@ -38,10 +38,12 @@ def owners(option: str) -> list[str]:
 
 def build_strategy(options, *, num_clients: int, fraction_fit: float, fraction_evaluate: float,
                    listener: Listener | None = None, seed: int = 0, nodes: list[int] | None = None,
-                   min_fit: int = 1, accept_failures: bool = True, dp=None):
+                   min_fit: int = 1, accept_failures: bool = True, dp=None, evaluate_every: int = 1,
+                   last_round: int = 0):
     """`options` is the job's `federated.strategy` section; `nodes` the hospitals' node ids in
     partition order (sampling is ours, seeded: Flower is told every offered hospital takes part);
-    `min_fit` the job's resolved `federated.min_fit_clients`."""
+    `min_fit` the job's resolved `federated.min_fit_clients`; the hospitals evaluate every
+    `evaluate_every` rounds and in `last_round`."""
     sampler = Sampler(nodes if nodes is not None else list(range(num_clients)), seed, fraction_fit,
                       fraction_evaluate, min_fit, min(min_fit, num_clients))
     flower = dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1,
@@ -57,4 +59,5 @@ def build_strategy(options, *, num_clients: int, fraction_fit: float, fraction_e
     strategy.sampler = sampler
     strategy.listener = listener
     strategy.accept_failures = accept_failures
+    strategy.evaluate_every, strategy.last_round = evaluate_every, last_round
     return strategy

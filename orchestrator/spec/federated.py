@@ -87,6 +87,9 @@ class FederatedSpec(Spec):
         "with those connected if there are at least min_available_clients (default 1)"))] = 120.0
     min_fit_clients: Annotated[int, Field(ge=1)] | None = Field(None, description="null: min(2, hospitals)")
     min_available_clients: Annotated[int, Field(ge=1)] | None = Field(None, description="null: every hospital")
+    evaluate_every: Annotated[int, Field(ge=1, description=(
+        "the hospitals (and the central split) evaluate the global model every this many rounds, and "
+        "always in the last round; 1: every round"))] = 1
     accept_failures: bool = Field(True, description="false: a hospital that fails a round stops the run")
     round_timeout_s: Annotated[float, Field(gt=0.0, description="a hospital slower than this fails the round")] = 3600.0
     attack: AttackSpec | None = Field(None, description="a drill: poisoned updates from these hospitals")

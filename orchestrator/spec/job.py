@@ -174,6 +174,9 @@ def _check_federated(job: JobSpec) -> None:
                              f"{fed.secagg.reconstruction_threshold} is more than num_shares ({fed.secagg.num_shares})")
         if fed.attack is not None or fed.faults is not None:
             raise ValueError("federated.secagg: attack and faults drills run without secure aggregation")
+        if fed.evaluate_every != 1:
+            raise ValueError("federated.evaluate_every: SecAgg+ rounds here evaluate every round; "
+                             "set federated.evaluate_every: 1")
         if fed.fraction_fit < 1.0:
             raise ValueError("federated.secagg: SecAgg+ here masks every hospital's update each round; "
                              "set federated.fraction_fit: 1.0")

@@ -100,6 +100,17 @@ def test_two_of_ten_hospitals_crash_in_some_rounds_and_the_run_finishes(store):
     assert result.final["central/accuracy"] >= 0.85
 
 
+def test_evaluating_every_third_round_thins_the_evaluations_and_leaves_training_as_it_was(store):
+    every = run(store, "federated.rounds=7", "federated.num_clients=4")
+    thinned = run(store, "federated.rounds=7", "federated.num_clients=4", "federated.evaluate_every=3")
+    assert sorted(history(store, thinned.run_id, "eval/accuracy")) == [3, 6, 7]  # and always the last round
+    assert sorted(history(store, thinned.run_id, "central/accuracy")) == [0, 3, 6, 7]
+    assert sorted(history(store, thinned.run_id, "train/loss")) == list(range(1, 8))
+    # evaluation changes nothing of training: the same model, the same final scores
+    assert history(store, thinned.run_id, "train/loss") == history(store, every.run_id, "train/loss")
+    assert scores(thinned.final) == scores(every.final)
+
+
 def test_a_failure_stops_the_run_when_failures_are_not_accepted(store):
     from strategies.base import HospitalFailedError
 

@@ -71,7 +71,9 @@ class Rounds:
             return None  # a resumed run: round `done` was evaluated before the interruption
         res = None
         metrics: dict[str, float] = {}
-        if self._central is not None:
+        k = self.job.federated.evaluate_every
+        evaluated = server_round == 0 or k <= 1 or server_round % k == 0 or server_round >= self.job.federated.rounds
+        if self._central is not None and evaluated:
             self.model.load_state_dict(arrays.to_torch_state_dict())
             objective = Objective.of(self.job, self.plan.num_classes, None, self.model)
             r = {k: v for k, v in evaluate(self.model, *self._central, objective).items() if k != "num_examples"}
@@ -145,7 +147,8 @@ class Rounds:
         strategy = build_strategy(fed.strategy, num_clients=num_clients, fraction_fit=fed.fraction_fit,
                                   fraction_evaluate=fed.fraction_evaluate, listener=self.logger, seed=job.seed,
                                   nodes=found.nodes, min_fit=fed.min_fit(num_clients),
-                                  accept_failures=fed.accept_failures, dp=fed.dp)
+                                  accept_failures=fed.accept_failures, dp=fed.dp,
+                                  evaluate_every=fed.evaluate_every, last_round=fed.rounds)
         if hasattr(strategy, "trainable"):
             strategy.trainable = [k for k, p in model.named_parameters() if p.requires_grad]
         self.strategy = strategy
