@@ -48,16 +48,21 @@ def prepare_environment() -> None:
 
 
 def _stop(signum, frame):
+    # Quiet first: Flower's own interrupt handling stops the simulation's actors at once, and its
+    # threads log each in-flight message's failure before our handler further up would run.
+    quiet_after_interrupt()
     raise KeyboardInterrupt
 
 
 def stop_on_sigterm() -> None:
-    """SIGTERM ends a job like Ctrl-C does: the run is marked KILLED and keeps what it logged.
+    """SIGTERM ends a job like Ctrl-C does: the run is marked KILLED and keeps what it logged; for
+    both, the console goes quiet the moment the signal arrives (one line of ours, no traceback).
 
     Called again after ray.init(), which installs a handler of its own that aborts the process.
     """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
 
 
 def leave_submission_dir() -> None:
