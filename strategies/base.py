@@ -89,6 +89,11 @@ class _SampledGrid:
         return getattr(self._grid, name)
 
 
+def evaluates_in(true_round: int, every: int, last_round: int) -> bool:
+    """Evaluation every `every` rounds and always in the last one (federated.evaluate_every)."""
+    return every <= 1 or true_round % every == 0 or true_round >= last_round
+
+
 class ObservedStrategy:
     """Mixin placed before a Flower strategy class (see `observed`)."""
 
@@ -113,8 +118,7 @@ class ObservedStrategy:
 
     def evaluates(self, true_round: int) -> bool:
         """Whether the hospitals evaluate in this round (federated.evaluate_every)."""
-        k = self.evaluate_every
-        return k <= 1 or true_round % k == 0 or true_round >= self.last_round
+        return evaluates_in(true_round, self.evaluate_every, self.last_round)
 
     def configure_evaluate(self, server_round: int, arrays, config, grid):
         r = self._round(server_round)

@@ -30,7 +30,7 @@ from orchestrator.core.training import Objective, balanced_weights, evaluate, te
 from orchestrator.jobs.federated.census import census, wait_for_nodes
 from orchestrator.jobs.federated.checkpoints import RoundWriter, save_round
 from orchestrator.jobs.federated.rounds import RoundLogger
-from strategies.base import sample_size
+from strategies.base import evaluates_in, sample_size
 from strategies.registry import build_strategy
 
 if TYPE_CHECKING:
@@ -71,8 +71,8 @@ class Rounds:
             return None  # a resumed run: round `done` was evaluated before the interruption
         res = None
         metrics: dict[str, float] = {}
-        k = self.job.federated.evaluate_every
-        evaluated = server_round == 0 or k <= 1 or server_round % k == 0 or server_round >= self.job.federated.rounds
+        fed = self.job.federated
+        evaluated = server_round == 0 or evaluates_in(server_round, fed.evaluate_every, fed.rounds)
         if self._central is not None and evaluated:
             self.model.load_state_dict(arrays.to_torch_state_dict())
             objective = Objective.of(self.job, self.plan.num_classes, None, self.model)
