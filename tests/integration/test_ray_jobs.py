@@ -53,7 +53,11 @@ def cluster(tmp_path_factory):
     logs = tmp_path_factory.mktemp("cluster")
     port, dash = _free_port(), _free_port()
     temp = tempfile.mkdtemp(prefix="crt-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{RAY.parent}:{os.environ['PATH']}"}
+    # started as .venv/bin/ray from a shell where the venv is not activated: its PATH has no Python
+    # with our packages on it (the submitted job must find the head's own)
+    path = ":".join(p for p in os.environ["PATH"].split(":") if Path(p).resolve() != RAY.parent.resolve())
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": path}
+    env.pop("VIRTUAL_ENV", None)
     # a user's multi-node cluster: not the loopback-only setting a local Consortium runtime uses
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
@@ -118,13 +122,23 @@ def test_two_node_cluster_places_one_worker_on_each_node(cluster, store):
 
 
 def test_submit_runs_the_job_on_a_running_head_and_exits_with_its_status(cluster, tmp_path):
-    out = run_cli("submit", str(DDP), "train.epochs=2", "--address", cluster["dashboard"], "--python", sys.executable,
-                  cwd=tmp_path, env=cluster["env"])
+    out = run_cli("submit", str(DDP), "train.epochs=2", "--address", cluster["dashboard"], cwd=tmp_path,
+                  env=cluster["env"])
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "SUCCEEDED" in out.stdout
     (run,) = _runs(f"sqlite:///{tmp_path / 'mlruns.db'}")  # the job wrote into the submitter's store
     assert run.info.status == "FINISHED" and run.data.tags["ray.address"] == "auto"
     assert run.data.tags["registered_model"].startswith("models:/digits-cnn/")
+
+
+def test_submit_to_a_cluster_whose_python_lacks_our_packages_says_so_and_exits_2(cluster, tmp_path):
+    bare = tmp_path / "bare"  # a Python that has none of our packages
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    out = run_cli("submit", str(DDP), "train.epochs=1", "--address", cluster["dashboard"],
+                  "--python", str(bare / "bin" / "python"), cwd=tmp_path, env=cluster["env"])
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "lacks Consortium's packages (torch, mlflow, flwr, ray, typer" in out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
 
 
 # (a real local runtime; more workers than fit is the same check, unit-tested in test_ray_config)

@@ -30,8 +30,34 @@ def stage(job: JobSpec) -> Path:
     return d
 
 
-def submit(job: JobSpec, address: str, python: str = "python", wait: bool = True, log=print) -> int:
-    """Submit and (by default) stream the job's logs; returns 0 if the Ray job SUCCEEDED, else 1."""
+# What the submitted job needs besides our own packages (which travel in its working_dir).
+NEEDS = ("torch", "mlflow", "flwr", "ray", "typer", "pydantic", "yaml", "sklearn")
+MISSING_MARK = "consortium-missing-packages:"
+
+
+def entrypoint(python: str) -> str:
+    """The shell command the head runs. By default the Python that runs the head's Ray (the job's
+    shell is a child of Ray's job supervisor, a worker of that interpreter): a head started as
+    .venv/bin/ray without the venv activated has only a bare `python` on its PATH, which lacks our
+    packages. Before anything starts, the packages are checked, and what is missing is said in one
+    line the submitter turns into its message."""
+    # The head's raylet names that interpreter in its --python_worker_command (Ray retitles the
+    # supervisor itself, and its /proc exe is the base interpreter, outside the venv).
+    find = ('P=$PPID; PY=; for _ in 1 2 3 4; do '
+            'PY="$(tr \'\\000\' \'\\n\' < /proc/$P/cmdline 2>/dev/null '
+            '| sed -n \'s/^--python_worker_command=\\([^ ]*\\).*/\\1/p\')"; '
+            '[ -n "$PY" ] && break; P="$(awk \'/^PPid/{print $2}\' /proc/$P/status 2>/dev/null)"; '
+            '[ -n "$P" ] || break; done; '
+            '[ -x "$PY" ] || PY="$(command -v python3 || command -v python)"; ') if python == "auto" else f"PY={python}; "
+    check = ("import importlib.util as u, sys; "
+             f"m = [n for n in {NEEDS!r} if u.find_spec(n) is None]; "
+             f"m and print({MISSING_MARK!r}, sys.executable, ', '.join(m)); sys.exit(3 if m else 0)")
+    return f'{find}"$PY" -c "{check}" && exec "$PY" -m orchestrator.cli run job.yaml --debug'
+
+
+def submit(job: JobSpec, address: str, python: str = "auto", wait: bool = True, log=print) -> int:
+    """Submit and (by default) stream the job's logs; returns 0 if the Ray job SUCCEEDED, 2 if the
+    cluster's Python lacks Consortium's packages, else 1."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     from orchestrator.tracking.store import resolve_uri
@@ -50,7 +76,7 @@ def submit(job: JobSpec, address: str, python: str = "python", wait: bool = True
     workdir = stage(job)
     try:
         job_id = client.submit_job(
-            entrypoint=f"{python} -m orchestrator.cli run job.yaml --debug",
+            entrypoint=entrypoint(python),
             runtime_env={"working_dir": str(workdir),
                          # The driver and its Train workers inherit this env; the driver adds none of its
                          # own (a second runtime_env would replace the job's working_dir under it).
@@ -66,9 +92,15 @@ def submit(job: JobSpec, address: str, python: str = "python", wait: bool = True
     if not wait:
         return 0
 
+    missing: list[str] = []
+
     async def stream() -> None:
         async for lines in client.tail_job_logs(job_id):
-            sys.stdout.write(lines)
+            for line in lines.splitlines(keepends=True):
+                if line.startswith(MISSING_MARK):
+                    missing.append(line[len(MISSING_MARK):].strip())
+                elif not line.startswith("Running entrypoint for job"):  # Ray echoes the whole shell line
+                    sys.stdout.write(line)
             sys.stdout.flush()
 
     asyncio.run(stream())
@@ -76,5 +108,11 @@ def submit(job: JobSpec, address: str, python: str = "python", wait: bool = True
     while not status.is_terminal():
         time.sleep(0.5)
         status = client.get_job_status(job_id)
+    if missing:
+        interpreter, _, names = missing[0].partition(" ")
+        raise UserError(f"Ray cluster {address}", [
+            f"its Python ({interpreter}) lacks Consortium's packages ({names}): install the locked environment "
+            "on every node (`bash scripts/setup.sh` in a clone, or the deploy/docker image) and start Ray from it, "
+            "or point --python at a Python that has them"])
     log(f"Ray job {job_id}: {status.value}")
     return 0 if status == JobStatus.SUCCEEDED else 1
