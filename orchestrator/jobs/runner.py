@@ -107,13 +107,24 @@ def execute(job: JobSpec, plan: DataPlan, tracker, *, kind: JobKind | None = Non
             explain_run(run, job, plan, outcome.model)
         if job.tracking.log_model:
             t_model = time.perf_counter()
-            record = run.log_model(outcome.model, input_example(plan), job.tracking.register_model if register else None)
+            record = run.log_model(outcome.model, input_example(plan), job.tracking.register_model if register else None,
+                                   model_card(plan, job, outcome.model))
             run.log_metrics({"time/log_model_s": time.perf_counter() - t_model}, 0)
             run.flush()
             result.model_uri, result.registered = record.model_uri, record.registry_uri
             if record.registry_uri:
                 run.set_tags({"registered_model": record.registry_uri})
     return result
+
+
+def model_card(plan: DataPlan, job: JobSpec, model) -> dict:
+    """What the logged model's python_function flavor needs: the columns, the labels, the head and
+    the value a missing cell takes (the consortium's mean, which the model's scaling centres on)."""
+    from orchestrator.core.models import standardizer
+    from orchestrator.tracking.flavor import card
+
+    return card(plan.schema.features, plan.schema.classes, job.model.head,
+                standardizer(model).mean.detach().cpu().numpy())
 
 
 def input_example(plan: DataPlan) -> np.ndarray:

@@ -50,7 +50,7 @@ class MemoryRun:
     def history(self, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
         return {k: list(self._history.get(k, [])) for k in keys}
 
-    def log_model(self, model, input_example, registered_name: str | None) -> NoModel:
+    def log_model(self, model, rows, registered_name: str | None, card: dict) -> NoModel:
         return NoModel()
 
 

@@ -20,6 +20,7 @@ _log = logging.getLogger("consortium.tracking")
 RETRY_S = float(os.environ.get("CONSORTIUM_TRACKING_RETRY_S", "300"))
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars on our console
 # MLflow logs its schema migrations at INFO on a new store; the console is ours (CONSORTIUM_VERBOSE=1 shows them)
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if os.environ.get("CONSORTIUM_VERBOSE") == "1" else "WARNING")
 
@@ -139,28 +140,27 @@ class TrackedRun:
     def history(self, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
         return {k: [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, k)] for k in keys}
 
-    def log_model(self, model, input_example, registered_name: str | None) -> ModelRecord:
-        """Log with signature, input example and explicit requirements (fast); register if named."""
+    def log_model(self, model, rows, registered_name: str | None, card: dict) -> ModelRecord:
+        """Log the model (tracking.flavor: raw columns by name in, class and probabilities out) with
+        its column signature, an input example of raw rows and explicit requirements (fast);
+        register it if named."""
         import numpy as np
         import torch
-        import mlflow.pytorch
-        from mlflow.models import infer_signature
+        from mlflow.models import Model
 
-        model = model.eval()
-        with torch.no_grad():
-            output = model(torch.as_tensor(input_example)).numpy()
-        signature = infer_signature(np.asarray(input_example), output)
+        from orchestrator.tracking import flavor
+
+        signature, example = flavor.signature_and_example(card, rows)
         requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
-                        f"numpy=={np.__version__}"]
+                        f"numpy=={np.__version__}", f"pandas=={__import__('pandas').__version__}"]
         with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None), quiet_registry():
-            info = mlflow.pytorch.log_model(
-                model, name="model", input_example=input_example, signature=signature,
-                pip_requirements=requirements, registered_model_name=registered_name,
+            info = Model.log(
+                None, flavor, name="model", pytorch_model=model.eval(), card=card, signature=signature,
+                input_example=example, pip_requirements=requirements, registered_model_name=registered_name,
                 await_registration_for=0,
             )
         version = getattr(info, "registered_model_version", None)
         return ModelRecord(info.model_uri, registered_name, str(version) if version is not None else None)
-
 
     def register(self, model_uri: str, name: str) -> str:
         """Register a logged model under `name`; returns models:/NAME/VERSION."""
@@ -202,7 +202,14 @@ class Tracker:
                 exp = self.client.get_experiment_by_name(self.experiment)
                 if exp is not None:
                     return exp.experiment_id
-                return self.client.create_experiment(self.experiment, artifact_location=_artifact_root(self.uri))
+                try:
+                    return self.client.create_experiment(self.experiment, artifact_location=_artifact_root(self.uri))
+                except Exception:
+                    # another job created it a moment ago (a shared server has no lock of ours)
+                    exp = self.client.get_experiment_by_name(self.experiment)
+                    if exp is None:
+                        raise
+                    return exp.experiment_id
         except Exception as exc:  # unreachable server, unwritable file, bad scheme ...
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"tracking.uri {self.uri}", [f"cannot open the MLflow store: {first[:300]}"]) from None

@@ -1,0 +1,123 @@
+"""The logged model as a person uses it: a hospital's export in, the answer out.
+
+One MLflow model with two flavors:
+  pytorch          `mlflow.pytorch.load_model(URI)` gives the nn.Module (transfer learning, notebooks);
+  python_function  loaded by this module: raw feature columns by name in (unscaled: the model holds
+                   the consortium's scaling), `prediction` (the class label) and `probability_<class>`
+                   per class out; a regression model's `prediction` is in target units.
+The signature names every feature column, so MLflow's scoring server refuses a request that lacks
+one or holds text where a number belongs (HTTP 400). A missing value (null) is filled with the
+consortium's training mean of that column, the value the model was scaled around.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+CARD_KEY = "consortium"   # the MLmodel's metadata entry: features, classes, head, fill values
+
+
+def card(features, classes, head: str, fill) -> dict:
+    return {"features": [str(f) for f in features], "classes": [str(c) for c in classes], "head": head,
+            "fill": [float(v) for v in np.asarray(fill, dtype=np.float64)]}
+
+
+def save_model(path, mlflow_model, pytorch_model, card: dict, signature=None, input_example=None,
+               pip_requirements=None, **kwargs) -> None:
+    """`mlflow.models.Model.log(flavor=this module)` calls this: the pytorch flavor as MLflow writes
+    it (traced from a tensor of the example rows: its pt2 format needs one), then the column
+    signature, the example as a table of named columns, this module as the python_function loader
+    and the card in the model's metadata."""
+    import mlflow.pytorch
+    from mlflow.models.utils import _save_example
+
+    tensor_example = input_example.to_numpy(dtype=np.float32)
+    mlflow.pytorch.save_model(pytorch_model, path, mlflow_model=mlflow_model, input_example=tensor_example,
+                              pip_requirements=pip_requirements)
+    for name in ("input_example.json", "serving_input_example.json"):
+        Path(path, name).unlink(missing_ok=True)
+    mlflow_model.signature = signature
+    _save_example(mlflow_model, input_example, path)
+    mlflow_model.flavors["python_function"]["loader_module"] = __name__
+    mlflow_model.metadata = {**(mlflow_model.metadata or {}), CARD_KEY: card}
+    mlflow_model.save(os.path.join(path, "MLmodel"))
+
+
+def signature_and_example(card: dict, rows: np.ndarray):
+    """The column signature and an input example of raw rows (a DataFrame, one column per feature)."""
+    import pandas as pd
+    from mlflow.models import infer_signature
+    from mlflow.types import ColSpec, DataType, Schema
+
+    example = pd.DataFrame(np.asarray(rows, dtype=np.float64), columns=card["features"])
+    inputs = Schema([ColSpec(DataType.double, f) for f in card["features"]])
+    outputs = infer_signature(example, Predictor(None, card).describe(len(example))).outputs
+    from mlflow.models import ModelSignature
+
+    return ModelSignature(inputs=inputs, outputs=outputs), example
+
+
+class Predictor:
+    """What the python_function flavor serves: a DataFrame of raw rows -> a DataFrame of answers."""
+
+    def __init__(self, net, card: dict):
+        self.net, self.card = net, card
+        self.features = card["features"]
+        self.classes = card["classes"]
+
+    def describe(self, n: int):
+        """An answer of the right shape (for the output signature)."""
+        import pandas as pd
+
+        if not self.classes:
+            return pd.DataFrame({"prediction": np.zeros(n)})
+        cols = {"prediction": [self.classes[0]] * n}
+        cols.update({f"probability_{c}": np.zeros(n) for c in self.classes})
+        return pd.DataFrame(cols)
+
+    def predict(self, model_input, params=None):
+        import pandas as pd
+        import torch
+
+        if not isinstance(model_input, pd.DataFrame):
+            model_input = pd.DataFrame(np.asarray(model_input), columns=self.features)
+        X = model_input[self.features].to_numpy(dtype=np.float32, na_value=np.nan)
+        fill = np.asarray(self.card["fill"], dtype=np.float32)
+        X = np.where(np.isnan(X), fill[None, :], X).astype(np.float32)
+        with torch.no_grad():
+            out = self.net(torch.as_tensor(X)).float()
+        if not self.classes:
+            return pd.DataFrame({"prediction": out[:, 0].numpy().astype(np.float64)}, index=model_input.index)
+        if self.card["head"] == "sigmoid":
+            p1 = torch.sigmoid(out[:, 0])
+            probs = torch.stack([1 - p1, p1], 1).numpy()
+        else:
+            probs = torch.softmax(out, 1).numpy()
+        answer = {"prediction": [self.classes[i] for i in probs.argmax(1)]}
+        answer.update({f"probability_{c}": probs[:, j].astype(np.float64) for j, c in enumerate(self.classes)})
+        return pd.DataFrame(answer, index=model_input.index)
+
+
+def _load_pyfunc(data_path, model_config=None) -> Predictor:
+    """MLflow's pyfunc loader hook: `data_path` is the model's data/ folder."""
+    import mlflow.pytorch
+    from mlflow.models import Model
+
+    root = Path(data_path).parent
+    meta = Model.load(str(root / "MLmodel")).metadata or {}
+    return Predictor(mlflow.pytorch.load_model(str(root), map_location="cpu"), meta[CARD_KEY])
+
+
+def check_columns(frame, features: list[str], where: str) -> list[str]:
+    """What is wrong with the columns of a batch of rows (MLflow ignores extra columns silently:
+    a misnamed column would then be reported as a missing one, or not at all)."""
+    problems = []
+    missing = [f for f in features if f not in frame.columns]
+    extra = [str(c) for c in frame.columns if c not in set(features)]
+    if missing:
+        problems.append(f"{where}: missing column(s) {missing}")
+    if extra:
+        problems.append(f"{where}: column(s) the model does not know {extra} (expected exactly: {features})")
+    return problems

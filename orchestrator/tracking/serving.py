@@ -1,0 +1,142 @@
+"""`consortium serve` and `consortium predict`: a registered model answers rows of a hospital's export.
+
+`serve` runs MLflow's scoring server (`/invocations`, `/ping`, `/health`, `/version`: the same app
+`mlflow models serve --env-manager local` runs) in this environment, on 127.0.0.1 by default, with
+one check more than MLflow makes: a column the model does not know is refused (MLflow drops it
+silently, so a misspelt column would be served as if it were missing data). Bad rows get a 400 with
+the reason, never a 500.
+
+`predict` writes the answers next to the rows: ROWS.predictions.csv, every input column followed by
+`prediction` and, for a classifier, `probability_<class>` per class.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from orchestrator.spec.errors import UserError
+
+
+def _open(model_uri: str, tracking_uri: str, info_only: bool = False):
+    """The loaded pyfunc model (or, with info_only, only its MLmodel: quick, no torch)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        if info_only:
+            return mlflow.models.get_model_info(model_uri)
+        return mlflow.pyfunc.load_model(model_uri)
+    except Exception as exc:  # noqa: BLE001 - a wrong name/version/run: said plainly, exit 2
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise UserError(model_uri, [f"cannot load the model from {tracking_uri}: {first} "
+                                    "(`consortium models` lists the registered ones)"]) from None
+
+
+def _features(model) -> list[str] | None:
+    schema = model.metadata.get_input_schema()
+    return schema.input_names() if schema is not None and schema.has_input_names() else None
+
+
+class StrictModel:
+    """The loaded model as the scoring server sees it, refusing columns it does not know (400)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.metadata = model.metadata
+        self.features = _features(model)
+
+    def predict(self, data, params=None):
+        import pandas as pd
+        from mlflow.exceptions import MlflowException
+
+        from orchestrator.tracking.flavor import check_columns
+
+        if self.features is not None and isinstance(data, pd.DataFrame):
+            problems = check_columns(data, self.features, "request")
+            if problems:
+                raise MlflowException.invalid_parameter_value("; ".join(problems))
+        return self.model.predict(data, params=params)
+
+
+def scoring_app(model_uri: str, tracking_uri: str):
+    from mlflow.pyfunc import scoring_server
+
+    return scoring_server.init(StrictModel(_open(model_uri, tracking_uri)))
+
+
+def serve(model_uri: str, tracking_uri: str | None, host: str, port: int, log=print) -> None:
+    from orchestrator.jobs.runtime import stop_on_sigterm
+    from orchestrator.tracking.store import resolve_uri
+    from orchestrator.tracking.ui import _port_free, stop, wait_healthy
+
+    uri = resolve_uri(tracking_uri)
+    _open(model_uri, uri, info_only=True)  # a wrong URI is exit 2 here, not a dead child
+    if not _port_free(port, host):
+        raise UserError("--port", [f"{host}:{port} is in use: pick another with --port"])
+    stop_on_sigterm()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    cmd = [sys.executable, "-m", "orchestrator.tracking.serving", model_uri, host, str(port)]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    try:
+        wait_healthy(port, proc, timeout=120, what=f"the model server for {model_uri}", host=host)
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        log(f"serving {model_uri} (up in {time.monotonic() - t0:.1f} s)\n"
+            f"  POST http://{shown}:{port}/invocations  (JSON {{\"dataframe_split\": {{\"columns\": [...], "
+            f"\"data\": [[...]]}}}} or CSV)\nCtrl-C stops it.")
+        proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop(proc)
+
+
+def predict(model_uri: str, rows: Path, out: Path | None, tracking_uri: str | None) -> tuple[Path, int]:
+    import numpy as np
+    import pandas as pd
+
+    from orchestrator.tracking.flavor import check_columns
+    from orchestrator.tracking.store import resolve_uri
+
+    if not rows.is_file():
+        raise UserError(str(rows), ["no such file: expected a CSV of rows with the model's feature columns"])
+    try:
+        frame = pd.read_csv(rows)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(str(rows), [f"not a readable CSV: {str(exc).splitlines()[0][:200]}"]) from None
+    model = _open(model_uri, resolve_uri(tracking_uri))
+    features = _features(model)
+    if features is not None:
+        problems = check_columns(frame, features, str(rows))
+        if problems:
+            raise UserError(str(rows), problems)
+        for col in features:
+            values = pd.to_numeric(frame[col], errors="coerce")
+            bad = values.isna() & frame[col].notna()
+            if bad.any():
+                i = int(np.flatnonzero(bad.to_numpy())[0])
+                raise UserError(str(rows), [f"column '{col}', row {i + 2}: {frame[col].iloc[i]!r} is not a number"])
+            frame[col] = values.astype("float64")
+    answers = model.predict(frame[features] if features else frame)
+    out = out or rows.with_name(rows.stem + ".predictions.csv")
+    pd.concat([frame.reset_index(drop=True), pd.DataFrame(answers).reset_index(drop=True)], axis=1).to_csv(out, index=False)
+    return out, len(frame)
+
+
+def _main() -> None:
+    """The server process `serve` starts: MLflow's scoring app under uvicorn."""
+    import logging
+
+    import uvicorn
+
+    model_uri, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    app = scoring_app(model_uri, os.environ["MLFLOW_TRACKING_URI"])
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+if __name__ == "__main__":
+    _main()
