@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -70,7 +71,8 @@ def run(config: str = typer.Argument(..., help="Job YAML file"),
 def submit(config: str = typer.Argument(..., help="Job YAML file"),
            overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
            address: str = typer.Option(..., help="Ray dashboard/job server, e.g. http://127.0.0.1:8265"),
-           python: str = typer.Option("python", help="Python on the cluster that has Consortium installed"),
+           python: str = typer.Option("auto", help="Python on the cluster that has Consortium's packages "
+                                                   "(auto: the one that runs the head's Ray)"),
            wait: bool = typer.Option(True, help="Stream the job's logs and exit with its status.")) -> None:
     """Submit a job to a running Ray cluster (`ray job submit` semantics)."""
     try:
@@ -168,6 +170,59 @@ def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1"),
         serve(tracking_uri, port, log=lambda m: out.print(m, highlight=False))
     except UserError as exc:
         fail_user(exc)
+
+
+@app.command()
+def server(backend_store_uri: Optional[str] = typer.Option(
+               None, help="Database for runs and models, e.g. postgresql://USER:PASSWORD@HOST:5432/mlflow "
+                          "(default: sqlite:///./mlruns.db)"),
+           artifacts: str = typer.Option("mlartifacts", help="Where the server keeps artifacts: a directory, "
+                                                             "or s3://BUCKET/PATH"),
+           host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)"),
+           port: int = typer.Option(5000, help="Port"),
+           workers: int = typer.Option(2, help="Server worker processes"),
+           allowed_hosts: Optional[str] = typer.Option(
+               None, help="Host headers to answer, comma-separated, e.g. 'mlflow.example.org,mlflow:5000' "
+                          "(default: MLflow's, loopback and private IP addresses)"),
+           log_file: Path = typer.Option(Path("mlflow-server.log"), "--log", help="Where the server's own log goes"),
+           verbose: bool = typer.Option(False, help="The server's own log on the console instead")) -> None:
+    """Start a team's MLflow tracking server (database store, served artifacts); Ctrl-C stops it."""
+    from orchestrator.tracking.ui import serve_tracking
+
+    try:
+        serve_tracking(backend_store_uri, artifacts, host, port, workers, allowed_hosts,
+                       None if verbose else log_file.resolve(), log=lambda m: out.print(m, highlight=False))
+    except UserError as exc:
+        fail_user(exc)
+
+
+@app.command()
+def serve(model_uri: str = typer.Argument(..., help="models:/NAME/VERSION (or runs:/RUN_ID/model)"),
+          host: str = typer.Option("127.0.0.1", help="Address to listen on"),
+          port: int = typer.Option(5001, help="Port"),
+          tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP)) -> None:
+    """Serve a logged model over HTTP (MLflow's scoring server, this environment); Ctrl-C stops it."""
+    from orchestrator.tracking.serving import serve as serve_model
+
+    try:
+        serve_model(model_uri, tracking_uri, host, port, log=lambda m: out.print(m, highlight=False))
+    except UserError as exc:
+        fail_user(exc)
+
+
+@app.command()
+def predict(model_uri: str = typer.Argument(..., help="models:/NAME/VERSION (or runs:/RUN_ID/model)"),
+            rows: Path = typer.Argument(..., help="CSV of rows with the model's feature columns (raw values)"),
+            output: Optional[Path] = typer.Option(None, "--out", help="Where to write (default: ROWS.predictions.csv)"),
+            tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP)) -> None:
+    """Predict rows of a CSV: each row with its class and per-class probability (regression: the value)."""
+    from orchestrator.tracking.serving import predict as predict_rows
+
+    try:
+        written, n = predict_rows(model_uri, rows, output, tracking_uri)
+    except UserError as exc:
+        fail_user(exc)
+    out.print(f"wrote {written} ({n} rows)", highlight=False)
 
 
 def _federation() -> None:

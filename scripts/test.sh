@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up .venv (idempotent) and run the whole suite: unit tests, real Ray/Flower/MLflow integration
-# tests, the federation across network namespaces (Debian's tcpdump) and the browser test of the
-# MLflow UI (Debian's chromium); both are installed here when missing.
+# tests, the federation across network namespaces (Debian's tcpdump), the team's tracking server on
+# a real PostgreSQL (Debian's postgresql) and the browser test of the MLflow UI (Debian's chromium);
+# all three are installed here when missing.
 # Screenshots of the UI land in tests/artifacts/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,14 @@ if ! command -v chromium >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get install -y -q chromium >/dev/null 2>&1 \
     || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q chromium >/dev/null; }
+fi
+# The team-server test runs a real PostgreSQL (Debian's postgresql: initdb into a temp dir, on 127.0.0.1).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -q postgresql >/dev/null 2>&1 \
+    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q postgresql >/dev/null; } \
+    || echo "test.sh: postgresql could not be installed" >&2
 fi
 # The multi-host federation test reads the wire with Debian's tcpdump.
 if ! command -v tcpdump >/dev/null 2>&1; then
