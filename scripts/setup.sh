@@ -9,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV=${VENV:-.venv}
+# Extras to install: the test tools by default; the container image (deploy/docker) sets none.
+EXTRAS=${CONSORTIUM_EXTRAS-test}
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 LOCK="$ROOT/requirements.lock"
@@ -28,7 +30,7 @@ OVR=$(mktemp)
 trap 'rm -f "$OVR"' EXIT
 echo "certifi==2026.10.18" > "$OVR"
 "$VENV/bin/uv" pip install -q --compile-bytecode --python "$VENV/bin/python" --override "$OVR" \
-  "${CONSTRAINTS[@]}" "torch==2.13.0" -e ".[test]"
+  "${CONSTRAINTS[@]}" "torch==2.13.0" -e ".${EXTRAS:+[$EXTRAS]}"
 # Bytecode for everything installed, once: uv writes none unless asked, and where
 # PYTHONDONTWRITEBYTECODE is set (CI images, containers) Python never caches it either, so every
 # process (each Ray worker too) compiled mlflow, ray and flwr from source, ~10 s per `consortium run`.
@@ -45,9 +47,14 @@ import importlib.metadata as md
 import re
 import sys
 
+import os
+
 import torch
 
-assert torch.__version__.endswith("+cpu") or not any(
+# CONSORTIUM_GPU=1 (the CUDA image, deploy/docker): torch 2.13.0's CUDA build, whose nvidia-* and
+# triton wheels torch itself pins exactly; everything else must still match the lock.
+gpu = os.environ.get("CONSORTIUM_GPU") == "1"
+assert gpu or torch.__version__.endswith("+cpu") or not any(
     (d.metadata["Name"] or "").startswith("nvidia-") for d in md.distributions()), torch.__version__
 if sys.argv[2] != "1":
     norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
@@ -60,6 +67,8 @@ if sys.argv[2] != "1":
     for d in md.distributions():
         name = norm(d.metadata["Name"] or "")
         if name in ("consortium", "pip") or not name:  # pip comes with the interpreter
+            continue
+        if gpu and (name.startswith("nvidia-") or name in ("triton", "cuda-bindings", "cuda-pathfinder")):
             continue
         version = d.version.split("+")[0]
         if lock.get(name) != version:

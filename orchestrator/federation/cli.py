@@ -87,22 +87,38 @@ def superlink(certs_dir: Optional[Path] = typer.Option(None, "--certs", help="Di
 
 
 @fed_app.command("register")
-def register_cmd(public_key: Path = typer.Argument(..., help="A hospital's NAME.pub"),
+def register_cmd(public_keys: list[Path] = typer.Argument(..., help="Hospitals' NAME.pub files (one or more)"),
                  superlink_address: str = typer.Option(..., "--superlink", help="HOST:PORT of the SuperLink"),
                  ca: Path = typer.Option(..., help="The consortium's ca.pem"),
-                 name: Optional[str] = typer.Option(None, help="The hospital's name (default: the key's file name)")) -> None:
-    """Admit a hospital: register its public key with the SuperLink."""
+                 name: Optional[str] = typer.Option(None, help="The hospital's name, for one key "
+                                                                "(default: each key's file name)"),
+                 wait: float = typer.Option(0.0, help="Seconds to wait for the SuperLink to answer (0: no wait)")) -> None:
+    """Admit hospitals: register their public keys with the SuperLink."""
+    import time
+
     from orchestrator.federation.flower import Link, register
 
-    if not public_key.is_file():
-        _user_error(str(public_key), "no such file: expected a hospital's OpenSSH public key (NAME.pub)")
+    if name and len(public_keys) > 1:
+        _user_error("--name", "names one hospital: give one key with it (each key's file name names its hospital)")
+    for key in public_keys:
+        if not key.is_file():
+            _user_error(str(key), "no such file: expected a hospital's OpenSSH public key (NAME.pub)")
     link = Link(superlink_address, ca)
-    try:
-        link.check()
-        node = register(link, public_key, name or public_key.stem)
-    except Exception as exc:  # noqa: BLE001 - said plainly, exit 2
-        _user_error(str(public_key), str(exc))
-    _say(f"registered {public_key.stem} as node {node}")
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            link.check()
+            break
+        except Exception as exc:  # noqa: BLE001 - said plainly, exit 2
+            if time.monotonic() >= deadline:
+                _user_error(superlink_address, str(exc))
+            time.sleep(1.0)
+    for key in public_keys:
+        try:
+            node = register(link, key, name or key.stem)
+        except Exception as exc:  # noqa: BLE001
+            _user_error(str(key), str(exc))
+        _say(f"registered {key.stem} as node {node}")
 
 
 @fed_app.command()
