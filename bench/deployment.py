@@ -12,6 +12,10 @@ turn, side by side, on the same SuperNodes:
   consortium  `consortium run configs/heart_disease_sites.yaml` with federated.engine: deployment
               (census, schema agreed from the hospitals, pooled metrics, MLflow, the model logged)
 
+each on SuperNodes whose ClientApp processes start as Flower starts them (a fresh `flwr-clientapp`
+per message: CONSORTIUM_WARM_CLIENTAPP=0) and as Consortium starts them (forked warm from a zygote
+that imported torch and Flower once: orchestrator/federation/zygote.py).
+
 A round is the time between two round ends as the ServerApp saw them (the minimal app prints them,
 ours logs `time/round_end_s`), median over rounds 2..N; memory is the peak RSS of a SuperNode's
 whole process tree (its ClientApp processes included). Also reported: the same job's simulated
@@ -231,29 +235,42 @@ def main(rounds: int = 4, repeats: int = 1) -> dict:
     prepare_environment()
     job = load_job(ROOT / "configs/heart_disease_sites.yaml", [f"data.path={ROOT / 'configs/data/heart_disease'}"])
     work = Path(tempfile.mkdtemp(prefix="bench-deployment-"))
-    res: dict = {"rounds": rounds, "repeats": repeats, "minimal": [], "consortium": [], "simulation": []}
-    with local_federation(job, work / "federation") as fed:
-        rss = TreeRSS([d.proc.pid for d in fed.nodes.values()])
-        rss.start()
-        for _ in range(repeats):  # interleaved: both contenders see the same machine load
-            res["minimal"].append(per_round(run_minimal(fed, rounds, work)))
-            res["consortium"].append(per_round(run_consortium(fed, rounds, work)))
-        rss.done.set()
-        res["supernode_peak_rss_mib"] = max(rss.peak.values()) / 2**20
+    res: dict = {"rounds": rounds, "repeats": repeats, "simulation": []}
+    # The same two apps on SuperNodes as Flower starts them (a fresh flwr-clientapp process per
+    # message) and as Consortium starts them (federation.zygote: each message's process forked warm).
+    for mode, flag in (("stock", "0"), ("warm", "1")):
+        os.environ["CONSORTIUM_WARM_CLIENTAPP"] = flag
+        (work / mode).mkdir(parents=True, exist_ok=True)
+        res[f"minimal_{mode}"], res[f"consortium_{mode}"] = [], []
+        with local_federation(job, work / f"federation-{mode}") as fed:
+            rss = TreeRSS([d.proc.pid for d in fed.nodes.values()])
+            rss.start()
+            for _ in range(repeats):  # interleaved: both apps see the same machine load
+                res[f"minimal_{mode}"].append(per_round(run_minimal(fed, rounds, work / mode)))
+                res[f"consortium_{mode}"].append(per_round(run_consortium(fed, rounds, work / mode)))
+            rss.done.set()
+            res[f"supernode_peak_rss_mib_{mode}"] = max(rss.peak.values()) / 2**20
+    os.environ.pop("CONSORTIUM_WARM_CLIENTAPP")
+    (work / "sim").mkdir()
     for _ in range(repeats):
-        res["simulation"].append(per_round(run_consortium(None, rounds, work, "simulation")))
-    m, c, s = (statistics.median(res[k]) for k in ("minimal", "consortium", "simulation"))
-    res.update(minimal_s=m, consortium_s=c, simulation_s=s, ratio=c / m)
+        res["simulation"].append(per_round(run_consortium(None, rounds, work / "sim", "simulation")))
+    med = {k: statistics.median(v) for k, v in res.items() if isinstance(v, list)}
+    res.update({f"{k}_s": v for k, v in med.items()})
+    m = med["minimal_stock"]
+    res["ratio"] = med["consortium_warm"] / m
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "deployment.json").write_text(json.dumps(res, indent=2))
+    rows = [("minimal PyTorch Flower App, Flower's per-message processes", "minimal_stock"),
+            ("consortium (deployment engine), Flower's per-message processes", "consortium_stock"),
+            ("minimal PyTorch Flower App, warm ClientApp processes", "minimal_warm"),
+            ("consortium (deployment engine), warm ClientApp processes (default)", "consortium_warm"),
+            ("consortium, same job simulated", "simulation")]
     md = (f"Deployed round, heart disease (4 real hospitals, one SuperNode each, TLS + authentication, "
           f"loopback), {rounds} rounds, median over rounds 2..{rounds} and {repeats} repeat(s).\n\n"
-          "| contender | seconds per round | vs minimal |\n|---|---|---|\n"
-          f"| minimal PyTorch Flower App | {m:.2f} | 1.00x |\n"
-          f"| consortium (deployment engine) | {c:.2f} | {c / m:.2f}x |\n"
-          f"| consortium, same job simulated | {s:.2f} | {s / m:.2f}x |\n\n"
-          f"Peak RSS of one SuperNode's process tree (its ClientApp processes included): "
-          f"{res['supernode_peak_rss_mib']:.0f} MiB.\n")
+          "| contender | seconds per round | vs minimal (stock) |\n|---|---|---|\n"
+          + "".join(f"| {label} | {med[k]:.2f} | {med[k] / m:.2f}x |\n" for label, k in rows)
+          + f"\nPeak RSS of one SuperNode's process tree (its ClientApp processes included): "
+          f"{res['supernode_peak_rss_mib_stock']:.0f} MiB stock, {res['supernode_peak_rss_mib_warm']:.0f} MiB warm.\n")
     (RESULTS / "deployment.md").write_text(md)
     print(md)
     return res

@@ -29,8 +29,8 @@ def _subreaper() -> None:
         pass
 
 
-def _reap_orphans() -> None:
-    """Stop the processes an attempt left behind (reparented to us as its subreaper)."""
+def _reap_orphans(keep: int | None = None) -> None:
+    """Stop the processes an attempt left behind (reparented to us as its subreaper), but `keep`."""
     me = os.getpid()
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if not entry.isdigit():
@@ -40,7 +40,7 @@ def _reap_orphans() -> None:
                 ppid = int(f.read().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == me:
+        if ppid == me and int(entry) != keep:
             try:
                 os.kill(int(entry), signal.SIGKILL)
                 os.waitpid(int(entry), 0)
@@ -48,11 +48,55 @@ def _reap_orphans() -> None:
                 pass
 
 
+def _warm_clientapps(env: dict) -> subprocess.Popen | None:
+    """The zygote that forks this node's ClientApp processes warm (federation.zygote); the
+    SuperNode finds its `flwr-clientapp` shim first on PATH."""
+    if os.environ.get("CONSORTIUM_WARM_CLIENTAPP", "1") == "0":
+        return None
+    from pathlib import Path
+
+    from orchestrator.federation import zygote
+
+    home = os.environ.get("FLWR_HOME")  # the node's state/flwr-home (federation.daemons)
+    sock = zygote.socket_path(Path(home).parent if home else None)
+    bin_dir = Path(sock).parent / "bin"
+    zygote.install_shim(bin_dir, sock)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.federation.zygote", sock])
+
+
 def main(argv: list[str]) -> int:
     _subreaper()
     wait = float(os.environ.get("CONSORTIUM_REJOIN_WAIT_S", "300"))
     deadline = time.monotonic() + wait
     current: dict = {}
+    env = dict(os.environ)
+    warm = _warm_clientapps(env)
+    try:
+        return _attempts(argv, env, deadline, current, warm)
+    finally:
+        if warm is not None:
+            import shutil
+
+            warm.terminate()
+            try:
+                warm.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                warm.kill()
+            _reap_orphans()
+            _forget(warm)
+
+
+def _forget(warm: subprocess.Popen) -> None:
+    """The zygote's folder, if it made one in /tmp (one beside the node's state is kept)."""
+    folder = os.path.dirname(warm.args[-1])
+    if os.path.basename(folder).startswith("czy-"):
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _attempts(argv: list[str], env: dict, deadline: float, current: dict, warm: subprocess.Popen | None) -> int:
 
     def stop(signum, _frame):
         proc = current.get("proc")
@@ -63,6 +107,8 @@ def main(argv: list[str]) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
         _reap_orphans()
+        if warm is not None:
+            _forget(warm)
         sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
@@ -70,7 +116,7 @@ def main(argv: list[str]) -> int:
     attempt = 0
     while True:
         attempt += 1
-        proc = current["proc"] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = current["proc"] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         seen = {"refused": False}
 
         def relay(stream=proc.stdout):  # passed through to our log, read for the refusal
@@ -82,7 +128,7 @@ def main(argv: list[str]) -> int:
         reader = threading.Thread(target=relay, daemon=True)
         reader.start()
         code = proc.wait()
-        _reap_orphans()  # its SuperExec, if it outlived the node (it holds the pipe open)
+        _reap_orphans(keep=warm.pid if warm is not None else None)  # its SuperExec, if it outlived the node
         reader.join(timeout=10)
         refused = seen["refused"]
         if code == 0 or not refused or time.monotonic() > deadline:

@@ -1,7 +1,7 @@
 """A federation across hosts: network namespaces (`ip netns`, veth pairs) for a coordinator and three
 hospitals, each hospital's CSV in a directory only its own SuperNode is given, TLS over the links.
 
-One federated job of 3 rounds carries the drills: a fourth SuperNode whose key was never
+One federated job of 4 rounds carries the drills: a fourth SuperNode whose key was never
 registered is refused while the others train; a hospital is killed in the middle of round 2 and
 restarted, the round goes on without it (the failure counted) and it answers again afterwards;
 the wire carries no protocol text in the clear. Hospitals without the consortium's CA (or with
@@ -116,15 +116,17 @@ def test_three_hospitals_on_their_own_hosts_federate_over_tls_and_survive_an_int
         submit = subprocess.Popen(
             _cli(coord, "run", str(CONFIGS / "heart_disease_sites.yaml"), "federated.engine=deployment",
                  f"federated.superlink=127.0.0.1:{PORT}", f"federated.root_certificates={certs.ca}",
-                 "federated.num_clients=3", "federated.rounds=3", "federated.round_timeout_s=45",
+                 "federated.num_clients=3", "federated.rounds=4", "federated.round_timeout_s=45",
                  "data.path=/nonexistent/the-hospitals-hold-the-data", f"tracking.uri={uri}",
                  "tracking.experiment=multihost", "--json", env=env),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
         lines = []
         killed = False
+        t_start = time.monotonic()
         for line in submit.stdout:
             lines.append(line)
-            if "round 1/3" in line and not killed:
+            print(f"[{time.monotonic() - t_start:6.1f}s] {line}", end="")  # seen with -s
+            if "round 1/4" in line and not killed:
                 _kill_while_training(nodes[1])  # hospital 1 crashes in round 2 ...
                 nodes[1] = node(1, certs.hospitals[SITES[1]][0], SITES[1], 1)  # ... and is restarted
                 daemons.append(nodes[1])
@@ -153,7 +155,9 @@ def test_three_hospitals_on_their_own_hosts_federate_over_tls_and_survive_an_int
     assert "Failed to activate" in intruder.log.read_text() or not intruder.alive()
     # the crash: round 2 trained without hospital 1, counted as a failure; it answered again later
     assert history("train/failures")[2] >= 1 and history("train/hospitals")[2] == 2
-    assert history("train/hospitals")[3] == 3 and history("eval/hospitals")[3] == 3
+    # (back once the SuperLink has given up its old connection, ~60 s: round 3 or 4 with warm rounds)
+    assert history("train/hospitals")[4] == 3 and history("eval/hospitals")[4] == 3, \
+        nodes[1].log.read_text()[-4000:]
     assert history("train/hospitals")[1] == 3
     # TLS on the wire: hospital 0's link carried traffic, none of Flower's or our protocol in clear
     if capture is None:
