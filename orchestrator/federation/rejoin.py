@@ -76,8 +76,6 @@ def main(argv: list[str]) -> int:
         return _attempts(argv, env, deadline, current, warm)
     finally:
         if warm is not None:
-            import shutil
-
             warm.terminate()
             try:
                 warm.wait(timeout=10)
