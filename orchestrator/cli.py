@@ -225,6 +225,31 @@ def predict(model_uri: str = typer.Argument(..., help="models:/NAME/VERSION (or 
     out.print(f"wrote {written} ({n} rows)", highlight=False)
 
 
+@app.command()
+def init(name: str = typer.Argument(..., help="The job's name; writes NAME.yaml"),
+         data: Optional[Path] = typer.Option(None, help="A CSV, or a directory with one CSV per hospital "
+                                                        "(default: the bundled breast-cancer demo)"),
+         target: Optional[str] = typer.Option(None, help="The label column (default: guessed from its name)"),
+         directory: Path = typer.Option(Path("."), "--dir", help="Where to write NAME.yaml"),
+         force: bool = typer.Option(False, help="Replace an existing NAME.yaml")) -> None:
+    """Write a starting job YAML for your data (checked before it is kept), then `consortium run NAME.yaml`."""
+    from orchestrator.jobs.starter import write_starter
+
+    try:
+        path, what = write_starter(name, data, target, directory, force)
+    except UserError as exc:
+        fail_user(exc)
+    out.print(f"[green]wrote[/] {path}: {what}\n  next: consortium run {path}", highlight=False)
+
+
+@app.command()
+def schema() -> None:
+    """Print the job spec as JSON Schema (for editors: `consortium schema > consortium.schema.json`)."""
+    from orchestrator.spec.reference import schema as job_schema
+
+    sys.stdout.write(job_schema())
+
+
 def _federation() -> None:
     from orchestrator.federation.cli import fed_app
 

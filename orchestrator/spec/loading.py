@@ -16,8 +16,15 @@ from strategies.registry import STRATEGIES, owners
 
 def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
     """Read a job YAML, apply `key.sub=value` overrides, validate. Raises ConfigError."""
-    source = str(path)
-    raw = read_yaml(path)
+    return load_raw(read_yaml(path), str(path), overrides)
+
+
+def load_raw(raw: dict[str, Any], source: str = "config",
+             overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
+    """A job given as a dict (the YAML's content), with overrides, validated. Raises ConfigError."""
+    import copy
+
+    raw = copy.deepcopy(raw)
     problems: list[str] = []
     for item in overrides:
         try:

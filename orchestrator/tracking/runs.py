@@ -69,3 +69,10 @@ def model_versions(uri: str) -> list[dict]:
             rows.append({"name": model.name, "version": int(v.version), "run_id": v.run_id, "status": v.status,
                          "created": v.creation_timestamp})
     return sorted(rows, key=lambda r: (r["name"], -r["version"]))
+
+
+def pooled_history(uri: str, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """Every pooled metric's history from a run (per-hospital series and timings stay in MLflow)."""
+    client = MlflowClient(uri)
+    keys = [k for k in client.get_run(run_id).data.metrics if not k.startswith(("hospital_", "time/"))]
+    return {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in sorted(keys)}

@@ -1,0 +1,92 @@
+"""Consortium from Python: the jobs of the `consortium` command, for notebooks and scripts.
+
+    from orchestrator import run, validate
+
+    job = validate("configs/hospitals_fedavg.yaml", overrides=["federated.rounds=5"])
+    result = run("configs/hospitals_fedavg.yaml", overrides=["federated.rounds=5"])
+    result.final["central/accuracy"]          # final metrics
+    result.history["eval/accuracy"]           # [(round, value), ...]
+    result.model_uri, result.registered       # runs:/.../model, models:/NAME/VERSION
+
+A job is a YAML path, a dict of the YAML's content, or a JobSpec. Mistakes raise
+`orchestrator.UserError` (ConfigError for the YAML, DataError for the data), whose message names
+every offending key or file; nothing is created in MLflow then. A job that fails after it started
+raises its exception, with its MLflow run marked FAILED and what was logged kept.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+from orchestrator.spec.errors import ConfigError, DataError, UserError  # noqa: F401 - re-exported
+from orchestrator.spec.job import JobSpec
+
+__all__ = ["run", "validate", "load", "RunResult", "UserError", "ConfigError", "DataError"]
+
+Job = Union[str, Path, dict, JobSpec]
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    experiment: str
+    tracking_uri: str
+    final: dict[str, float]
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # per round / epoch
+    model_uri: str | None = None
+    registered: str | None = None        # models:/NAME/VERSION
+    wall_s: float = 0.0
+
+    def values(self, key: str) -> list[float]:
+        """One metric's values in step order (e.g. to plot `eval/accuracy` per round)."""
+        return [v for _, v in sorted(self.history.get(key, []))]
+
+
+def load(job: Job, overrides: list[str] | None = None) -> JobSpec:
+    from orchestrator.spec.loading import dump_yaml, load_job, load_raw
+
+    if isinstance(job, JobSpec):
+        if not overrides:
+            return job
+        import yaml
+
+        return load_raw(yaml.safe_load(dump_yaml(job)), "job", overrides)
+    if isinstance(job, dict):
+        return load_raw(job, "job", overrides or [])
+    if not Path(job).is_file():
+        raise ConfigError(str(job), ["no such file: expected a job YAML (e.g. configs/hospitals_fedavg.yaml)"])
+    return load_job(job, overrides or [])
+
+
+def validate(job: Job, overrides: list[str] | None = None, data: bool = True) -> JobSpec:
+    """The validated job spec; with `data`, its data opened and split as `run` would (no run made)."""
+    spec = load(job, overrides)
+    if data and not (spec.kind == "federated" and spec.federated.engine == "deployment"):
+        from orchestrator.jobs.plan import plan_data
+
+        plan_data(spec)
+    return spec
+
+
+def run(job: Job, overrides: list[str] | None = None) -> RunResult:
+    """Run a job as `consortium run` does (tracked in MLflow, model registered) and return its result."""
+    spec = load(job, overrides)
+    from orchestrator.jobs.runtime import prepare_environment
+
+    prepare_environment()
+    if spec.kind == "federated" and spec.federated.engine == "deployment":
+        from orchestrator.federation.submit import run_deployed
+
+        result = run_deployed(spec, say=lambda line: None)
+    else:
+        from orchestrator.jobs.runner import run_job
+
+        result = run_job(spec)
+    history = dict(result.history)
+    if not history and spec.tracking.enabled:
+        from orchestrator.tracking.runs import pooled_history
+
+        history = pooled_history(result.tracking_uri, result.run_id)
+    return RunResult(result.run_id, result.experiment, result.tracking_uri, dict(result.final), history,
+                     result.model_uri, result.registered, result.wall_s)
