@@ -82,6 +82,13 @@ def submit(config: str = typer.Argument(..., help="Job YAML file"),
         code = submit_job(job, address, python=python, wait=wait, log=lambda m: out.print(m, highlight=False))
     except UserError as exc:
         fail_user(exc)
+    except Exception as exc:  # the cluster's job server failed us: say so, no traceback
+        from orchestrator.console import err
+
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        err.print(f"[bold red]consortium:[/] submitting to {address} failed: {type(exc).__name__}: {first}",
+                  highlight=False, markup=True, soft_wrap=True)
+        raise typer.Exit(1)
     raise typer.Exit(code)
 
 

@@ -103,11 +103,20 @@ def submit(job: JobSpec, address: str, python: str = "auto", wait: bool = True, 
                     sys.stdout.write(line)
             sys.stdout.flush()
 
-    asyncio.run(stream())
+    try:
+        asyncio.run(stream())
+    except Exception as exc:  # noqa: BLE001 - the log stream broke off (a job that ended at once): poll
+        log(f"(the job's log stream ended early: {type(exc).__name__}; waiting for its status)")
     status = client.get_job_status(job_id)
     while not status.is_terminal():
         time.sleep(0.5)
         status = client.get_job_status(job_id)
+    if not missing and status != JobStatus.SUCCEEDED:
+        try:  # the stream may have missed the check's line: the whole log has it
+            missing = [line[len(MISSING_MARK):].strip() for line in client.get_job_logs(job_id).splitlines()
+                       if line.startswith(MISSING_MARK)]
+        except Exception:  # noqa: BLE001 - only a better message is lost
+            pass
     if missing:
         interpreter, _, names = missing[0].partition(" ")
         raise UserError(f"Ray cluster {address}", [
