@@ -58,6 +58,9 @@ def cluster(tmp_path_factory):
     path = ":".join(p for p in os.environ["PATH"].split(":") if Path(p).resolve() != RAY.parent.resolve())
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": path}
     env.pop("VIRTUAL_ENV", None)
+    # nor the PYTHONPATH an in-process simulation earlier in this session exported (the driver's
+    # sys.path, venv included: with it, any Python on the cluster would find our packages)
+    env.pop("PYTHONPATH", None)
     # a user's multi-node cluster: not the loopback-only setting a local Consortium runtime uses
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
