@@ -76,13 +76,19 @@ def main(argv: list[str]) -> int:
         return _attempts(argv, env, deadline, current, warm)
     finally:
         if warm is not None:
-            warm.terminate()
-            try:
-                warm.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                warm.kill()
+            _end(warm)
             _reap_orphans()
             _forget(warm)
+
+
+def _end(proc: subprocess.Popen) -> None:
+    """SIGTERM, 10 s to exit, then SIGKILL."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def _forget(warm: subprocess.Popen) -> None:
@@ -97,13 +103,8 @@ def _forget(warm: subprocess.Popen) -> None:
 def _attempts(argv: list[str], env: dict, deadline: float, current: dict, warm: subprocess.Popen | None) -> int:
 
     def stop(signum, _frame):
-        proc = current.get("proc")
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if current.get("proc") is not None:
+            _end(current["proc"])
         _reap_orphans()
         if warm is not None:
             _forget(warm)
