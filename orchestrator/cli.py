@@ -13,11 +13,12 @@ from typing import Optional
 
 import typer
 
-from orchestrator.console import execute, fail_user, load, out, run_deployed_job
+from orchestrator.console import execute, fail_user, load, out, run_deployed_job, start_console
 from orchestrator.spec.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Federated and distributed deep learning from one YAML file, tracked in MLflow.")
+VERBOSE_HELP = ("Also show what MLflow, Flower and Ray say (always kept in the run as logs/console.txt).")
 OVERRIDES_HELP = "Dotted overrides with YAML values, e.g. federated.rounds=5 model.hidden=[128,64]"
 
 
@@ -46,24 +47,28 @@ def validate(config: str = typer.Argument(..., help="Job YAML file"),
 def run(config: str = typer.Argument(..., help="Job YAML file"),
         overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
         debug: bool = typer.Option(False, help="Show the full traceback when a job fails."),
-        json_out: bool = typer.Option(False, "--json", help="Also print the result as one JSON line.")) -> None:
+        json_out: bool = typer.Option(False, "--json", help="Also print the result as one JSON line."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the summary."),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP)) -> None:
     """Run a job: train, track every round/epoch in MLflow, register the model."""
     try:
         job = load(config, overrides)
+        start_console(quiet, verbose, json_out)
         from orchestrator.jobs.plan import plan_data
         from orchestrator.jobs.runtime import leave_submission_dir, prepare_environment
 
         prepare_environment()
         if job.kind == "federated" and job.federated.engine == "deployment":
-            run_deployed_job(job, debug, json_out)  # the hospitals hold the data, not this machine
+            run_deployed_job(job, debug, json_out, quiet)  # the hospitals hold the data, not this machine
             return
         leave_submission_dir()
         plan = plan_data(job)
     except UserError as exc:
         fail_user(exc)
-    out.print(f"[bold]consortium[/] {job.kind} job [cyan]{job.name}[/] "
-              f"({len(plan.hospitals) or 'pooled'} {'hospitals' if plan.hospitals else 'data'}) ...",
-              highlight=False)
+    if not quiet:
+        out.print(f"[bold]consortium[/] {job.kind} job [cyan]{job.name}[/] "
+                  f"({len(plan.hospitals) or 'pooled'} {'hospitals' if plan.hospitals else 'data'}) ...",
+                  highlight=False)
     execute(job, plan, debug, json_out=json_out)
 
 
@@ -96,9 +101,12 @@ def submit(config: str = typer.Argument(..., help="Job YAML file"),
 def resume(run_id: str = typer.Argument(..., help="MLflow run id of the interrupted job"),
            tracking_uri: Optional[str] = typer.Option(None, help="Store holding the run (default: as `run`)"),
            debug: bool = typer.Option(False, help="Show the full traceback when the job fails."),
-           json_out: bool = typer.Option(False, "--json", help="Also print the result as one JSON line.")) -> None:
+           json_out: bool = typer.Option(False, "--json", help="Also print the result as one JSON line."),
+           quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the summary."),
+           verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP)) -> None:
     """Continue an interrupted job from its last checkpoint, into the same MLflow run."""
     try:
+        start_console(quiet, verbose, json_out)
         from orchestrator.jobs.resume import load_interrupted
 
         job = load_interrupted(run_id, tracking_uri)
@@ -109,7 +117,8 @@ def resume(run_id: str = typer.Argument(..., help="MLflow run id of the interrup
         plan = plan_data(job)
     except UserError as exc:
         fail_user(exc)
-    out.print(f"[bold]consortium[/] resuming {job.kind} job [cyan]{job.name}[/] (run {run_id}) ...", highlight=False)
+    if not quiet:
+        out.print(f"[bold]consortium[/] resuming {job.kind} job [cyan]{job.name}[/] (run {run_id}) ...", highlight=False)
     execute(job, plan, debug, resume_run_id=run_id, json_out=json_out)
 
 
@@ -169,12 +178,16 @@ def models(tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP))
 
 @app.command()
 def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1"),
-       tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP)) -> None:
+       tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
+       verbose: bool = typer.Option(False, "--verbose", "-v", help="The UI server's own log on the console "
+                                                                  "(else .consortium/logs/mlflow-ui.log)")) -> None:
     """Start the MLflow UI on 127.0.0.1 for the configured store; Ctrl-C stops it and all it started."""
+    from orchestrator.jobs.runtime import consortium_home
     from orchestrator.tracking.ui import serve
 
     try:
-        serve(tracking_uri, port, log=lambda m: out.print(m, highlight=False))
+        serve(tracking_uri, port, log=lambda m: out.print(m, highlight=False, soft_wrap=True),
+              log_file=None if verbose else consortium_home() / "logs" / "mlflow-ui.log")
     except UserError as exc:
         fail_user(exc)
 

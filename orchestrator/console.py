@@ -7,6 +7,7 @@ Exit codes: 0 done; 2 a mistake in the YAML, an override or the data (nothing st
 from __future__ import annotations
 
 import os
+import re
 import sys
 import traceback
 
@@ -18,15 +19,23 @@ from orchestrator.spec.errors import UserError
 
 
 class _Console:
-    """rich output sized when printed: $COLUMNS wins; piped output gets 160 columns, not rich's 80."""
+    """rich output sized when printed: $COLUMNS wins; piped output gets 160 columns, not rich's 80.
+    Errors go to the terminal also while the libraries' output is captured (jobs.capture)."""
 
     def __init__(self, stderr: bool = False):
         self.stderr = stderr
 
+    def stream(self):
+        if self.stderr:
+            from orchestrator.jobs.capture import terminal
+
+            return terminal()
+        return sys.stdout
+
     def print(self, *args, **kwargs) -> None:
-        stream = sys.stderr if self.stderr else sys.stdout
+        stream = self.stream()
         width = int(os.environ.get("COLUMNS") or 0) or (None if stream.isatty() else 160)
-        Console(stderr=self.stderr, width=width).print(*args, **kwargs)
+        Console(file=stream, width=width).print(*args, **kwargs)
 
 
 out = _Console()
@@ -43,14 +52,64 @@ def load(config: str, overrides: list[str] | None):
     return load_job(config, overrides or [])
 
 
-def run_deployed_job(job, debug: bool, json_out: bool) -> None:
+def start_console(quiet: bool = False, verbose: bool = False, json_out: bool = False) -> None:
+    """What a job may say on this console: the libraries' output to the run's logs/console.txt
+    (also here with --verbose), progress live in a terminal, plain in a pipe, none with --quiet."""
+    from orchestrator.jobs import capture, progress
+    from orchestrator.jobs.runtime import consortium_home
+
+    verbose = verbose or os.environ.get("CONSORTIUM_VERBOSE") == "1"
+    if verbose:
+        os.environ["CONSORTIUM_VERBOSE"] = "1"
+    if capture.start(consortium_home(), verbose) is not None:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO")   # into the file, not onto the console
+    from orchestrator.display import LiveProgress, PlainProgress
+
+    if quiet:
+        progress.listen(None)
+    elif sys.stdout.isatty() and not json_out:
+        progress.listen(LiveProgress())
+    else:
+        progress.listen(PlainProgress())
+
+
+def end_progress() -> None:
+    """The live display gives the terminal back (before any message of ours)."""
+    from orchestrator.jobs import progress
+
+    progress.end()
+    progress.listen(None)
+
+
+def stop_console() -> None:
+    from orchestrator.jobs import capture
+
+    end_progress()
+    capture.stop()
+
+
+DEPLOYED_ROUND = re.compile(r"^round (\d+)/(\d+): (.*)$")
+
+
+def run_deployed_job(job, debug: bool, json_out: bool, quiet: bool = False) -> None:
     """federated.engine: deployment: submit to the SuperLink, stream its rounds, exit with its outcome."""
     from orchestrator.federation.submit import run_deployed
+    from orchestrator.jobs import progress
 
-    out.print(f"[bold]consortium[/] federated job [cyan]{job.name}[/] -> SuperLink {job.federated.superlink} ...",
-              highlight=False)
-    execute(job, None, debug, json_out=json_out,
-             start=lambda: run_deployed(job, say=lambda line: out.print(f"  {line}", highlight=False)))
+    if not quiet:
+        out.print(f"[bold]consortium[/] federated job [cyan]{job.name}[/] -> SuperLink {job.federated.superlink} ...",
+                  highlight=False)
+
+    def say(line: str) -> None:
+        m = DEPLOYED_ROUND.match(line)
+        if m and progress.listening():   # the ServerApp's round line: a progress step here
+            if int(m.group(1)) == 1:
+                progress.begin("round", int(m.group(2)), job.name)
+            progress.step("round", int(m.group(1)), int(m.group(2)), note=m.group(3))
+        elif not quiet:
+            out.print(f"  {line}", highlight=False)
+
+    execute(job, None, debug, json_out=json_out, start=lambda: run_deployed(job, say=say))
 
 
 def execute(job, plan, debug: bool, resume_run_id: str | None = None, json_out: bool = False, start=None) -> None:
@@ -62,24 +121,29 @@ def execute(job, plan, debug: bool, resume_run_id: str | None = None, json_out: 
 
         result = start() if start else run_job(job, plan, resume_run_id=resume_run_id)
     except UserError as exc:
+        end_progress()
         fail_user(exc)
     except KeyboardInterrupt:
         from orchestrator.jobs.runtime import quiet_after_interrupt
 
         quiet_after_interrupt()
+        end_progress()   # the capture stays on: dying threads of the runtime say nothing here
         err.print("[bold red]consortium:[/] interrupted; the MLflow run is marked KILLED, what was logged is kept")
         exit_interrupted()
     except Exception as exc:  # a failure after the run started: report it, keep the record
+        end_progress()
         if debug:
-            traceback.print_exc()
+            traceback.print_exc(file=err.stream())
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         cause = exc.__cause__ or exc.__context__
         extra = f" (caused by {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''})" if cause else ""
         err.print(f"[bold red]consortium:[/] job '{job.name}' failed: {type(exc).__name__}: {first}{extra}\n"
-                  f"  the MLflow run is marked FAILED and keeps what was logged; rerun with --debug for the traceback",
+                  f"  the MLflow run is marked FAILED and keeps what was logged (logs/console.txt: what the "
+                  f"libraries said); rerun with --debug for the traceback",
                   highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(1)
-    print_result(result)
+    stop_console()
+    print_result(result, job)
     if json_out:
         import dataclasses
         import json
@@ -104,20 +168,71 @@ def exit_interrupted() -> None:
     raise typer.Exit(130)
 
 
-def print_result(result) -> None:
-    table = Table(title="final metrics", show_header=True, header_style="bold")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k in sorted(result.final):
-        if k.endswith(("/failures", "/hospitals")) or k.startswith(("time/", "ray/")):
-            continue
-        table.add_row(k, f"{result.final[k]:.4f}")
-    out.print(table)
-    out.print(f"experiment  {result.experiment} (id {result.experiment_id})", highlight=False)
-    out.print(f"run id      {result.run_id}", highlight=False)
-    out.print(f"tracking    {result.tracking_uri}", highlight=False)
+SCOPE_ROWS = {"central": "the server's held-out rows", "eval": "the hospitals' / test rows",
+              "val": "validation rows", "personal": "personal models, at each hospital"}
+
+
+def print_result(result, job=None) -> None:
+    """The headline first (accuracy/F1/AUROC or MSE/R², central and federated), then where the run
+    is and the exact commands that come next; every other metric is in --json and in MLflow."""
+    from rich import box
+
+    from orchestrator.jobs.progress import headline
+
+    final = dict(result.final)
+    prefix = ""
+    if not headline(final) and any(k.startswith("best/") for k in final):   # a sweep: its best trial's
+        final, prefix = {k[5:]: v for k, v in final.items() if k.startswith("best/")}, "best trial, "
+    keys = headline(final)
+    names = list(dict.fromkeys(k.split("/", 1)[1] for k in keys))
+    table = Table(box=box.SIMPLE_HEAD, show_header=True, header_style="bold", pad_edge=False)
+    table.add_column("")
+    for name in names:
+        table.add_column(name, justify="right")
+    table.add_column("", style="dim")
+    for scope in dict.fromkeys(k.split("/", 1)[0] for k in keys):
+        table.add_row(scope, *(f"{final[f'{scope}/{n}']:.4f}" if f"{scope}/{n}" in final else "-" for n in names),
+                      prefix + SCOPE_ROWS.get(scope, ""))
+    if keys:
+        out.print(table)
+    rest = [k for k in result.final if k not in keys and not k.endswith(("/failures", "/hospitals"))
+            and not k.startswith(("time/", "ray/", "hospital_"))]
+    if rest:
+        out.print(f"[dim]{len(rest)} more metrics (--json, or the run in MLflow): "
+                  f"{', '.join(sorted(rest)[:6])}{', ...' if len(rest) > 6 else ''}[/]", highlight=False)
+    out.print(f"run         {result.run_id}  (experiment {result.experiment}, id {result.experiment_id})",
+              highlight=False)
     if result.registered:
         out.print(f"model       {result.registered}", highlight=False)
     elif result.model_uri:
         out.print(f"model       {result.model_uri}", highlight=False)
     out.print(f"wall time   {result.wall_s:.1f} s", highlight=False)
+    if result.tracking_uri.startswith("memory"):
+        out.print("tracking    off (tracking.enabled: false): nothing was recorded", highlight=False)
+        return
+    for i, line in enumerate(next_commands(result, job)):
+        out.print(f"{'next' if i == 0 else '':<12}{line}", highlight=False, soft_wrap=True)
+
+
+def next_commands(result, job=None) -> list[str]:
+    """What a person types next: the UI on this run, this run beside the previous one of its job."""
+    from orchestrator.tracking.stores import resolve_uri, run_link
+
+    uri = result.tracking_uri
+    where = "" if uri == resolve_uri(None) else f" --tracking-uri {uri}"
+    lines = []
+    if uri.startswith(("http://", "https://")):
+        lines.append(f"open {run_link(uri, result.experiment_id, result.run_id)}")
+    else:
+        lines.append(f"consortium ui{where}   then open "
+                     f"{run_link('http://127.0.0.1:5000', result.experiment_id, result.run_id)}")
+    previous = None
+    if job is not None:
+        from orchestrator.tracking.runs import previous_run
+
+        previous = previous_run(uri, result.experiment_id, result.run_id, job.name)
+    if previous:
+        lines.append(f"consortium compare {previous} {result.run_id}{where}   (beside this job's previous run)")
+    else:
+        lines.append(f"consortium compare --experiment {result.experiment}{where}   (this experiment's newest runs)")
+    return lines

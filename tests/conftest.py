@@ -61,3 +61,30 @@ def fedavg_run(tmp_path_factory):
     finally:
         os.chdir(old)
     return {"result": result, "uri": uri, "job": job, "wall": wall, "dir": work}
+
+
+class ProgressRecorder:
+    """A progress listener that keeps every step (what the console's display is fed)."""
+
+    def __init__(self):
+        self.begun: list[tuple[str, int]] = []
+        self.steps: list = []
+
+    def begin(self, unit, total, title):
+        self.begun.append((unit, total))
+
+    def step(self, step):
+        self.steps.append(step)
+
+    def end(self):
+        pass
+
+
+@pytest.fixture
+def progress_steps():
+    from orchestrator.jobs import progress
+
+    recorder = ProgressRecorder()
+    progress.listen(recorder)
+    yield recorder
+    progress.listen(None)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from orchestrator.jobs import progress
 from orchestrator.jobs.base import Context, Description, JobKind, Outcome
 from orchestrator.jobs.plan import DataPlan
 from orchestrator.spec.job import JobSpec
@@ -76,11 +77,13 @@ def run_centralized(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start 
         run.flush()
         if on_epoch_metrics is not None:
             on_epoch_metrics(epoch, m)
+        progress.step("epoch", epoch, job.train.epochs, m)
         if outcome.first_round_s is None:
             outcome.first_round_s = time.perf_counter() - t0
             outcome.first_round_at = time.time()
         return stop
 
+    progress.begin("epoch", job.train.epochs, f"{job.name}: {job.model.name}, pooled data")
     train_epochs(model, X, y, job.train, job.train.epochs, seed=job.seed, on_epoch=on_epoch, objective=objective)
     outcome.final = {k: v for k, v in run.last.items() if not k.startswith("time/")}
     if stopper is not None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from orchestrator.jobs import capture
 from orchestrator.jobs.base import Context, JobKind, Launched
 from orchestrator.jobs.kinds import kind_of
 from orchestrator.jobs.plan import DataPlan, plan_data
@@ -80,43 +81,46 @@ def execute(job: JobSpec, plan: DataPlan, tracker, *, kind: JobKind | None = Non
     else:
         opened = tracker.run(about.run_name, all_tags)
     with opened as run:
-        if attach_run_id:
-            run.set_tags({**all_tags, "mlflow.runName": f"{about.run_name}-{attach_run_id[:6]}"})
-        if not resume_run_id:
-            run.log_params({**flatten(job.model_dump(mode="json")), **plan.notes, **about.params, **(params or {})})
-            run.log_text(dump_yaml(job), "config/resolved.yaml")
-        epoch_hook = None if on_epoch is None else (lambda epoch, metrics: on_epoch(run.run_id, epoch, metrics))
-        ctx = Context(job, plan, run, tracker, launched or Launched(), start, bool(resume_run_id), epoch_hook)
-        outcome = kind.run(ctx)
-        wall = time.perf_counter() - t0
-        run.log_metrics({"time/wall_s": wall, "time/first_round_s": outcome.first_round_s or 0.0}, 0)
-        result = JobResult(run.run_id, run.experiment, run.experiment_id, tracker.uri, final=dict(outcome.final),
-                           wall_s=wall, first_round_at=outcome.first_round_at,
-                           model_uri=outcome.model_uri, registered=outcome.registered,
-                           round_ends_s=[v for _, v in sorted(run.history(["time/round_end_s"])["time/round_end_s"])]
-                           if job.kind == "federated" else [])
-        if not job.tracking.enabled:  # the in-memory run is all there is: keep its history
-            result.history = run.history([k for k in run.metric_keys() if not k.startswith(("hospital_", "time/"))])
-        if not job.tracking.enabled or outcome.model is None:
-            return result  # nothing to report into, or nothing to report on
-        from orchestrator.tracking.store import RETRY_S
+        try:
+            if attach_run_id:
+                run.set_tags({**all_tags, "mlflow.runName": f"{about.run_name}-{attach_run_id[:6]}"})
+            if not resume_run_id:
+                run.log_params({**flatten(job.model_dump(mode="json")), **plan.notes, **about.params, **(params or {})})
+                run.log_text(dump_yaml(job), "config/resolved.yaml")
+            epoch_hook = None if on_epoch is None else (lambda epoch, metrics: on_epoch(run.run_id, epoch, metrics))
+            ctx = Context(job, plan, run, tracker, launched or Launched(), start, bool(resume_run_id), epoch_hook)
+            outcome = kind.run(ctx)
+            wall = time.perf_counter() - t0
+            run.log_metrics({"time/wall_s": wall, "time/first_round_s": outcome.first_round_s or 0.0}, 0)
+            result = JobResult(run.run_id, run.experiment, run.experiment_id, tracker.uri, final=dict(outcome.final),
+                               wall_s=wall, first_round_at=outcome.first_round_at,
+                               model_uri=outcome.model_uri, registered=outcome.registered,
+                               round_ends_s=[v for _, v in sorted(run.history(["time/round_end_s"])["time/round_end_s"])]
+                               if job.kind == "federated" else [])
+            if not job.tracking.enabled:  # the in-memory run is all there is: keep its history
+                result.history = run.history([k for k in run.metric_keys() if not k.startswith(("hospital_", "time/"))])
+            if not job.tracking.enabled or outcome.model is None:
+                return result  # nothing to report into, or nothing to report on
+            from orchestrator.tracking.store import RETRY_S
 
-        run.flush(wait=RETRY_S)  # every metric is in the store before the report reads them back
-        if report:
-            from orchestrator.tracking.explain import explain_run
-            from orchestrator.tracking.report import log_report
+            run.flush(wait=RETRY_S)  # every metric is in the store before the report reads them back
+            if report:
+                from orchestrator.tracking.explain import explain_run
+                from orchestrator.tracking.report import log_report
 
-            log_report(run, job, plan, outcome)
-            explain_run(run, job, plan, outcome.model)
-        if job.tracking.log_model:
-            t_model = time.perf_counter()
-            record = run.log_model(outcome.model, input_example(plan), job.tracking.register_model if register else None,
-                                   model_card(plan, job, outcome.model))
-            run.log_metrics({"time/log_model_s": time.perf_counter() - t_model}, 0)
-            run.flush()
-            result.model_uri, result.registered = record.model_uri, record.registry_uri
-            if record.registry_uri:
-                run.set_tags({"registered_model": record.registry_uri})
+                log_report(run, job, plan, outcome)
+                explain_run(run, job, plan, outcome.model)
+            if job.tracking.log_model:
+                t_model = time.perf_counter()
+                record = run.log_model(outcome.model, input_example(plan), job.tracking.register_model if register else None,
+                                       model_card(plan, job, outcome.model))
+                run.log_metrics({"time/log_model_s": time.perf_counter() - t_model}, 0)
+                run.flush()
+                result.model_uri, result.registered = record.model_uri, record.registry_uri
+                if record.registry_uri:
+                    run.set_tags({"registered_model": record.registry_uri})
+        finally:
+            capture.log_into(run)   # what MLflow, Flower and Ray said, kept in the run
     return result
 
 

@@ -104,11 +104,14 @@ class _DropDeprecationNotices(logging.Filter):
 
 def quiet_flower(verbose: bool) -> None:
     """Flower logs every round at INFO; we report rounds ourselves. CONSORTIUM_VERBOSE=1 shows all."""
+    from orchestrator.jobs import capture
+
     logger = logging.getLogger("flwr")
     if verbose:
         logger.setLevel(logging.DEBUG)
         return
-    logger.setLevel(logging.WARNING)
+    # while the console is captured Flower's round log goes to the run's logs/console.txt
+    logger.setLevel(logging.INFO if capture.active() else logging.WARNING)
     if not any(isinstance(f, _DropDeprecationNotices) for f in logger.filters):
         logger.addFilter(_DropDeprecationNotices())
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 
+from orchestrator.jobs import progress
 from orchestrator.jobs.base import Context, Description, JobKind, Outcome
 from orchestrator.spec.job import JobSpec
 from orchestrator.spec.loading import set_dotted
@@ -103,6 +104,8 @@ def run_sweep(ctx: Context) -> Outcome:
         param_space = {**_space(job), "__keys": list(spec.space), "__base": base_of(job),
                        "__uri": tracker.uri, "__parent": parent.run_id}
         storage = consortium_home() / "tune"
+        total = _trial_count(job)
+        progress.begin("trial", total, f"{job.name}: {spec.search} search over {', '.join(spec.space)}")
         storage.mkdir(parents=True, exist_ok=True)
         tuner = tune.Tuner(
             tune.with_resources(_trial, {"cpu": 1}),
@@ -110,7 +113,8 @@ def run_sweep(ctx: Context) -> Outcome:
             tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=scheduler,
                                         num_samples=spec.num_samples or (1 if spec.search == "grid" else 4),
                                         max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
-            run_config=tune.RunConfig(name=parent.run_id, storage_path=str(storage), verbose=0),
+            run_config=tune.RunConfig(name=parent.run_id, storage_path=str(storage), verbose=0,
+                                      callbacks=[_TrialProgress(spec.metric, total)] if progress.listening() else None),
         )
         grid = tuner.fit()
     finally:
@@ -136,6 +140,44 @@ def run_sweep(ctx: Context) -> Outcome:
         parent.set_tags({"registered_model": outcome.registered})
     parent.flush()
     return outcome
+
+
+def _trial_count(job: JobSpec) -> int:
+    spec = job.sweep
+    if spec.search == "grid":
+        n = 1
+        for values in spec.space.values():
+            n *= 1 if isinstance(values, dict) else len(values)
+        return n * (spec.num_samples or 1)
+    return spec.num_samples or 4
+
+
+def _TrialProgress(metric: str, total: int):
+    """A Tune callback (Tune's controller runs in this process): a progress step per finished trial."""
+    from ray.tune import Callback
+
+    class TrialProgress(Callback):
+        def __init__(self):
+            self.finished = 0
+            self.best: dict[str, float] = {}
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if metric in result:
+                self.best[trial.trial_id] = float(result[metric])
+
+        def _finished(self, trial, how: str) -> None:
+            self.finished += 1
+            value = self.best.get(trial.trial_id)
+            shown = f"{metric} {value:.4f}" if value is not None else how
+            progress.step("trial", self.finished, total, {}, note=f"last trial: {shown}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._finished(trial, "completed")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._finished(trial, "failed")
+
+    return TrialProgress()
 
 
 class Sweep(JobKind):

@@ -57,6 +57,18 @@ def find_runs(uri: str, experiment: str | None, run_ids: list[str] | None, limit
         raise UserError(f"tracking uri {uri}", [first[:300]]) from None
 
 
+def previous_run(uri: str, experiment_id: str, run_id: str, job_name: str) -> str | None:
+    """The run of the same job just before `run_id` in its experiment (for `consortium compare`)."""
+    try:
+        name = job_name.replace("\\", "\\\\").replace("'", "\\'")
+        found = MlflowClient(uri).search_runs([experiment_id], filter_string=f"tags.job = '{name}'",
+                                              order_by=["attributes.start_time DESC"], max_results=20)
+    except Exception:  # noqa: BLE001 - only a suggestion in the summary
+        return None
+    return next((r.info.run_id for r in found
+                 if r.info.run_id != run_id and "mlflow.parentRunId" not in r.data.tags), None)
+
+
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
 

@@ -22,6 +22,17 @@ def resolve_uri(uri: str | None) -> str:
     return f"sqlite:///{Path.cwd() / 'mlruns.db'}"
 
 
+def runs_link(base: str, experiment_id: str) -> str:
+    """The MLflow UI's training-runs table of one experiment (3.17 opens an experiment on its GenAI
+    overview otherwise)."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def run_link(base: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI's page of one run."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
 def _artifact_root(uri: str) -> str | None:
     # A SQLite store keeps artifacts beside the database file, not in whatever the cwd is.
     if uri.startswith("sqlite:///"):

@@ -26,15 +26,20 @@ def _port_free(port: int, host: str = "127.0.0.1") -> bool:
             return False
 
 
-def start(uri: str, port: int) -> subprocess.Popen:
-    """The server in its own process group, so stopping it stops its workers too."""
+def start(uri: str, port: int, log_file: Path | None = None) -> subprocess.Popen:
+    """The server in its own process group, so stopping it stops its workers too; its own log into
+    `log_file` (None: this console)."""
     if not _port_free(port):
         raise UserError("--port", [f"127.0.0.1:{port} is in use: pick another with --port"])
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     cmd = [str(mlflow_bin), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1"]
-    return subprocess.Popen(cmd, env=env, start_new_session=True)
+    if log_file is None:
+        return subprocess.Popen(cmd, env=env, start_new_session=True)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as f:
+        return subprocess.Popen(cmd, env=env, start_new_session=True, stdout=f, stderr=subprocess.STDOUT)
 
 
 def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 60.0, what: str = "the MLflow UI",
@@ -63,23 +68,54 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def serve(tracking_uri: str | None, port: int, log=print) -> None:
+def serve(tracking_uri: str | None, port: int, log=print, log_file: Path | None = None) -> None:
     from orchestrator.tracking.store import resolve_uri
 
     from orchestrator.jobs.runtime import stop_on_sigterm
 
     uri = resolve_uri(tracking_uri)
     stop_on_sigterm()  # `kill` stops the server it started too, like Ctrl-C
-    proc = start(uri, port)
+    proc = start(uri, port, log_file)
     try:
-        wait_healthy(port, proc)
-        log(f"MLflow UI for {uri}\n  http://127.0.0.1:{port}/#/experiments?workflowType=machine_learning\n"
-            f"Ctrl-C stops it.")
+        links = landing_links(uri, f"http://127.0.0.1:{port}")   # read while the server starts
+        try:
+            wait_healthy(port, proc)
+        except RuntimeError as exc:
+            tail = log_file.read_text(errors="replace")[-2000:] if log_file and log_file.exists() else ""
+            raise UserError("consortium ui", [f"{exc}; its log ({log_file}):\n{tail}"]) from None
+        log("\n".join([f"MLflow UI for {uri}", *links,
+                        *([f"  server log    {log_file}"] if log_file else []), "Ctrl-C stops it."]))
         proc.wait()
     except KeyboardInterrupt:
         pass
     finally:
         stop(proc)
+
+
+def landing_links(uri: str, base: str, limit: int = 5) -> list[str]:
+    """Links that land where a person wants to be: each experiment's training-runs table (MLflow
+    3.17 opens an experiment on its GenAI overview) and the newest run, newest experiments first."""
+    from orchestrator.tracking.stores import run_link, runs_link
+
+    lines = [f"  experiments   {base}/#/experiments"]
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri)
+        newest = []
+        for exp in client.search_experiments():
+            runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)
+            if runs:
+                newest.append((runs[0].info.start_time, exp, runs[0]))
+    except Exception:  # noqa: BLE001 - the UI itself still starts; only the shortcuts are missing
+        return lines
+    newest.sort(key=lambda t: t[0], reverse=True)
+    for i, (_, exp, run) in enumerate(newest[:limit]):
+        lines.append(f"  {exp.name:<13} {runs_link(base, exp.experiment_id)}")
+        if i == 0:
+            lines.append(f"  newest run    {run_link(base, exp.experiment_id, run.info.run_id)}  "
+                         f"({run.info.run_name})")
+    return lines
 
 
 # --------------------------------------------------------------------------- consortium server

@@ -117,6 +117,26 @@ def _start_ui(uri: str, port: int, cwd: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def _printed_links(proc: subprocess.Popen, timeout: float = 120) -> list[tuple[str, str]]:
+    """What `consortium ui` printed, as (label, URL) pairs, once it says the UI is up."""
+    import re
+    import threading
+
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C stops it" in line:
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert any("Ctrl-C stops it" in line for line in lines), "".join(lines)
+    return [(m.group(1).strip(), m.group(2)) for line in lines if (m := re.match(r"\s+(.+?)\s+(http://\S+)", line))]
+
+
 def _group_alive(pgid: int) -> bool:
     import psutil
 
@@ -167,13 +187,24 @@ def test_browser_compares_two_runs_in_the_mlflow_ui(two_runs):
     port = _free_port()
     proc = _start_ui(two_runs["uri"], port, two_runs["dir"])
     try:
-        wait_healthy(port, proc, timeout=90)
+        printed = _printed_links(proc)
+        # the links `consortium ui` prints: the experiment's training-runs table and the newest run
+        (runs_url,) = [u for name, u in printed if name == "lr-study"]
+        (run_url,) = [u for name, u in printed if name == "newest run"]
+        newest = max(two_runs["results"], key=lambda r: client.get_run(r.run_id).info.start_time)
+        assert f"/#/experiments/{exp_id}/runs/{newest.run_id}?" in run_url
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.goto(f"http://127.0.0.1:{port}/#/experiments/{exp_id}?workflowType=machine_learning")
+            page.goto(run_url)   # the run itself: its name, its metrics
+            page.get_by_text(client.get_run(newest.run_id).info.run_name).first.wait_for(timeout=60_000)
+            page.get_by_text("eval/accuracy").first.wait_for(timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / "ui_run.png"))
+            page.goto(runs_url)  # lands on the training runs, not on the GenAI overview
+            page.get_by_role("heading", name="Runs", exact=True).first.wait_for(timeout=60_000)
             for name in names:
                 page.get_by_text(name, exact=True).first.wait_for(timeout=60_000)
+            assert page.get_by_role("heading", name="Overview").count() == 0   # not the GenAI overview
             page.screenshot(path=str(ARTIFACTS / "ui_runs.png"))
             for name in names:
                 row = page.get_by_role("row").filter(has_text=name).first

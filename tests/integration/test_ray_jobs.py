@@ -89,13 +89,18 @@ def cluster(tmp_path_factory):
                 os.killpg(p.pid, signal.SIGKILL)
 
 
-def test_local_runtime_ddp_matches_centralized_and_registers_one_run(store):
+def test_local_runtime_ddp_matches_centralized_and_registers_one_run(store, progress_steps):
     from orchestrator.spec.loading import load_job
     from orchestrator.jobs.runner import run_job
 
     t0 = time.perf_counter()
     ray_result = run_job(load_job(DDP, [f"tracking.uri={store}"]))
     ray_wall = time.perf_counter() - t0
+    # the driver followed the workers' epochs (the console's progress display is fed this)
+    assert progress_steps.begun[0] == ("epoch", 5)
+    done = [s.done for s in progress_steps.steps if s.unit == "epoch"]
+    assert done and done == sorted(set(done)) and done[-1] == 5, done
+    assert "eval/accuracy" in progress_steps.steps[-1].metrics
     central = run_job(load_job(DDP, [f"tracking.uri={store}", "kind=centralized"]))
     acc, base = ray_result.final["eval/accuracy"], central.final["eval/accuracy"]
     print(f"\ncluster_ddp: ray 2 workers eval/accuracy={acc:.4f} (wall {ray_wall:.1f}s), centralized={base:.4f}")

@@ -105,8 +105,11 @@ def test_transfer_learning_fine_tunes_only_the_head_of_a_registered_cnn(store, t
     assert tags["lineage.source_run_id"] == base.run_id
 
 
-def test_a_sweep_runs_ray_tune_trials_as_child_runs_and_registers_the_best(store):
+def test_a_sweep_runs_ray_tune_trials_as_child_runs_and_registers_the_best(store, progress_steps):
     result = _run("sweep_lr.yaml", store, "train.epochs=4", "sweep.space={train.optimizer.lr: [0.001, 0.05]}")
+    assert progress_steps.begun[0] == ("trial", 2)   # the progress display: one step per finished trial
+    assert [s.done for s in progress_steps.steps if s.unit == "trial"] == [1, 2]
+    assert all("eval/loss" in s.note for s in progress_steps.steps), [s.note for s in progress_steps.steps]
     client = MlflowClient(store)
     parent = client.get_run(result.run_id)
     children = client.search_runs([parent.info.experiment_id],

@@ -30,6 +30,7 @@ from orchestrator.core.training import Objective, balanced_weights, evaluate, te
 from orchestrator.jobs.federated.census import census, wait_for_nodes
 from orchestrator.jobs.federated.checkpoints import RoundWriter, save_round
 from orchestrator.jobs.federated.rounds import RoundLogger
+from orchestrator.jobs import progress
 from strategies.base import evaluates_in, sample_size
 from strategies.registry import build_strategy
 
@@ -89,8 +90,12 @@ class Rounds:
                 metrics["dp/epsilon"] = strategy.epsilon()
         run = self.run
         run.log_metrics(metrics, server_round)
-        if self.job.federated.engine == "deployment" and server_round > 0:
-            self._progress(server_round)
+        if server_round > 0:
+            last = run.last
+            progress.step("round", server_round, fed.rounds, last, answered=int(last.get("train/hospitals", 0)),
+                          failed=int(last.get("train/failures", 0)))
+            if fed.engine == "deployment":
+                self._progress(server_round)
         if server_round > 0 and strategy is not None:
             # Flower evaluates centrally last: the round is over. Its metrics reach the store
             # first, then the checkpoint, so a run killed in between redoes the round. Both on
@@ -122,6 +127,9 @@ class Rounds:
     def main(self, grid: Grid, context: Context) -> None:
         job, plan, model, fed = self.job, self.plan, self.model, self.job.federated
         num_clients = len(plan.hospitals)
+        progress.begin("round", fed.rounds, f"{job.name}: {fed.strategy.name}, {num_clients} hospitals")
+        if self.done:
+            progress.step("round", self.done, fed.rounds, self.run.last)
         config = self.config()
         nodes = wait_for_nodes(grid, fed.min_available(num_clients))
         found = census(grid, nodes, config, plan.num_features, plan.num_classes, plan.pids())

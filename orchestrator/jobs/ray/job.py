@@ -6,11 +6,13 @@ checkpoint's model; `consortium resume RUN_ID` continues a stopped job from Ray 
 """
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 import torch
 
+from orchestrator.jobs import progress
 from orchestrator.jobs.base import Context, Description, JobKind, Launched, Outcome
 from orchestrator.jobs.ray.session import RaySession, connect, disconnect, start_local, storage_root, worker_resources
 from orchestrator.jobs.ray.worker import train_loop_per_worker
@@ -41,7 +43,9 @@ def run_ray(job: JobSpec, plan, run, session: RaySession, start=None) -> Outcome
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.checkpoint.keep),
         ),
     )
-    result = trainer.fit()
+    progress.begin("epoch", job.train.epochs, f"{job.name}: {job.model.name}, {job.ray.num_workers} Ray Train workers")
+    with EpochWatch(run, job.train.epochs):
+        result = trainer.fit()
     if result.error is not None:
         raise result.error
     state = None
@@ -58,6 +62,43 @@ def run_ray(job: JobSpec, plan, run, session: RaySession, start=None) -> Outcome
         outcome.first_round_s = first.get("time/epoch_s")
     run.log_metrics({"time/fit_s": time.perf_counter() - t0}, step=0)
     return outcome
+
+
+class EpochWatch:
+    """Ray Train's rank 0 logs every epoch into the run itself; while `fit` blocks, the driver reads
+    how far it is from the run, once a second, for the progress display (only when someone listens)."""
+
+    def __init__(self, run, total: int):
+        self.run, self.total = run, total
+        self._done = threading.Event()
+        self._thread = None
+
+    def __enter__(self):
+        if progress.listening() and hasattr(self.run, "client"):   # tracking off: the workers log nowhere
+            self._thread = threading.Thread(target=self._poll, name="consortium-epoch-watch", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _poll(self) -> None:
+        seen = 0
+        client, run_id = self.run.client, self.run.run_id
+        while True:
+            finished = self._done.wait(1.0)   # one last look once fit() returned: the last epoch
+            try:
+                epochs = [m.step for m in client.get_metric_history(run_id, "time/epoch_s")]
+                latest = client.get_run(run_id).data.metrics if epochs and max(epochs) > seen else None
+            except Exception:  # noqa: BLE001 - a store that is away a moment: the next poll tries again
+                latest = None
+            if latest is not None:
+                seen = max(epochs)
+                progress.step("epoch", seen, self.total, latest)
+            if finished:
+                return
 
 
 class RayLaunched(Launched):
