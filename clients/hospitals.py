@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.core.csvfiles import csv_files, csv_schema, frame_to_table, label_str
+from orchestrator.core.columns import agree_vocabulary, category_counts
+from orchestrator.core.csvfiles import csv_files, csv_schema, frame_to_table, label_str, text_columns
 from orchestrator.core.data import Schema, Split, Table, load_source
 from orchestrator.core.splits import hospital_name, own_split, pool_partition
 from orchestrator.spec.errors import DataError
@@ -68,23 +69,31 @@ def describe_share(job: JobSpec, partition_id: int, num_partitions: int, data_pa
                 "(consortium federation supernode --data FILE)"])
         path = Path(data_path)
         site = job.federated.partition.site_column if job.federated.partition.name == "natural" else None
-        df = read_frame(path, spec.target, site)
+        df = read_frame(path, spec, site)
         name = hospital_name(str(df[site].iloc[0]) if site else path.stem)
         if site:
             df = df.drop(columns=[site])
         if spec.classes:
             df = df[df[spec.target].map(label_str).isin(spec.classes)]
         features = [str(c) for c in df.columns if c != spec.target]
+        text = text_columns(df, spec.target)
+        counts = category_counts(df, text)   # how often each value occurs: counts, never rows
         if job.model.head == "linear":
             csv_schema([df], spec.target, [path], regression=True)  # the target must be numeric
-            local = Schema(tuple(features), ())
+            local = Schema.of(features, (), agree_vocabulary([counts], spec.max_categories))
             labels = []
         else:
             values = sorted({v.item() if hasattr(v, "item") else v for v in df[spec.target].tolist()}, key=_order)
-            local = Schema(tuple(features), tuple(label_str(v) for v in values))
+            local = Schema.of(features, tuple(label_str(v) for v in values),
+                              agree_vocabulary([counts], spec.max_categories))
             labels = values
         table = frame_to_table(df, spec.target, local, name)
         X, y = table.X, table.y
+        observed = df[features].notna().sum(0).astype(int).tolist()
+        split = own_split(X, y, job, partition_id)
+        return {"name": name, "features": features, "labels": labels, "rows": int(len(y)),
+                "train_rows": int(len(split.y_train)), "missing": int(df[features].isna().sum().sum()),
+                "observed": observed, "categories": counts}
     split = own_split(X, y, job, partition_id)
     return {"name": name, "features": features, "labels": labels, "rows": int(len(y)),
             "train_rows": int(len(split.y_train)), "missing": int(np.isnan(X).sum()),

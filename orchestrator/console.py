@@ -42,7 +42,9 @@ out = _Console()
 err = _Console(stderr=True)
 
 def fail_user(exc: UserError) -> None:
-    err.print(f"[bold red]consortium:[/] {exc.render()}", highlight=False, markup=True, soft_wrap=True)
+    from rich.markup import escape
+
+    err.print(f"[bold red]consortium:[/] {escape(exc.render())}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(2)
 
 

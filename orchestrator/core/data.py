@@ -108,7 +108,7 @@ def load_source(job, schema: Schema | None = None, path: Path | None = None) -> 
         return [table], found
     files = [path] if path is not None else csv_files(spec)
     site = job.federated.partition.site_column if job.federated.partition.name == "natural" else None
-    frames = [read_frame(f, spec.target, site) for f in files]
+    frames = [read_frame(f, spec, site) for f in files]
     if site is not None:  # one file, one hospital per value of the site column (sorted)
         if len(files) != 1:
             raise DataError(where, ["federated.partition.site_column: needs data.path to be one CSV file, "
@@ -120,10 +120,11 @@ def load_source(job, schema: Schema | None = None, path: Path | None = None) -> 
         frames = [df[df[spec.target].map(label_str).isin(spec.classes)] for df in frames]
     agreed = schema
     if agreed is None:
-        agreed = csv_schema(frames, spec.target, files, regression=job.model.head == "linear")
+        agreed = csv_schema(frames, spec.target, files, regression=job.model.head == "linear",
+                            max_categories=spec.max_categories)
         if spec.classes:
             absent = [c for c in spec.classes if c not in agreed.classes]
             if absent:
                 raise DataError(where, [f"data.classes: {absent} do not occur in column '{spec.target}'"])
-            agreed = Schema(agreed.features, tuple(spec.classes))
+            agreed = Schema(agreed.features, tuple(spec.classes), agreed.columns, agreed.categories)
     return [frame_to_table(df, spec.target, agreed, f.stem) for df, f in zip(frames, files)], agreed

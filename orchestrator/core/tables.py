@@ -22,19 +22,44 @@ class Schema:
     No classes: the target is a number (regression), y is float32.
     """
 
-    features: tuple[str, ...]
+    features: tuple[str, ...]              # the model's inputs (a text column: one per agreed value)
     classes: tuple[str, ...]
+    columns: tuple[str, ...] = ()          # the files' feature columns, in order (() = the features)
+    categories: tuple[tuple[str, tuple[str, ...]], ...] = ()   # text column -> its agreed values
 
     @property
     def regression(self) -> bool:
         return not self.classes
 
+    @property
+    def raw_columns(self) -> tuple[str, ...]:
+        return self.columns or self.features
+
+    @property
+    def vocabulary(self) -> dict[str, tuple[str, ...]]:
+        return dict(self.categories)
+
     def to_dict(self) -> dict:
-        return {"features": list(self.features), "classes": list(self.classes)}
+        d = {"features": list(self.features), "classes": list(self.classes)}
+        if self.categories:
+            d.update(columns=list(self.columns), categories={c: list(v) for c, v in self.categories})
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Schema:
-        return cls(tuple(d["features"]), tuple(d["classes"]))
+        return cls(tuple(d["features"]), tuple(d["classes"]), tuple(d.get("columns", ())),
+                   tuple((c, tuple(v)) for c, v in d.get("categories", {}).items()))
+
+    @classmethod
+    def of(cls, columns, classes, vocabulary: dict[str, tuple[str, ...]]) -> Schema:
+        """From the raw feature columns and the agreed vocabulary of the text ones."""
+        from orchestrator.core.columns import encoded_names
+
+        columns = tuple(columns)
+        if not vocabulary:
+            return cls(columns, tuple(classes))
+        return cls(tuple(encoded_names(list(columns), vocabulary)), tuple(classes), columns,
+                   tuple((c, tuple(vocabulary[c])) for c in columns if c in vocabulary))
 
 
 @dataclass

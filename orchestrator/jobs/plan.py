@@ -62,6 +62,8 @@ def plan_data(job: JobSpec) -> DataPlan:
         raise DataError(source, ["a directory of per-hospital CSVs needs federated.partition.name: natural"])
     min_rows = job.federated.partition.min_size
     notes: dict = {"data.num_features": len(schema.features), "data.num_classes": len(schema.classes)}
+    if schema.categories:   # the vocabulary agreed from the hospitals' counts of their text values
+        notes["data.categories"] = "; ".join(f"{c}: {', '.join(v)} (+other)" for c, v in schema.categories)
     missing = int(sum(np.isnan(t.X).sum() for t in tables))
     notes["data.missing_cells"] = missing
     notes["data.imputation"] = (
@@ -181,7 +183,11 @@ def plan_from_census(job: JobSpec, described: dict[int, dict]) -> DataPlan:
         classes = tuple(dict.fromkeys(label_str(v) for v in ordered))
         if len(classes) < 2:
             raise DataError(where, [f"data.target: the hospitals hold a single class {list(classes)}: nothing to learn"])
-    schema = Schema(tuple(features), classes)
+    from orchestrator.core.columns import agree_vocabulary
+
+    # text columns: one vocabulary from the hospitals' counts of their values
+    vocab = agree_vocabulary([described[p].get("categories", {}) for p in pids], job.data.max_categories)
+    schema = Schema.of(features, classes, vocab)
     observed = np.zeros(len(features), dtype=np.int64)
     for p in pids:
         order = {f: i for i, f in enumerate(described[p]["features"])}
@@ -191,7 +197,7 @@ def plan_from_census(job: JobSpec, described: dict[int, dict]) -> DataPlan:
         raise DataError(where, [f"column '{c}' has no values at any hospital: drop it or fill it" for c in empty])
     check_schema(job, schema, where)
     missing = int(sum(described[p]["missing"] for p in pids))
-    notes: dict = {"data.num_features": len(features), "data.num_classes": len(classes), "data.missing_cells": missing,
+    notes: dict = {"data.num_features": len(schema.features), "data.num_classes": len(classes), "data.missing_cells": missing,
                    "data.imputation": f"{job.data.impute} of each hospital's own training rows" if missing
                    else "none needed", "data.schema_from": "the hospitals' census"}
     check_privacy_budget(job, lambda: [described[p]["train_rows"] for p in pids])

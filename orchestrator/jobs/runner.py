@@ -131,7 +131,7 @@ def model_card(plan: DataPlan, job: JobSpec, model) -> dict:
     from orchestrator.tracking.flavor import card
 
     return card(plan.schema.features, plan.schema.classes, job.model.head,
-                standardizer(model).mean.detach().cpu().numpy())
+                standardizer(model).mean.detach().cpu().numpy(), plan.schema.columns, plan.schema.categories)
 
 
 def input_example(plan: DataPlan) -> np.ndarray:

@@ -3,7 +3,8 @@
 One MLflow model with two flavors:
   pytorch          `mlflow.pytorch.load_model(URI)` gives the nn.Module (transfer learning, notebooks);
   python_function  loaded by this module: raw feature columns by name in (unscaled: the model holds
-                   the consortium's scaling), `prediction` (the class label) and `probability_<class>`
+                   the consortium's scaling; a text column as text, one-hot encoded with the
+                   consortium's agreed values, an unknown value as `other`), `prediction` (the class label) and `probability_<class>`
                    per class out; a regression model's `prediction` is in target units.
 The signature names every feature column, so MLflow's scoring server refuses a request that lacks
 one or holds text where a number belongs (HTTP 400). A missing value (null) is filled with the
@@ -19,9 +20,39 @@ import numpy as np
 CARD_KEY = "consortium"   # the MLmodel's metadata entry: features, classes, head, fill values
 
 
-def card(features, classes, head: str, fill) -> dict:
-    return {"features": [str(f) for f in features], "classes": [str(c) for c in classes], "head": head,
-            "fill": [float(v) for v in np.asarray(fill, dtype=np.float64)]}
+def card(features, classes, head: str, fill, columns=(), categories=()) -> dict:
+    """`features`: the model's inputs; `columns` (when the data has text columns): the raw columns a
+    caller sends, `categories` their agreed values (the model's one-hot inputs, then `other`)."""
+    out = {"features": [str(f) for f in features], "classes": [str(c) for c in classes], "head": head,
+           "fill": [float(v) for v in np.asarray(fill, dtype=np.float64)]}
+    if categories:
+        out.update(columns=[str(c) for c in columns], categories={c: list(v) for c, v in categories})
+    return out
+
+
+def columns_of(card: dict) -> list[str]:
+    """The columns a caller sends: the raw ones (text columns as text)."""
+    return card.get("columns") or card["features"]
+
+
+def raw_rows(card: dict, rows: np.ndarray):
+    """Model inputs back as the raw table a caller would send (a one-hot block as its value)."""
+    import pandas as pd
+
+    rows = np.asarray(rows, dtype=np.float64)
+    if not card.get("categories"):
+        return pd.DataFrame(rows, columns=card["features"])
+    index = {f: i for i, f in enumerate(card["features"])}
+    out = {}
+    for col in card["columns"]:
+        values = card["categories"].get(col)
+        if values is None:
+            out[col] = rows[:, index[col]]
+            continue
+        block = rows[:, [index[f"{col}={v}"] for v in values] + [index[f"{col}=other"]]]
+        out[col] = [(values + ["other"])[int(i)] if block[r].max() > 0 else None
+                    for r, i in enumerate(block.argmax(1))]
+    return pd.DataFrame(out)
 
 
 def save_model(path, mlflow_model, pytorch_model, card: dict, signature=None, input_example=None,
@@ -33,7 +64,7 @@ def save_model(path, mlflow_model, pytorch_model, card: dict, signature=None, in
     import mlflow.pytorch
     from mlflow.models.utils import _save_example
 
-    tensor_example = input_example.to_numpy(dtype=np.float32)
+    tensor_example = model_inputs(card, input_example)
     mlflow.pytorch.save_model(pytorch_model, path, mlflow_model=mlflow_model, input_example=tensor_example,
                               pip_requirements=pip_requirements)
     for name in ("input_example.json", "serving_input_example.json"):
@@ -45,14 +76,28 @@ def save_model(path, mlflow_model, pytorch_model, card: dict, signature=None, in
     mlflow_model.save(os.path.join(path, "MLmodel"))
 
 
+def model_inputs(card: dict, frame) -> np.ndarray:
+    """Raw rows -> the model's float32 inputs: text columns one-hot with the agreed values, a
+    missing number filled with the consortium's training mean."""
+    if card.get("categories"):
+        from orchestrator.core.columns import encode
+
+        X = encode(frame, columns_of(card), {c: tuple(v) for c, v in card["categories"].items()})
+    else:
+        X = frame[card["features"]].to_numpy(dtype=np.float32, na_value=np.nan)
+    fill = np.asarray(card["fill"], dtype=np.float32)
+    return np.where(np.isnan(X), fill[None, :], X).astype(np.float32)
+
+
 def signature_and_example(card: dict, rows: np.ndarray):
     """The column signature and an input example of raw rows (a DataFrame, one column per feature)."""
     import pandas as pd
     from mlflow.models import infer_signature
     from mlflow.types import ColSpec, DataType, Schema
 
-    example = pd.DataFrame(np.asarray(rows, dtype=np.float64), columns=card["features"])
-    inputs = Schema([ColSpec(DataType.double, f) for f in card["features"]])
+    example = raw_rows(card, rows)
+    text = card.get("categories", {})
+    inputs = Schema([ColSpec(DataType.string if c in text else DataType.double, c) for c in columns_of(card)])
     outputs = infer_signature(example, Predictor(None, card).describe(len(example))).outputs
     from mlflow.models import ModelSignature
 
@@ -64,7 +109,7 @@ class Predictor:
 
     def __init__(self, net, card: dict):
         self.net, self.card = net, card
-        self.features = card["features"]
+        self.features = columns_of(card)   # what a caller sends
         self.classes = card["classes"]
 
     def describe(self, n: int):
@@ -83,9 +128,7 @@ class Predictor:
 
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(np.asarray(model_input), columns=self.features)
-        X = model_input[self.features].to_numpy(dtype=np.float32, na_value=np.nan)
-        fill = np.asarray(self.card["fill"], dtype=np.float32)
-        X = np.where(np.isnan(X), fill[None, :], X).astype(np.float32)
+        X = model_inputs(self.card, model_input)
         with torch.no_grad():
             out = self.net(torch.as_tensor(X)).float()
         if not self.classes:

@@ -113,7 +113,12 @@ def predict(model_uri: str, rows: Path, out: Path | None, tracking_uri: str | No
         problems = check_columns(frame, features, str(rows))
         if problems:
             raise UserError(str(rows), problems)
+        schema = model.metadata.get_input_schema()
+        text = {c.name for c in schema.inputs if getattr(c.type, "name", str(c.type)) == "string"}
         for col in features:
+            if col in text:   # a category: sent as text, encoded by the model
+                frame[col] = frame[col].map(lambda v: v if pd.isna(v) else str(v))
+                continue
             values = pd.to_numeric(frame[col], errors="coerce")
             bad = values.isna() & frame[col].notna()
             if bad.any():

@@ -86,7 +86,10 @@ BAD_INPUTS = [
     ("too-many-hospitals", None, ["federated.num_clients=200"], "federated.num_clients"),
     ("missing-csv-file", None, ["data.source=csv", "data.path=nowhere.csv"], "nowhere.csv"),
     ("missing-target", None, ["data.source=csv", "data.path={tmp}/a.csv", "data.target=label"], "'label' not found"),
-    ("non-numeric-feature", None, ["data.source=csv", "data.path={tmp}/words.csv"], "non-numeric feature column(s): colour"),
+    ("identifier-column", None, ["data.source=csv", "data.path={tmp}/words.csv"],
+     "column 'record' looks like an identifier"),
+    ("drop-unknown-column", None, ["data.source=csv", "data.path={tmp}/words.csv", "data.drop=[colour]"],
+     "data.drop: ['colour'] not among the file's columns"),
     ("empty-csv", None, ["data.source=csv", "data.path={tmp}/empty.csv"], "file is empty"),
     ("corrupt-csv", None, ["data.source=csv", "data.path={tmp}/corrupt.csv"], "cannot parse as CSV"),
     ("hospital-too-small", None, ["data.source=csv", "data.path={tmp}/sites", "federated.partition.name=natural",
@@ -153,7 +156,7 @@ def test_bad_input_exits_2_with_a_message_naming_the_key_or_file(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     rows = "\n".join(f"{i},{i % 2}" for i in range(40))
     _csv(tmp_path / "a.csv", "x,target\n" + rows + "\n")
-    _csv(tmp_path / "words.csv", "x,colour,target\n" + "\n".join(f"{i},red,{i % 2}" for i in range(40)) + "\n")
+    _csv(tmp_path / "words.csv", "x,record,target\n" + "\n".join(f"{i},R{i:03d},{i % 2}" for i in range(40)) + "\n")
     _csv(tmp_path / "empty.csv", "")
     _csv(tmp_path / "corrupt.csv", "x,y,target\n1,2,0\n1,2,3,4,5\n")
     (tmp_path / "sites").mkdir()
