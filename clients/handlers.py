@@ -90,6 +90,8 @@ def _objective(h: Hospital, model: torch.nn.Module, message: Message) -> Objecti
 def query(message: Message, context: Context) -> Message:
     if P.SCHEMA not in message.content[P.CONFIG]:
         return describe(message, context)
+    if P.ATTRIBUTE in message.content[P.CONFIG]:
+        return attribute(message, context)
     h = _hospital(message, context)
     count, total, sumsq = moments(h.raw.X_train)
     stats = [count, total, sumsq]
@@ -103,6 +105,24 @@ def query(message: Message, context: Context) -> Message:
         P.STATS: ArrayRecord(stats),
         P.METRICS: MetricRecord({PARTITION_KEY: h.partition_id, P.NUM_EXAMPLES: len(h.raw.y_train)}),
         P.LABELS: ConfigRecord({"train": labels}),  # label histogram: counts only, no rows
+    })
+    return Message(content=content, reply_to=message)
+
+
+def attribute(message: Message, context: Context) -> Message:
+    """After training, with no central split: integrated gradients of the final model on this
+    hospital's own test rows; only the mean |attribution| per input and the row count go back."""
+    from orchestrator.core.attribution import integrated_gradients
+    from orchestrator.core.models import standardizer
+
+    h = _hospital(message, context)
+    model = _model(h, message)
+    mean = standardizer(model).mean.detach().cpu().numpy()
+    _, _, X_test, _ = h.tensors(mean)
+    values = integrated_gradients(model, X_test.numpy(), mean, not h.schema.regression)
+    content = RecordDict({
+        P.STATS: ArrayRecord([values.astype(np.float64)]),
+        P.METRICS: MetricRecord({PARTITION_KEY: h.partition_id, P.NUM_EXAMPLES: len(X_test)}),
     })
     return Message(content=content, reply_to=message)
 

@@ -34,6 +34,7 @@ class Outcome:
     confusion: np.ndarray | None = None           # federated: summed over hospitals' test rows, last round
     registered: str | None = None                 # a kind that registered a model itself (sweep's best)
     model_uri: str | None = None
+    attributions: tuple | None = None             # federated, no central split: the hospitals' own (explain)
 
 
 @dataclass

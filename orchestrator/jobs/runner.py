@@ -110,6 +110,10 @@ def execute(job: JobSpec, plan: DataPlan, tracker, *, kind: JobKind | None = Non
 
                 log_report(run, job, plan, outcome)
                 explain_run(run, job, plan, outcome.model)
+                if job.explain.integrated_gradients:
+                    from orchestrator.tracking.attributions import explain_attributions
+
+                    explain_attributions(run, job, plan, outcome.model, outcome.attributions)
             if job.tracking.log_model:
                 t_model = time.perf_counter()
                 record = run.log_model(outcome.model, input_example(plan), job.tracking.register_model if register else None,

@@ -34,9 +34,14 @@ class TrackingSpec(Spec):
 
 
 class ExplainSpec(Spec):
-    """Permutation feature importance on the held-out rows after training (tabular models)."""
+    """After training: permutation feature importance (tabular models) and integrated gradients
+    (every model family) on the held-out rows, or, federated with no central split, integrated
+    gradients by each hospital on its own test rows (only the per-input means are sent)."""
 
-    enabled: bool = Field(True, description="mlp and logistic models")
+    enabled: bool = Field(True, description="explain the trained model")
+    integrated_gradients: bool = Field(True, description=(
+        "Captum's integrated gradients from the consortium's mean row: per feature (tabular), per pixel "
+        "(cnn), per time step (sequences)"))
     repeats: Annotated[int, Field(ge=1, description="permutations per feature")] = 5
     max_rows: Annotated[int, Field(ge=10, description="held-out rows used at most")] = 2000
     top: Annotated[int, Field(ge=1, description="features in the bar chart")] = 20

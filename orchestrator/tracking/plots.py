@@ -73,5 +73,23 @@ def importance(ranked: list[dict], title: str) -> Figure:
     return fig
 
 
+def heatmap(values: np.ndarray, title: str, xlabel: str = "", ylabel: str = "") -> Figure:
+    """A matrix of non-negative values (an image's pixels, a sequence's channels x steps), with a scale."""
+    rows, cols = values.shape
+    fig, ax = plt.subplots(figsize=(min(10, max(4, 0.35 * cols + 2)), min(8, max(2.2, 0.35 * rows + 1.6))), dpi=110)
+    shown = ax.imshow(values, cmap="magma", aspect="auto" if rows * 3 < cols else "equal")
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="mean |attribution|")
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    if xlabel:   # a sequence: whole steps and channels
+        ax.set_xticks(range(0, cols, max(1, cols // 10)))
+        ax.set_yticks(range(rows))
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def close(fig: Figure) -> None:
     plt.close(fig)

@@ -96,3 +96,25 @@ def describe_census(grid: Grid, nodes: list[int], job_json: str, timeout: float)
     if not found:
         raise RuntimeError("no hospital answered the census query")
     return found
+
+
+def hospital_attributions(grid: Grid, nodes: list[int], config: ConfigRecord, arrays,
+                          timeout: float) -> tuple[np.ndarray, int, int] | None:
+    """After the last round, with no central split: each hospital attributes the final model on
+    its own test rows (integrated gradients) and sends back only the mean per input; the mean over
+    hospitals weighted by their rows, the rows, and how many hospitals answered."""
+    from orchestrator.core.protocol import ARRAYS, ATTRIBUTE, NUM_EXAMPLES
+
+    asked = ConfigRecord(dict(config))
+    asked[ATTRIBUTE] = 1
+    messages = [Message(content=RecordDict({CONFIG: asked, ARRAYS: arrays}), message_type=MessageType.QUERY,
+                        dst_node_id=n) for n in nodes]
+    total, rows, answered = None, 0, 0
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            continue
+        values = reply.content[STATS].to_numpy_ndarrays()[0]
+        n = int(reply.content[METRICS][NUM_EXAMPLES])
+        total = values * n if total is None else total + values * n
+        rows, answered = rows + n, answered + 1
+    return (total / rows, rows, answered) if rows else None

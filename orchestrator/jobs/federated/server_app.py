@@ -55,6 +55,7 @@ class Rounds:
     first_round_s: float | None = None
     first_round_at: float | None = None
     label_counts: np.ndarray | None = None
+    attributions: tuple | None = None          # (mean |attribution| per input, rows, hospitals), hospital-side
 
     def __post_init__(self):
         self.logger = RoundLogger(self.run, dict(zip(self.plan.pids(), self.plan.hospitals)),
@@ -175,6 +176,12 @@ class Rounds:
                                 timeout=fed.round_timeout_s, train_config=config,
                                 evaluate_config=ConfigRecord(dict(config)), evaluate_fn=self.central_eval)
         model.load_state_dict(result.arrays.to_torch_state_dict())
+        if self._central is None and job.explain.enabled:
+            # no rows at the server: each hospital attributes the final model on its own test rows
+            from orchestrator.jobs.federated.census import hospital_attributions
+
+            self.attributions = hospital_attributions(grid, found.nodes, config, result.arrays,
+                                                      fed.round_timeout_s)
 
     def _scale_from(self, found) -> None:
         """The model's input scaling (and a regression's output scaling) from the hospitals' sums."""
