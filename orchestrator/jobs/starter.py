@@ -32,6 +32,19 @@ def guess_target(columns: list[str], source: str) -> str:
                                  f"name it with --target, one of {columns[:40]}"])
 
 
+def not_features(csvs: list[Path], target: str) -> list[str]:
+    """Columns of any file that look like identifiers or dates (what `run` would refuse)."""
+    from orchestrator.core.columns import kind_of
+
+    found: list[str] = []
+    for csv in csvs:
+        frame = _header(csv)
+        for col in frame.columns:
+            if col != target and col not in found and kind_of(frame[col], str(col))[0] in ("identifier", "date"):
+                found.append(str(col))
+    return found
+
+
 def starter(name: str, data: Path | None, target: str | None) -> tuple[str, str]:
     """(YAML text, one line describing it)."""
     if not name.replace("-", "").replace("_", "").isalnum():
@@ -54,8 +67,9 @@ def starter(name: str, data: Path | None, target: str | None) -> tuple[str, str]
                 raise DataError(str(csv), [f"has no column '{target}' (columns: {cols[:40]}): name the label with --target"])
         y = frame[target].dropna()
         regression = y.dtype.kind == "f" and y.nunique() > 20
+        drop = not_features(csvs, target)
     else:
-        regression = False
+        regression, drop = False, []
     silos = len(csvs) > 1
     lines = [f"# consortium run {name}.yaml",
              "# yaml-language-server: $schema=consortium.schema.json",
@@ -63,6 +77,8 @@ def starter(name: str, data: Path | None, target: str | None) -> tuple[str, str]
              f"name: {name}", "kind: federated", "seed: 42", "data:"]
     if source == "csv":
         lines += ["  source: csv", f"  path: {data}", f"  target: {target}", "  test_fraction: 0.25"]
+        if drop:
+            lines.append(f"  drop: [{', '.join(drop)}]   # identifiers and dates are not features")
     else:
         lines += ["  source: breast_cancer", "  test_fraction: 0.2"]
     head = "linear" if regression else "softmax"

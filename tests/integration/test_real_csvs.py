@@ -107,3 +107,12 @@ def test_the_deployment_census_agrees_one_vocabulary_from_each_hospitals_counts(
     assert described[1]["categories"]["sex"].keys() == {"F", "M"}   # north: its own values, counted
     plan = plan_from_census(job, described)
     assert plan.schema.vocabulary == {"sex": ("F", "M", "X", "female"), "smoker": ("no", "yes")}
+
+
+def test_init_leaves_out_the_identifier_and_date_columns_and_the_config_validates(exports, tmp_path):
+    proc = run_cli("init", "exports-job", "--data", str(exports), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = (tmp_path / "exports-job.yaml").read_text()
+    assert "drop: [patient_id, admitted]" in text and "target: outcome" in text
+    checked = run_cli("validate", "exports-job.yaml", cwd=tmp_path)
+    assert checked.returncode == 0 and "3 hospitals" in checked.stdout, checked.stdout + checked.stderr
