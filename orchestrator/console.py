@@ -144,13 +144,14 @@ def execute(job, plan, debug: bool, resume_run_id: str | None = None, json_out: 
                   f"libraries said); rerun with --debug for the traceback",
                   highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(1)
-    stop_console()
-    print_result(result, job)
+    end_progress()
+    print_result(result, job)   # still captured: what MLflow says while the summary reads the store
     if json_out:
         import dataclasses
         import json
 
         print(json.dumps(dataclasses.asdict(result)))
+    stop_console()
 
 
 BEFORE_EXIT: list = []  # e.g. `federation poc` stopping the SuperLink and SuperNodes it started
