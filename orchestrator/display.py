@@ -51,12 +51,15 @@ class LiveProgress:
             self.bar.start()
         if self.task is not None:
             self.bar.remove_task(self.task)
-        room = max(10, self.bar.console.width - 50)
+        room = self._room()
         self.task = self.bar.add_task(title, total=total, unit=unit, info=f"[dim]{title[:room]}[/]")
+
+    def _room(self) -> int:
+        return max(10, self.bar.console.width - 50)   # what the count, bar and times leave the metrics
 
     def step(self, step) -> None:
         if self.bar is not None and self.task is not None:
-            room = max(10, self.bar.console.width - 50)   # what the count, bar and times leave
+            room = self._room()
             info = describe(step)
             self.bar.update(self.task, completed=step.done, total=step.total,
                             info=info if len(info) <= room else info[:room - 1] + "…")
