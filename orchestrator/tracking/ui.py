@@ -75,6 +75,12 @@ def serve(tracking_uri: str | None, port: int, log=print, log_file: Path | None 
 
     uri = resolve_uri(tracking_uri)
     stop_on_sigterm()  # `kill` stops the server it started too, like Ctrl-C
+    if uri.startswith("sqlite:"):
+        from orchestrator.tracking.stores import first_touch
+
+        # a new store's schema made here first: the server and the links read below would both
+        # create its tables at once, and the server dies on 'table ... already exists'
+        first_touch(uri)
     proc = start(uri, port, log_file)
     try:
         links = landing_links(uri, f"http://127.0.0.1:{port}")   # read while the server starts
