@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/scale.py [--sizes 100 1000 10000] [--rounds 3] [--repeats 1]
 
-Both engines: Flower's simulation (Ray actors) and inline (the same ClientApp in-process).
+Three engines: Flower's simulation (Ray actors), inline (the same ClientApp in-process, one hospital
+after another) and vectorized (in-process, a round's hospitals trained as one batched computation).
 Each hospital holds ~12 generated rows (data.source xor, rows = 15 x hospitals, IID), an MLP 2-64-2;
-fraction_fit = fraction_evaluate from 0.1 (100) to 0.01 (10 000), so every round trains 10 to 100
+fraction_fit = fraction_evaluate from 0.1 (100) to 0.001 (100 000), so every round trains 10 to 100
 hospitals. Before round 1 the census queries every hospital once (input scaling).
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT, consortium_cmd, measured, median_of, mlflow_timings, save  # noqa: E402
 
-FRACTION = {100: 0.1, 1000: 0.05, 10000: 0.01}
+FRACTION = {100: 0.1, 1000: 0.05, 10000: 0.01, 100000: 0.001}
 
 
 def one(n: int, rounds: int, timeout: float = 1800, engine: str = "simulation") -> dict:
@@ -37,7 +38,7 @@ def one(n: int, rounds: int, timeout: float = 1800, engine: str = "simulation") 
 
 
 def main(sizes=(100, 1000, 10000), rounds: int = 3, repeats: int = 1, timeout: float = 90,
-         engines=("simulation", "inline"), skip=()) -> dict:
+         engines=("simulation", "inline", "vectorized"), skip=()) -> dict:
     """`skip`: (engine, size) pairs left out (run_all leaves out what takes long and adds nothing)."""
     import subprocess
 
@@ -59,6 +60,10 @@ def main(sizes=(100, 1000, 10000), rounds: int = 3, repeats: int = 1, timeout: f
     for key, why in failed.items():
         engine, n = key.split("/")
         rows.append(f"| {engine} | {n} | {FRACTION.get(int(n), 0.01):g} | | {why} | | | |")
+    for n in sizes:
+        if f"inline/{n}" in med and f"vectorized/{n}" in med:
+            rows.append(f"\n{n} hospitals: a later round of the vectorized engine is "
+                        f"{med[f'vectorized/{n}']['round_s'] / med[f'inline/{n}']['round_s']:.2f}x the inline engine's.")
     table = f"Scale: simulated hospitals on this machine, {rounds} rounds, median of {repeats}.\n\n" + "\n".join(rows)
     save("scale", {"rounds": rounds, "repeats": repeats, "median": med, "failed": failed}, table)
     return med
@@ -69,7 +74,7 @@ if __name__ == "__main__":
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--engines", nargs="+", default=["simulation", "inline"])
+    ap.add_argument("--engines", nargs="+", default=["simulation", "inline", "vectorized"])
     a = ap.parse_args()
     t = time.time()
     main(a.sizes, a.rounds, a.repeats, engines=tuple(a.engines))

@@ -14,14 +14,14 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from clients import controls
 from clients.hospitals import hospital_share
 from orchestrator.core import metrics as M
 from orchestrator.core import protocol as P
 from orchestrator.core.data import Schema, Split
 from orchestrator.core.models import build_model, moments, standardizer
 from orchestrator.core.splits import column_fill, fill
-from orchestrator.core.training import Objective, confusion_counts, tensors, train_epochs
-from orchestrator.core.training import evaluate as evaluate_model
+from orchestrator.core.training import Objective, scored, tensors, train_epochs
 from orchestrator.spec.job import JobSpec
 
 PARTITION_KEY = P.PARTITION_ID
@@ -154,20 +154,31 @@ class InjectedFault(RuntimeError):
     """A failure drill (federated.faults): this hospital fails this round on purpose."""
 
 
+def local_plan(h: Hospital, server_round: int) -> tuple[int, dict]:
+    """This hospital's shuffling seed in this round, and where its epochs lie in the lr schedule."""
+    epochs = h.job.train.epochs
+    seed = h.job.seed * 100_003 + server_round * 1_009 + h.partition_id
+    return seed, dict(epoch_offset=(server_round - 1) * epochs, total_epochs=h.job.federated.rounds * epochs)
+
+
+def check_fault(h: Hospital, server_round: int) -> None:
+    faults = h.job.federated.faults
+    if faults is not None and h.partition_id in faults.hospitals and (
+            not faults.rounds or server_round in faults.rounds):
+        raise InjectedFault(f"hospital {h.name} fails round {server_round} (federated.faults drill)")
+
+
 def train(message: Message, context: Context) -> Message:
     h = _hospital(message, context)
     config = message.content[P.CONFIG]
     server_round = int(config[P.SERVER_ROUND])
     fed = h.job.federated
-    if fed.faults is not None and h.partition_id in fed.faults.hospitals and (
-            not fed.faults.rounds or server_round in fed.faults.rounds):
-        raise InjectedFault(f"hospital {h.name} fails round {server_round} (federated.faults drill)")
+    check_fault(h, server_round)
     model = _model(h, message)
     X, y, _, _ = h.tensors(standardizer(model).mean.numpy())
     epochs = h.job.train.epochs
-    seed = h.job.seed * 100_003 + server_round * 1_009 + h.partition_id
+    seed, schedule = local_plan(h, server_round)
     objective = _objective(h, model, message)
-    schedule = dict(epoch_offset=(server_round - 1) * epochs, total_epochs=fed.rounds * epochs)
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     extra: dict = {}
     metrics: dict = {}
@@ -186,16 +197,23 @@ def train(message: Message, context: Context) -> Message:
                             proximal_mu=float(config.get(P.PROXIMAL_MU, 0.0)),  # set by FedProx
                             objective=objective, stats=stats, **schedule)
         steps = stats.get("steps", 0)
-    state = model.state_dict()
+    return train_reply(h, message, start, model.state_dict(), loss, steps, metrics, extra)
+
+
+def train_reply(h: Hospital, message: Message, start: dict, state: dict, loss: float, steps: int,
+                metrics: dict, extra: dict) -> Message:
+    """What a hospital sends back after training: its weights (poisoned in an attack drill), its
+    row count, loss and steps (FedNova's norms), and `extra` records (SCAFFOLD's control delta)."""
+    fed = h.job.federated
     if fed.attack is not None and h.partition_id in fed.attack.hospitals:
         from clients.updates import poison
 
         poisoned = poison({k: v.numpy() for k, v in start.items()}, {k: v.numpy() for k, v in state.items()},
                           fed.attack.kind, fed.attack.factor)
         state = {k: torch.from_numpy(v) for k, v in poisoned.items()}
-    metrics.update({PARTITION_KEY: h.partition_id, P.NUM_EXAMPLES: int(len(y)), P.TRAIN_LOSS: loss,
+    metrics.update({PARTITION_KEY: h.partition_id, P.NUM_EXAMPLES: int(len(h.raw.y_train)), P.TRAIN_LOSS: loss,
                     P.LOCAL_STEPS: int(steps), P.MOMENTUM: float(h.job.train.optimizer.momentum)})
-    if P.UNIFORM_WEIGHT in config:  # central DP: every hospital counts once
+    if P.UNIFORM_WEIGHT in message.content[P.CONFIG]:  # central DP: every hospital counts once
         metrics[P.UNIFORM_WEIGHT] = 1.0
     content = RecordDict({P.ARRAYS: ArrayRecord(state), P.METRICS: MetricRecord(metrics), **extra})
     return Message(content=content, reply_to=message)
@@ -211,7 +229,7 @@ def _scaffold_train(h: Hospital, model: torch.nn.Module, X, y, message: Message,
 
     server_round = int(message.content[P.CONFIG][P.SERVER_ROUND])
     c = P.to_state(message.content[P.CONTROL])
-    c_i = _load_control(h, context, message, server_round) or {k: np.zeros_like(v) for k, v in c.items()}
+    c_i = controls.load(h.partition_id, context, message, server_round) or {k: np.zeros_like(v) for k, v in c.items()}
     params = dict(model.named_parameters())
     correction = [torch.from_numpy(c[k] - c_i[k]) if k in c else torch.zeros_like(p)
                   for k, p in params.items() if p.requires_grad]
@@ -221,51 +239,24 @@ def _scaffold_train(h: Hospital, model: torch.nn.Module, X, y, message: Message,
                         correction=correction, stats=stats, **schedule)
     y_state = {k: params[k].detach().numpy().copy() for k in c}
     c_new = scaffold_client_control(c_i, c, x, y_state, stats.get("lr_sum", 0.0))
-    _save_control(h, context, message, server_round, c_new)
+    controls.save(h.partition_id, context, message, server_round, c_new)
     return loss, stats.get("steps", 0), P.from_state({k: c_new[k] - c_i[k] for k in c})
-
-
-def _control_dir(message: Message, context: Context):
-    """Where this hospital keeps its state between runs: its node config's `state-dir` (deployment:
-    a path on the hospital's own machine), else the one the server names (simulation, one machine)."""
-    from pathlib import Path
-
-    d = context.node_config.get(P.STATE_DIR) or message.content[P.CONFIG].get(P.STATE_DIR)
-    return Path(str(d)) if d else None
-
-
-def _load_control(h: Hospital, context: Context, message: Message, server_round: int):
-    if "scaffold.c_i" in context.state:
-        return P.to_state(context.state["scaffold.c_i"])
-    d = _control_dir(message, context)
-    if d is None or not d.is_dir():
-        return None
-    saved = sorted((int(f.stem.rsplit("_r", 1)[1]), f) for f in d.glob(f"hospital{h.partition_id}_r*.npz"))
-    saved = [(r, f) for r, f in saved if r < server_round]
-    if not saved:
-        return None
-    with np.load(saved[-1][1]) as z:
-        return {k: z[k] for k in z.files}
-
-
-def _save_control(h: Hospital, context: Context, message: Message, server_round: int, c_i: dict) -> None:
-    context.state["scaffold.c_i"] = P.from_state(c_i)
-    d = _control_dir(message, context)
-    if d is None:
-        return
-    d.mkdir(parents=True, exist_ok=True)
-    np.savez(d / f"hospital{h.partition_id}_r{server_round}.npz", **c_i)
-    for old in sorted(d.glob(f"hospital{h.partition_id}_r*.npz"),
-                      key=lambda f: int(f.stem.rsplit("_r", 1)[1]))[:-2]:
-        old.unlink(missing_ok=True)
 
 
 def evaluate(message: Message, context: Context) -> Message:
     h = _hospital(message, context)
     model = _model(h, message)
     _, _, X, y = h.tensors(standardizer(model).mean.numpy())
-    objective = _objective(h, model, message)
-    res = evaluate_model(model, X, y, objective)
+    model.eval()
+    with torch.no_grad():
+        out = model(X) if len(y) else None
+    return evaluation_reply(h, message, _objective(h, model, message), out, y)
+
+
+def evaluation_reply(h: Hospital, message: Message, objective: Objective, out: torch.Tensor | None,
+                     y: torch.Tensor) -> Message:
+    """What a hospital sends back from the global model's outputs `out` on its test rows `y`."""
+    res = scored(out, y, objective)
     metrics = {PARTITION_KEY: h.partition_id, P.NUM_EXAMPLES: res.pop("num_examples")}
     if P.UNIFORM_WEIGHT in message.content[P.CONFIG]:  # central DP weights every hospital alike
         metrics[P.UNIFORM_WEIGHT] = 1.0
@@ -275,10 +266,10 @@ def evaluate(message: Message, context: Context) -> Message:
     records: dict = {P.METRICS: MetricRecord(metrics)}
     # sums the server pools into the consortium's exact metrics (counts, never rows)
     if h.schema.regression:
-        with torch.no_grad():
-            pred = objective.predict(model(X)) if len(y) else np.zeros(0)
+        pred = objective.predict(out) if len(y) else np.zeros(0)
         records[P.REGRESSION] = ConfigRecord({"sums": M.regression_sums(y.numpy(), pred).tolist()})
     else:
-        confusion = confusion_counts(model, X, y, len(h.schema.classes), objective)
+        k = len(h.schema.classes)
+        confusion = M.confusion(y.numpy(), objective.predict(out), k) if len(y) else np.zeros((k, k), dtype=np.int64)
         records[P.CONFUSION] = ConfigRecord({"counts": confusion.ravel().tolist()})
     return Message(content=RecordDict(records), reply_to=message)

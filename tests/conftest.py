@@ -43,7 +43,8 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600) 
 
 @pytest.fixture(scope="session")
 def fedavg_run(tmp_path_factory):
-    """configs/hospitals_fedavg.yaml as shipped (10 hospitals, 20 rounds), once per session."""
+    """configs/hospitals_fedavg.yaml as shipped (10 hospitals, 20 rounds), once per session, in Flower's
+    simulation engine (real Ray actors; `engine: auto` would run it in process: test_vectorized_engine)."""
     import time
 
     from orchestrator.spec.loading import load_job
@@ -54,7 +55,8 @@ def fedavg_run(tmp_path_factory):
     old = Path.cwd()
     os.chdir(work)
     try:
-        job = load_job(CONFIGS / "hospitals_fedavg.yaml", [f"tracking.uri={uri}", "tracking.experiment=spec"])
+        job = load_job(CONFIGS / "hospitals_fedavg.yaml", [f"tracking.uri={uri}", "tracking.experiment=spec",
+                                                            "federated.engine=simulation"])
         t0 = time.perf_counter()
         result = run_job(job)
         wall = time.perf_counter() - t0

@@ -228,9 +228,14 @@ def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, objective: Obje
     model.eval()
     if len(y) == 0:
         return {"loss": float("nan"), "num_examples": 0}
-    out = model(X)
-    res = {"loss": float(objective(out, y)), **objective.scores(out, y), "num_examples": int(len(y))}
-    return res
+    return scored(model(X), y, objective)
+
+
+def scored(out: torch.Tensor | None, y: torch.Tensor, objective: Objective) -> dict:
+    """Loss and every metric of the task from a model's outputs `out` on rows labelled `y`."""
+    if len(y) == 0:
+        return {"loss": float("nan"), "num_examples": 0}
+    return {"loss": float(objective(out, y)), **objective.scores(out, y), "num_examples": int(len(y))}
 
 
 @torch.no_grad()

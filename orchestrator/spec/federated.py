@@ -72,10 +72,16 @@ class FederatedSpec(Spec):
         "< 1: hospitals sampled per round, reproducibly from the seed"))] = 1.0
     fraction_evaluate: Annotated[float, Field(gt=0.0, le=1.0, description="hospitals evaluated per round")] = 1.0
     client_resources: ClientResources = Field(default_factory=ClientResources)
-    engine: Literal["simulation", "inline", "deployment"] = Field("simulation", description=(
-        "simulation: Flower's simulation engine (a Ray actor per hospital) | inline: the same ClientApp "
-        "called in this process one hospital after another, no Ray start-up | deployment: submit to a "
+    engine: Literal["auto", "simulation", "inline", "vectorized", "deployment"] = Field("auto", description=(
+        "auto: the fastest engine that runs this job (the run's params federated.engine_ran and "
+        "federated.engine_reason say which and why) | simulation: Flower's simulation engine (a Ray actor "
+        "per hospital) | inline: the same ClientApp called in this process one hospital after another, "
+        "no Ray start-up | vectorized: in this process, a round's hospitals trained together as one "
+        "batched computation (torch.func vmap over their stacked parameters) | deployment: submit to a "
         "running Flower SuperLink (federated.superlink), one SuperNode per hospital holding its own data"))
+    parallel: bool = Field(False, description=(
+        "auto engine: true trains a round's hospitals in parallel processes (Flower's simulation, a Ray "
+        "actor each with client_resources)"))
     superlink: str | None = Field(None, description=(
         "deployment: the SuperLink's HOST:PORT (consortium federation superlink serves on 9093)"))
     root_certificates: str | None = Field(None, description=(

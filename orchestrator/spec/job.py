@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 from orchestrator.spec.base import Spec
 from orchestrator.spec.cluster import CheckpointSpec, RaySpec
 from orchestrator.spec.data import LABELLED_SOURCES, TABULAR_SOURCES, DataSpec
+from orchestrator.spec.engines import vectorized_refusal
 from orchestrator.spec.federated import FederatedSpec
 from orchestrator.spec.model import SEQUENCE_MODELS, ModelSpec
 from orchestrator.spec.sweep import SweepSpec
@@ -146,6 +147,8 @@ def _check_federated(job: JobSpec) -> None:
                              "hospital holds; in a deployment each hospital reads its own CSV: use natural")
     elif fed.superlink or fed.root_certificates or fed.insecure:
         raise ValueError(f"federated.superlink: only used with engine deployment (engine is '{fed.engine}')")
+    if fed.engine == "vectorized" and (refusal := vectorized_refusal(job)) is not None:
+        raise ValueError(f"federated.engine: vectorized {refusal}")
     name = fed.strategy.name
     if name in ("scaffold", "fednova") and job.train.optimizer.name != "sgd":
         raise ValueError(f"train.optimizer.name: {name} corrects plain SGD steps; set train.optimizer.name: sgd "

@@ -3,6 +3,8 @@
 simulation  Flower's simulation engine: every hospital a Ray actor, the ServerApp in a thread here.
 inline      the same ServerApp and ClientApp in this process, hospitals called one after another
             (`inline.InlineGrid`): no Ray start-up, identical metrics for the same seed.
+vectorized  inline, but a round's training and evaluation run for all its hospitals as one batched
+            computation (`vectorized.VectorizedGrid`); the same replies, to float tolerance.
 deployment  Flower's deployment engine: this process *is* the ServerApp the SuperLink started
             (`deployed.serve`); the rounds run on the grid of SuperNodes it was given.
 In the first two the module-level ServerApp (`server_app.app`) runs the `Rounds` bound to it.
@@ -27,19 +29,21 @@ def run_engine(engine: str, rounds: server_app.Rounds, client_app: ClientApp, nu
         rounds.main(deployed.grid, deployed.context)
         return
     with server_app.bound(rounds):
-        if engine == "inline":
+        if engine in ("inline", "vectorized"):
             if runtime is not None:
                 runtime.stop()
-            _inline(client_app, num_clients)
+            _inline(client_app, num_clients, vectorized=engine == "vectorized")
         elif engine == "simulation":
             _simulation(client_app, num_clients, rounds.job, runtime)
         else:
             raise ValueError(f"federated.engine: unknown engine {engine!r}")
 
 
-def _inline(client_app: ClientApp, num_clients: int) -> None:
+def _inline(client_app: ClientApp, num_clients: int, vectorized: bool = False) -> None:
     from orchestrator.jobs.federated.inline import InlineGrid, server_identity
 
+    if vectorized:
+        from orchestrator.jobs.federated.vectorized import VectorizedGrid as InlineGrid  # noqa: N814
     grid = InlineGrid(client_app, [{PARTITION_ID: i, NUM_PARTITIONS: num_clients} for i in range(num_clients)])
     with server_identity(grid.run.run_id):
         server_app.app(grid, Context(run_id=grid.run.run_id, node_id=1, node_config={}, state=RecordDict(),

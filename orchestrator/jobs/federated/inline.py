@@ -7,8 +7,8 @@ client code and records are exactly those of the simulation. Each hospital gets 
 every message and the server gets a copy of every reply: nothing is shared by reference.
 
 What it gives up: hospitals train one after another (no parallelism), a hospital cannot time out,
-and nothing isolates a hospital's process. Use it for quick studies and tests; use
-`engine: simulation` (the default) for the real thing.
+and nothing isolates a hospital's process. `engine: auto` (the default) picks it, or the
+vectorized engine built on it, when one machine's cores serve the job (`spec.federated.choose_engine`).
 """
 from __future__ import annotations
 
@@ -57,12 +57,16 @@ class InlineGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
         for msg in messages:
-            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-            msg.metadata.__dict__["_run_id"] = self._run.run_id
-            msg.metadata.__dict__["_src_node_id"] = SERVER_NODE_ID
+            self._stamp(msg)
             self._replies[msg.metadata.message_id] = self._deliver(msg)
             ids.append(msg.metadata.message_id)
         return ids
+
+    def _stamp(self, msg: Message) -> None:
+        """What Flower's grid sets on a message it sends: its id, run and sender."""
+        msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+        msg.metadata.__dict__["_run_id"] = self._run.run_id
+        msg.metadata.__dict__["_src_node_id"] = SERVER_NODE_ID
 
     def _deliver(self, msg: Message) -> Message:
         context = self.contexts.get(msg.metadata.dst_node_id)
@@ -74,8 +78,7 @@ class InlineGrid(Grid):
         try:
             reply = self.client_app(own, context)
         except Exception as exc:  # the hospital crashed: the server sees an error reply, as in simulation
-            reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
-            return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=msg)
+            return crashed(msg, exc)
         return Message(copy.deepcopy(reply.content), reply_to=msg) if reply.has_content() else \
             Message(reply.error, reply_to=msg)
 
@@ -84,6 +87,12 @@ class InlineGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))
+
+
+def crashed(msg: Message, exc: Exception) -> Message:
+    """The error reply a hospital that raised `exc` on `msg` sends, as in Flower's simulation."""
+    reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
+    return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=msg)
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from orchestrator.jobs.federated.engines import run_engine
 from orchestrator.jobs.federated.server_app import Rounds
 from orchestrator.jobs.runtime import EarlyRuntime, quiet_flower
 from orchestrator.jobs.transfer import initial_model
+from orchestrator.spec.engines import choose_engine
 from orchestrator.spec.job import JobSpec
 
 
@@ -28,14 +29,16 @@ def run_federated(ctx: Context) -> Outcome:
                     copied=set(start.weights) if start is not None and start.weights is not None else set())
     if ctx.resume and (last := load_last_round(ckpt_dir)) is not None:
         rounds.done, rounds.saved_model, rounds.saved_strategy = last
+    engine, reason = choose_engine(job)
     if not ctx.resume:
-        run.set_tags({"federated.checkpoints": str(ckpt_dir), "federated.engine": fed.engine})
+        run.set_tags({"federated.checkpoints": str(ckpt_dir), "federated.engine": engine})
+        run.log_params({"federated.engine_ran": engine, "federated.engine_reason": reason})
     quiet_flower(os.environ.get("CONSORTIUM_VERBOSE") == "1")
     from clients.client_app import app, secagg_app
 
     runtime = ctx.launched.runtime if isinstance(ctx.launched, SimulationLaunched) else None
     try:
-        run_engine(fed.engine, rounds, secagg_app if fed.secure else app, len(plan.hospitals), runtime,
+        run_engine(engine, rounds, secagg_app if fed.secure else app, len(plan.hospitals), runtime,
                    deployed=ctx.launched)
     finally:
         rounds.writer.close()  # every round's metrics and checkpoint written, also when stopped
@@ -76,7 +79,7 @@ class Federated(JobKind):
             params={"federated.num_clients": n, "federated.hospital_sizes": ",".join(map(str, plan.hospital_sizes))})
 
     def launch(self, job: JobSpec) -> Launched:
-        return SimulationLaunched() if job.federated.engine == "simulation" else Launched()
+        return SimulationLaunched() if choose_engine(job)[0] == "simulation" else Launched()
 
     def run(self, ctx: Context) -> Outcome:
         return run_federated(ctx)
