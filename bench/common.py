@@ -70,6 +70,8 @@ def measured(cmd: list[str], cwd: Path | None = None, env: dict | None = None, t
         if line.startswith("{"):
             reported = json.loads(line)
             break
+    if "wall_s" in reported:  # the job's own wall (--json) is not the process's
+        reported["job_wall_s"] = reported.pop("wall_s")
     return {"wall_s": wall, "peak_rss_mb": peak / 2**20, **reported, "_t0": t0, "_dir": str(work)}
 
 
