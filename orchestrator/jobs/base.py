@@ -72,6 +72,9 @@ class JobKind(ABC):
     """A kind describes and runs; checking and launching have defaults that do nothing."""
 
     name = "job"
+    # True when every metric of a new run is logged from this process (not by Ray workers): the
+    # run then answers history reads (report, result) from memory, not with a query per key
+    logs_here = False
 
     def check(self, job: JobSpec, plan: DataPlan) -> None:
         pass

@@ -84,6 +84,8 @@ def execute(job: JobSpec, plan: DataPlan, tracker, *, kind: JobKind | None = Non
         try:
             if attach_run_id:
                 run.set_tags({**all_tags, "mlflow.runName": f"{about.run_name}-{attach_run_id[:6]}"})
+            if kind.logs_here and not (resume_run_id or attach_run_id) and hasattr(run, "keep_history"):
+                run.keep_history()
             if not resume_run_id:
                 run.log_params({**flatten(job.model_dump(mode="json")), **plan.notes, **about.params, **(params or {})})
                 run.log_text(dump_yaml(job), "config/resolved.yaml")

@@ -71,6 +71,12 @@ class TrackedRun:
     _unsent_since: float | None = None
     _next_try: float = 0.0
     last: dict[str, float] = field(default_factory=dict)
+    _kept: dict[str, list[tuple[int, float]]] | None = None   # keep_history(): every value logged here
+
+    def keep_history(self) -> None:
+        """This new run's metrics are all logged from this process: keep a copy of each value, so
+        history() and metric_keys() need no query per key (a 1 000-hospital run has thousands)."""
+        self._kept = {}
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Record now, sent with the next flush() as one log_batch."""
@@ -80,6 +86,8 @@ class TrackedRun:
                 v = float(v)
                 self._pending.append(Metric(k, v, ts, step))
                 self.last[k] = v
+                if self._kept is not None:
+                    self._kept.setdefault(k, []).append((step, v))
 
     def flush(self, wait: float = 0.0) -> bool:
         """Send buffered metrics. If the store is unreachable (a server restarting, a locked
@@ -135,9 +143,15 @@ class TrackedRun:
         self.client.log_figure(self.run_id, figure, artifact_file)
 
     def metric_keys(self) -> list[str]:
+        if self._kept is not None:
+            with self._lock:
+                return sorted(self._kept)
         return sorted(self.client.get_run(self.run_id).data.metrics)
 
     def history(self, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
+        if self._kept is not None:
+            with self._lock:
+                return {k: list(self._kept.get(k, [])) for k in keys}
         return {k: [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, k)] for k in keys}
 
     def log_model(self, model, rows, registered_name: str | None, card: dict) -> ModelRecord:

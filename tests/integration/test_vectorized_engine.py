@@ -87,9 +87,16 @@ def test_auto_runs_the_shipped_job_vectorized_and_the_params_say_why(store):
     job = load_job(CONFIGS / "hospitals_fedavg.yaml", [f"tracking.uri={store}", "tracking.register_model=null",
                                                         "tracking.log_model=false", "federated.rounds=2"])
     assert job.federated.engine == "auto"
-    params = MlflowClient(store).get_run(run_job(job).run_id).data.params
+    result = run_job(job)
+    client = MlflowClient(store)
+    params = client.get_run(result.run_id).data.params
     assert params["federated.engine"] == "auto" and params["federated.engine_ran"] == "vectorized"
     assert "one machine" in params["federated.engine_reason"]
+    # the job read its history from memory (no query per key): what it read is what the store holds
+    stored = sorted(m.value for m in client.get_metric_history(result.run_id, "time/round_end_s"))
+    assert result.round_ends_s == stored and len(stored) == 2
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+    assert {"plots/accuracy.png", "plots/loss.png", "plots/hospitals_accuracy.png"} <= artifacts, artifacts
 
 
 @pytest.mark.parametrize("overrides, engine, why", [

@@ -62,6 +62,7 @@ class SimulationLaunched(Launched):
 
 class Federated(JobKind):
     name = "federated"
+    logs_here = True   # the rounds log from the ServerApp in this process (simulation, inline, vectorized)
 
     def describe(self, job: JobSpec, plan) -> Description:
         p, n = job.federated.partition, len(plan.hospitals)
