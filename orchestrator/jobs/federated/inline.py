@@ -29,6 +29,8 @@ SERVER_NODE_ID = 1
 
 
 class InlineGrid(Grid):
+    copies = True   # each hospital its own copy of a message, the server its own of each reply
+
     def __init__(self, client_app: ClientApp, node_configs: list[dict], run_id: int = 1):
         self.client_app = client_app
         self._run = Run.create_empty(run_id)
@@ -72,14 +74,15 @@ class InlineGrid(Grid):
         context = self.contexts.get(msg.metadata.dst_node_id)
         if context is None:
             return Message(Error(ErrorCode.NODE_UNAVAILABLE, f"no node {msg.metadata.dst_node_id}"), reply_to=msg)
-        own = Message(copy.deepcopy(msg.content), msg.metadata.dst_node_id, msg.metadata.message_type,
+        copied = copy.deepcopy if self.copies else (lambda record: record)
+        own = Message(copied(msg.content), msg.metadata.dst_node_id, msg.metadata.message_type,
                       group_id=msg.metadata.group_id)
         own.metadata.__dict__.update({k: v for k, v in msg.metadata.__dict__.items() if k != "_content"})
         try:
             reply = self.client_app(own, context)
         except Exception as exc:  # the hospital crashed: the server sees an error reply, as in simulation
             return crashed(msg, exc)
-        return Message(copy.deepcopy(reply.content), reply_to=msg) if reply.has_content() else \
+        return Message(copied(reply.content), reply_to=msg) if reply.has_content() else \
             Message(reply.error, reply_to=msg)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
