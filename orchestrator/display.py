@@ -61,8 +61,10 @@ class LiveProgress:
         if self.bar is not None and self.task is not None:
             room = self._room()
             info = describe(step)
+            # drawn now, not at the next of 4 refreshes a second: a job whose rounds take
+            # milliseconds (the vectorized engine) still shows each one
             self.bar.update(self.task, completed=step.done, total=step.total,
-                            info=info if len(info) <= room else info[:room - 1] + "…")
+                            info=info if len(info) <= room else info[:room - 1] + "…", refresh=True)
 
     def end(self) -> None:
         if self.bar is not None:
