@@ -21,7 +21,7 @@ from orchestrator.core import protocol as P
 from orchestrator.core.data import Schema, Split
 from orchestrator.core.models import build_model, moments, standardizer
 from orchestrator.core.splits import column_fill, fill
-from orchestrator.core.training import Objective, scored, tensors, train_epochs
+from orchestrator.core.training import Objective, confusion_of, scored, tensors, train_epochs
 from orchestrator.spec.job import JobSpec
 
 PARTITION_KEY = P.PARTITION_ID
@@ -269,7 +269,6 @@ def evaluation_reply(h: Hospital, message: Message, objective: Objective, out: t
         pred = objective.predict(out) if len(y) else np.zeros(0)
         records[P.REGRESSION] = ConfigRecord({"sums": M.regression_sums(y.numpy(), pred).tolist()})
     else:
-        k = len(h.schema.classes)
-        confusion = M.confusion(y.numpy(), objective.predict(out), k) if len(y) else np.zeros((k, k), dtype=np.int64)
+        confusion = confusion_of(out, y, len(h.schema.classes), objective)
         records[P.CONFUSION] = ConfigRecord({"counts": confusion.ravel().tolist()})
     return Message(content=RecordDict(records), reply_to=message)

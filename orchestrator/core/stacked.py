@@ -11,8 +11,8 @@ hospital's parameters and optimizer state as they were (FedJAX's ClientBlock, in
 The optimizers are torch's own update rules (SGD with momentum/nesterov, Adam, AdamW, RMSprop, with
 weight decay) written over stacked tensors; FedProx's proximal term, SCAFFOLD's correction and
 gradient-norm clipping act per hospital, as in `train_epoch`. Random layers (dropout) draw
-different masks per hospital (`randomness="different"`), from torch's global generator: the same
-distribution as the per-hospital loop, not the same masks. Batch norm is not supported (a step's
+different masks per hospital (`randomness="different"`), from torch's global generator seeded
+with the first hospital's seed: the same distribution as the per-hospital loop, not the same masks. Batch norm is not supported (a step's
 running statistics are state a functional call does not return); validation refuses it.
 """
 from __future__ import annotations
@@ -158,6 +158,7 @@ def train_stacked(model: nn.Module, block: Block, spec: TrainSpec, epochs: int, 
 
     step_fn = vmap(grad(loss_of, has_aux=True), randomness="different")
     gens = [torch.Generator().manual_seed(s) for s in seeds]
+    torch.manual_seed(seeds[0] if seeds else 0)  # dropout masks: reproducible, as train_epochs seeds its own
     total_epochs = total_epochs or epochs
     steps = torch.zeros(K, dtype=torch.long)
     lr_sums = torch.zeros(K, dtype=torch.float64)

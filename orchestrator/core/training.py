@@ -226,9 +226,7 @@ def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, objective: Obje
     """Loss and every metric of the task, plus num_examples."""
     objective = objective or Objective("softmax", "cross_entropy", 0)
     model.eval()
-    if len(y) == 0:
-        return {"loss": float("nan"), "num_examples": 0}
-    return scored(model(X), y, objective)
+    return scored(model(X) if len(y) else None, y, objective)
 
 
 def scored(out: torch.Tensor | None, y: torch.Tensor, objective: Objective) -> dict:
@@ -241,12 +239,16 @@ def scored(out: torch.Tensor | None, y: torch.Tensor, objective: Objective) -> d
 @torch.no_grad()
 def confusion_counts(model: nn.Module, X: torch.Tensor, y: torch.Tensor, num_classes: int,
                      objective: Objective | None = None) -> np.ndarray:
-    """Rows: true label, columns: predicted label."""
     model.eval()
+    objective = objective or Objective("softmax", "cross_entropy", num_classes)
+    return confusion_of(model(X) if len(y) else None, y, num_classes, objective)
+
+
+def confusion_of(out: torch.Tensor | None, y: torch.Tensor, num_classes: int, objective: Objective) -> np.ndarray:
+    """Confusion counts of outputs `out` on rows labelled `y` (rows: true, columns: predicted label)."""
     if len(y) == 0:
         return np.zeros((num_classes, num_classes), dtype=np.int64)
-    objective = objective or Objective("softmax", "cross_entropy", num_classes)
-    return M.confusion(y.cpu().numpy(), objective.predict(model(X)), num_classes)
+    return M.confusion(y.cpu().numpy(), objective.predict(out), num_classes)
 
 
 class EarlyStopping:

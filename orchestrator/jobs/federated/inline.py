@@ -73,7 +73,7 @@ class InlineGrid(Grid):
     def _deliver(self, msg: Message) -> Message:
         context = self.contexts.get(msg.metadata.dst_node_id)
         if context is None:
-            return Message(Error(ErrorCode.NODE_UNAVAILABLE, f"no node {msg.metadata.dst_node_id}"), reply_to=msg)
+            return unavailable(msg)
         copied = copy.deepcopy if self.copies else (lambda record: record)
         own = Message(copied(msg.content), msg.metadata.dst_node_id, msg.metadata.message_type,
                       group_id=msg.metadata.group_id)
@@ -90,6 +90,11 @@ class InlineGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))
+
+
+def unavailable(msg: Message) -> Message:
+    """The error reply to a message for a node this grid does not have."""
+    return Message(Error(ErrorCode.NODE_UNAVAILABLE, f"no node {msg.metadata.dst_node_id}"), reply_to=msg)
 
 
 def crashed(msg: Message, exc: Exception) -> Message:

@@ -19,15 +19,14 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
-from flwr.app import Error, Message
-from flwr.common.constant import ErrorCode
+from flwr.app import Message
 
 from clients import controls, handlers
 from clients.updates import scaffold_client_control
 from orchestrator.core import protocol as P
 from orchestrator.core.models import standardizer
 from orchestrator.core.stacked import Block, train_stacked
-from orchestrator.jobs.federated.inline import InlineGrid, crashed
+from orchestrator.jobs.federated.inline import InlineGrid, crashed, unavailable
 
 
 class VectorizedGrid(InlineGrid):
@@ -61,8 +60,7 @@ class VectorizedGrid(InlineGrid):
         for msg in group:
             context = self.contexts.get(msg.metadata.dst_node_id)
             if context is None:
-                replies[msg.metadata.message_id] = Message(
-                    Error(ErrorCode.NODE_UNAVAILABLE, f"no node {msg.metadata.dst_node_id}"), reply_to=msg)
+                replies[msg.metadata.message_id] = unavailable(msg)
                 continue
             try:
                 h = handlers._hospital(msg, context)
@@ -104,12 +102,12 @@ class VectorizedGrid(InlineGrid):
                                handlers._objective(h0, model, first), **plans[0][1],
                                proximal_mu=float(content[P.CONFIG].get(P.PROXIMAL_MU, 0.0)), correction=correction)
         replies = {}
+        x = {n: start[n].numpy() for n in c} if scaffold else {}   # the global model's, for every c_i+
         for k, (msg, context, h) in enumerate(ready):
             state = {n: result.params[n][k] if n in result.params else v for n, v in start.items()}
             extra = {}
             if scaffold:
                 mine = {n: c_i[n][k] for n in c}
-                x = {n: start[n].numpy() for n in c}
                 y = {n: result.params[n][k].numpy() for n in c}
                 c_new = scaffold_client_control(mine, c, x, y, result.lr_sums[k])
                 self._save_control(msg, context, h, server_round, c_new)
