@@ -125,6 +125,7 @@ def resume(run_id: str = typer.Argument(..., help="MLflow run id of the interrup
 TRACKING_HELP = "MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlruns.db)"
 
 
+
 @app.command()
 def compare(run_ids: Optional[list[str]] = typer.Argument(None, help="Runs to compare (default: the newest)"),
             experiment: Optional[str] = typer.Option("consortium", help="Experiment to take runs from"),
@@ -271,8 +272,10 @@ def schema() -> None:
 
 
 def _federation() -> None:
+    from orchestrator.crossval_cli import crossval
     from orchestrator.federation.cli import fed_app
 
+    app.command()(crossval)
     app.add_typer(fed_app, name="federation")
 
 

@@ -172,6 +172,7 @@ def exit_interrupted() -> None:
 
 
 SCOPE_ROWS = {"central": "the server's held-out rows", "eval": "the hospitals' / test rows",
+              "site_mean": "mean over hospitals, each counts once",
               "val": "validation rows", "personal": "personal models, at each hospital"}
 
 
@@ -198,8 +199,12 @@ def print_result(result, job=None) -> None:
                       prefix + SCOPE_ROWS.get(scope, ""))
     if keys:
         out.print(table)
+    if getattr(result, "crossval", None):
+        from orchestrator.jobs.crossval import table as crossval_table
+
+        out.print(crossval_table(result.crossval))
     rest = [k for k in result.final if k not in keys and not k.endswith(("/failures", "/hospitals"))
-            and not k.startswith(("time/", "ray/", "hospital_"))]
+            and not k.startswith(("time/", "ray/", "hospital_", "crossval/"))]
     if rest:
         out.print(f"[dim]{len(rest)} more metrics (--json, or the run in MLflow): "
                   f"{', '.join(sorted(rest)[:6])}{', ...' if len(rest) > 6 else ''}[/]", highlight=False)

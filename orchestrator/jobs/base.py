@@ -35,6 +35,7 @@ class Outcome:
     registered: str | None = None                 # a kind that registered a model itself (sweep's best)
     model_uri: str | None = None
     attributions: tuple | None = None             # federated, no central split: the hospitals' own (explain)
+    crossval: dict | None = None                  # federated.crossval: {site: {model: {metric: value}}}
 
 
 @dataclass

@@ -56,9 +56,9 @@ def plan_data(job: JobSpec) -> DataPlan:
         raise DataError(job.data.path or job.data.source,
                         [f"column '{c}' has no values in any row: drop it or fill it" for c in empty])
     check_schema(job, schema, job.data.path or job.data.source)
-    natural = len(tables) > 1 or (job.kind == "federated" and job.federated.partition.name == "natural")
+    natural = len(tables) > 1 or (job.by_hospital and job.federated.partition.name == "natural")
     source = job.data.path or job.data.source
-    if job.kind == "federated" and not natural and len(tables) > 1:
+    if job.by_hospital and not natural and len(tables) > 1:
         raise DataError(source, ["a directory of per-hospital CSVs needs federated.partition.name: natural"])
     min_rows = job.federated.partition.min_size
     notes: dict = {"data.num_features": len(schema.features), "data.num_classes": len(schema.classes)}
@@ -67,7 +67,7 @@ def plan_data(job: JobSpec) -> DataPlan:
     missing = int(sum(np.isnan(t.X).sum() for t in tables))
     notes["data.missing_cells"] = missing
     notes["data.imputation"] = (
-        f"{job.data.impute} of each hospital's own training rows" if job.kind == "federated"
+        f"{job.data.impute} of each hospital's own training rows" if job.by_hospital
         else f"{job.data.impute} of the pooled training rows"
     ) if missing else "none needed"
 
@@ -76,7 +76,7 @@ def plan_data(job: JobSpec) -> DataPlan:
                     f"(federated.partition.min_size) for its own train/test split"
                     for t in tables if len(t.y) < min_rows]
         n = job.federated.num_clients
-        if job.kind == "federated" and n is not None and n != len(tables):
+        if job.by_hospital and n is not None and n != len(tables):
             problems.append(f"federated.num_clients: {n}, but {source} holds {len(tables)} hospital files "
                             f"(set it to {len(tables)} or null)")
         if problems:

@@ -29,6 +29,7 @@ class JobResult:
     first_round_at: float | None = None    # time.time() when the first round/epoch ended
     round_ends_s: list[float] = field(default_factory=list)  # federated: seconds from start, per round
     history: dict = field(default_factory=dict)  # tracking off: the pooled metrics per round/epoch
+    crossval: dict | None = None           # federated.crossval: {site: {model: {metric: value}}}
 
 
 def run_job(job: JobSpec, plan: DataPlan | None = None, resume_run_id: str | None = None) -> JobResult:
@@ -98,7 +99,7 @@ def execute(job: JobSpec, plan: DataPlan, tracker, *, kind: JobKind | None = Non
                                wall_s=wall, first_round_at=outcome.first_round_at,
                                model_uri=outcome.model_uri, registered=outcome.registered,
                                round_ends_s=[v for _, v in sorted(run.history(["time/round_end_s"])["time/round_end_s"])]
-                               if job.kind == "federated" else [])
+                               if job.by_hospital else [], crossval=outcome.crossval)
             if not job.tracking.enabled:  # the in-memory run is all there is: keep its history
                 result.history = run.history([k for k in run.metric_keys() if not k.startswith(("hospital_", "time/"))])
             if not job.tracking.enabled or outcome.model is None:

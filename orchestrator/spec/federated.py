@@ -102,6 +102,10 @@ class FederatedSpec(Spec):
     faults: FaultSpec | None = Field(None, description="a drill: these hospitals raise in these rounds")
     dp: DPSpec | None = Field(None, description="differential privacy, central or local")
     secagg: SecAggSpec | None = Field(None, description="secure aggregation with Flower's SecAgg+")
+    crossval: bool = Field(False, description=(
+        "cross-site validation at the end: every model (the global one, the best round's; with kind "
+        "local each hospital's own) evaluated at every hospital on its own test rows, only metrics "
+        "travel; logged as crossval/matrix.json and crossval/heatmap.png"))
 
     def min_fit(self, hospitals: int) -> int:
         """The resolved `min_fit_clients`: at least this many hospitals train each round."""

@@ -24,6 +24,7 @@ from orchestrator.spec.train import HEAD_LOSS, LOSS_HEAD, TrainSpec
 JOB_KINDS = {
     "federated": "orchestrator.jobs.federated.job",
     "centralized": "orchestrator.jobs.centralized",
+    "local": "orchestrator.jobs.local",
     "ray": "orchestrator.jobs.ray.job",
     "sweep": "orchestrator.jobs.sweep",
 }
@@ -45,9 +46,14 @@ class JobSpec(Spec):
     sweep: SweepSpec | None = None
 
     @property
+    def by_hospital(self) -> bool:
+        """The data lies with hospitals, each keeping its own rows (federated; local: each trains alone)."""
+        return self.kind in ("federated", "local")
+
+    @property
     def pooled(self) -> bool:
-        """Trains one model on the pooled data (every kind but federated)."""
-        return self.kind != "federated"
+        """Trains one model on the pooled data (every kind but federated and local)."""
+        return not self.by_hospital
 
     @property
     def head(self) -> str:
@@ -64,7 +70,7 @@ class JobSpec(Spec):
     @model_validator(mode="after")
     def _cross_checks(self) -> JobSpec:
         part = self.federated.partition.name
-        if self.kind == "federated":
+        if self.by_hospital:
             if part == "natural" and self.data.source != "csv":
                 raise ValueError(
                     "federated.partition.name: 'natural' needs data.source 'csv' with data.path "
@@ -72,7 +78,10 @@ class JobSpec(Spec):
                 )
             if part != "natural" and self.federated.num_clients is None:
                 raise ValueError(f"federated.num_clients: required with partition '{part}'")
-            _check_federated(self)
+            if self.kind == "local":
+                _check_local(self)
+            else:
+                _check_federated(self)
         if self.model.name == "cnn" and self.data.source not in ("digits", "csv"):
             raise ValueError("model.name: cnn needs image rows (data.source digits, or a csv of square images)")
         if self.train.loss is not None and LOSS_HEAD[self.train.loss] != self.model.head:
@@ -88,14 +97,14 @@ class JobSpec(Spec):
                 raise ValueError("train.class_weights: a regression (model.head linear) has no classes")
             if self.data.classes is not None:
                 raise ValueError("data.classes: a regression (model.head linear) has no classes")
-            if self.kind == "federated" and part == "dirichlet":
+            if self.by_hospital and part == "dirichlet":
                 raise ValueError("federated.partition.name: dirichlet skews class labels; a regression target "
                                  "needs iid or natural")
         if self.model.name in SEQUENCE_MODELS and self.data.source in TABULAR_SOURCES:
             raise ValueError(f"model.name: {self.model.name} reads sequences (data.source sequences, or a csv of "
                              f"steps x model.input_size columns)")
-        if self.kind == "federated" and self.train.early_stopping.enabled:
-            raise ValueError("train.early_stopping: stops epochs of a centralized or ray job; a federated job "
+        if self.by_hospital and self.train.early_stopping.enabled:
+            raise ValueError(f"train.early_stopping: stops epochs of a centralized or ray job; a {self.kind} job "
                              "runs federated.rounds rounds")
         if self.kind == "sweep" and self.sweep is None:
             raise ValueError("sweep: kind sweep needs a sweep section with the space to search")
@@ -104,6 +113,18 @@ class JobSpec(Spec):
         if self.sweep is not None:
             _check_sweep_space(self)
         return self
+
+
+def _check_local(job: JobSpec) -> None:
+    """kind local: every hospital trains alone in this process, on the shares a simulation gives it."""
+    fed = job.federated
+    if fed.engine in ("deployment", "simulation"):
+        raise ValueError(f"federated.engine: kind local trains each hospital alone in this process; engine "
+                         f"'{fed.engine}' is for federated jobs (leave it auto)")
+    drills = [k for k in ("attack", "faults", "dp", "secagg") if getattr(fed, k) is not None]
+    if drills:
+        raise ValueError(f"federated.{drills[0]}: a federated drill/privacy setting; kind local sends nothing "
+                         "anywhere (remove it, or use kind: federated)")
 
 
 def _check_federated(job: JobSpec) -> None:
@@ -177,6 +198,9 @@ def _check_federated(job: JobSpec) -> None:
                              f"{fed.secagg.reconstruction_threshold} is more than num_shares ({fed.secagg.num_shares})")
         if fed.attack is not None or fed.faults is not None:
             raise ValueError("federated.secagg: attack and faults drills run without secure aggregation")
+        if fed.crossval:
+            raise ValueError("federated.crossval: SecAgg+ jobs here run their own ClientApp, which answers only "
+                             "masked training; run cross-site validation afterwards: consortium crossval MODEL_URI CONFIG")
         if fed.evaluate_every != 1:
             raise ValueError("federated.evaluate_every: SecAgg+ rounds here evaluate every round; "
                              "set federated.evaluate_every: 1")

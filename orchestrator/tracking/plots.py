@@ -93,3 +93,25 @@ def heatmap(values: np.ndarray, title: str, xlabel: str = "", ylabel: str = "") 
 
 def close(fig: Figure) -> None:
     plt.close(fig)
+
+
+def site_matrix(values: np.ndarray, sites: list[str], models: list[str], metric: str, title: str) -> Figure:
+    """Cross-site validation: one row per hospital, one column per model, each cell annotated."""
+    rows, cols = values.shape
+    fig, ax = plt.subplots(figsize=(min(14, max(4, 1.1 * cols + 2.5)), min(10, max(2.5, 0.45 * rows + 1.8))), dpi=110)
+    shown = ax.imshow(values, cmap="viridis", aspect="auto")
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label=metric)
+    ax.set_xticks(range(cols), models, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(rows), sites, fontsize=8)
+    ax.set(xlabel="model", ylabel="evaluated at hospital (its own test rows)")
+    if rows * cols <= 400:
+        finite = values[np.isfinite(values)]
+        middle = float(finite.mean()) if finite.size else 0.0
+        for i in range(rows):
+            for j in range(cols):
+                v = values[i, j]
+                ax.text(j, i, "-" if np.isnan(v) else f"{v:.3f}", ha="center", va="center", fontsize=7,
+                        color="black" if v > middle else "white")
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -8,12 +8,20 @@ from orchestrator.spec.errors import UserError
 
 def load_source_weights(uri: str, model_uri: str) -> tuple[dict, dict[str, str]]:
     """The weights of a logged model (models:/NAME/VERSION or runs:/RUN_ID/model) and its lineage tags."""
+    model, lineage = load_logged_model(uri, model_uri, "model.init_from")
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, lineage
+
+
+def load_logged_model(uri: str, model_uri: str, key: str):
+    """A logged model as its torch module, and its lineage tags; a wrong URI is a UserError on `key`."""
     import mlflow.pytorch
 
     client = MlflowClient(uri)
     lineage = {"lineage.init_from": model_uri}
     try:
-        if model_uri.startswith("models:/"):
+        if model_uri.startswith("models:/m-") and "/" not in model_uri[len("models:/"):]:
+            pass  # MLflow 3's logged model id (what `consortium run` prints when nothing is registered)
+        elif model_uri.startswith("models:/"):
             name, _, version = model_uri[len("models:/"):].partition("/")
             if version in ("", "latest"):
                 versions = client.search_model_versions(f"name='{name}'")
@@ -31,8 +39,8 @@ def load_source_weights(uri: str, model_uri: str) -> tuple[dict, dict[str, str]]
         model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError("model.init_from", [f"cannot load {model_uri} from {uri}: {first[:300]}"]) from None
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, lineage
+        raise UserError(key, [f"cannot load {model_uri} from {uri}: {first[:300]}"]) from None
+    return model, lineage
 
 
 def find_runs(uri: str, experiment: str | None, run_ids: list[str] | None, limit: int = 20) -> list:

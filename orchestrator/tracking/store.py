@@ -142,6 +142,16 @@ class TrackedRun:
     def log_figure(self, figure, artifact_file: str) -> None:
         self.client.log_figure(self.run_id, figure, artifact_file)
 
+    def log_bytes(self, data: bytes, artifact_file: str) -> None:
+        import posixpath
+        import tempfile
+        from pathlib import Path
+
+        folder, name = posixpath.split(artifact_file)
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / name).write_bytes(data)
+            self.client.log_artifact(self.run_id, str(Path(tmp) / name), folder or None)
+
     def metric_keys(self) -> list[str]:
         if self._kept is not None:
             with self._lock:

@@ -42,10 +42,15 @@ def run_federated(ctx: Context) -> Outcome:
                    deployed=ctx.launched)
     finally:
         rounds.writer.close()  # every round's metrics and checkpoint written, also when stopped
-    return Outcome(model=model, final={k: v for k, v in run.last.items() if "/" in k and not k.startswith("hospital_")},
-                   first_round_s=rounds.first_round_s, first_round_at=rounds.first_round_at,
-                   label_counts=rounds.label_counts, confusion=rounds.logger.confusion,
-                   attributions=rounds.attributions)
+    outcome = Outcome(model=model, final={k: v for k, v in run.last.items() if "/" in k and not k.startswith("hospital_")},
+                      first_round_s=rounds.first_round_s, first_round_at=rounds.first_round_at,
+                      label_counts=rounds.label_counts, confusion=rounds.logger.confusion,
+                      attributions=rounds.attributions, crossval=rounds.crossval)
+    if rounds.crossval:
+        from orchestrator.jobs.crossval import log_crossval
+
+        outcome.final.update(log_crossval(run, job, rounds.crossval))
+    return outcome
 
 
 class SimulationLaunched(Launched):

@@ -46,6 +46,10 @@ class RoundLogger:
                 if k.startswith(f"{prefix}_") and not np.isnan(v):
                     m[f"hospital_{name}/{prefix}/{k[len(prefix) + 1:]}"] = v
         if report.phase == "evaluate":
+            # each hospital counts once (FLamby's mean over hospitals), beside the pooled eval/
+            per_site = [{k[len("eval_"):]: v for k, v in hm.items() if k.startswith("eval_")}
+                        for hm in report.hospitals.values()]
+            m.update({f"site_mean/{k}": v for k, v in M.site_mean(per_site).items()})
             if (v := _weighted(report.hospitals, "eval_auroc")) is not None and not np.isnan(v):
                 m["eval/auroc"] = v
             counts = [e[CONFUSION]["counts"] for e in report.extras.values() if CONFUSION in e]

@@ -56,6 +56,8 @@ class Rounds:
     first_round_at: float | None = None
     label_counts: np.ndarray | None = None
     attributions: tuple | None = None          # (mean |attribution| per input, rows, hospitals), hospital-side
+    best: tuple | None = None                  # federated.crossval: (round, loss, model state) of the best round
+    crossval: dict | None = None               # federated.crossval: {site: {model: {metric: value}}}
 
     def __post_init__(self):
         self.logger = RoundLogger(self.run, dict(zip(self.plan.pids(), self.plan.hospitals)),
@@ -82,6 +84,8 @@ class Rounds:
             metrics.update({f"central/{k}": v for k, v in r.items()})
             res = MetricRecord({k: float(v) for k, v in r.items() if not np.isnan(v)})
         strategy = self.strategy
+        if fed.crossval and evaluated and server_round > 0:
+            self._keep_best(server_round, metrics.get("central/loss", self.run.last.get("eval/loss")), arrays)
         if server_round > 0:
             metrics["time/round_end_s"] = time.perf_counter() - self._t0
             if self.first_round_s is None:
@@ -108,6 +112,22 @@ class Rounds:
         else:
             self.writer.submit(run.flush)
         return res
+
+    def _keep_best(self, server_round: int, loss: float | None, arrays: ArrayRecord) -> None:
+        """The best round so far by the lowest validation loss the server sees (central/loss where
+        the data has a central split, else the hospitals' pooled eval/loss)."""
+        if loss is not None and not np.isnan(loss) and (self.best is None or loss < self.best[1]):
+            self.best = (server_round, float(loss), {k: np.array(v) for k, v in to_state(arrays).items()})
+
+    def cross_validate(self, grid: Grid, nodes: list[int], config: ConfigRecord, final: ArrayRecord) -> None:
+        """federated.crossval: the final and the best round's global models at every hospital."""
+        from orchestrator.jobs.crossval import from_grid
+
+        models = {"global": final}
+        if self.best is not None and self.best[0] != self.job.federated.rounds:
+            models[f"best_round_{self.best[0]}"] = from_state(self.best[2])
+        names = dict(zip(self.plan.pids(), self.plan.hospitals))
+        self.crossval = from_grid(grid, nodes, config, models, names, self.job.federated.round_timeout_s)
 
     def _progress(self, server_round: int) -> None:
         """Deployment: one line per round in the ServerApp's log, which `consortium run` streams."""
@@ -176,6 +196,8 @@ class Rounds:
                                 timeout=fed.round_timeout_s, train_config=config,
                                 evaluate_config=ConfigRecord(dict(config)), evaluate_fn=self.central_eval)
         model.load_state_dict(result.arrays.to_torch_state_dict())
+        if fed.crossval:
+            self.cross_validate(grid, found.nodes, config, result.arrays)
         if self._central is None and job.explain.enabled:
             # no rows at the server: each hospital attributes the final model on its own test rows
             from orchestrator.jobs.federated.census import hospital_attributions

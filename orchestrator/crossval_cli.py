@@ -1,0 +1,41 @@
+"""`consortium crossval`: a logged model scored at every hospital of a job (`orchestrator.jobs.crossval`)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from orchestrator.console import fail_user, load, out, start_console
+from orchestrator.spec.errors import UserError
+
+OVERRIDES_HELP = "Dotted overrides with YAML values, e.g. model.hidden=[32] tracking.uri=..."
+
+
+def crossval(model_uri: str = typer.Argument(..., help="A logged model: models:/NAME/VERSION or runs:/RUN_ID/model"),
+             config: str = typer.Argument(..., help="The federated (or local) job whose hospitals score it"),
+             overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+             also: Optional[list[str]] = typer.Option(None, "--also", help="More models beside it (repeat)"),
+             log: bool = typer.Option(True, help="Log the matrix into a new run of the job's experiment."),
+             json_out: bool = typer.Option(False, "--json", help="Also print the matrix as one JSON line.")) -> None:
+    """Cross-site validation: a model scored at every hospital on that hospital's own test rows
+    (only metrics come back), as a hospitals x models table; logged as crossval/matrix.json."""
+    try:
+        job = load(config, overrides)
+        start_console(quiet=True, json_out=json_out)
+        from orchestrator.jobs.crossval import crossval_model, table
+
+        matrix, run_id = crossval_model(job, [model_uri, *(also or [])], log=log)
+    except UserError as exc:
+        fail_user(exc)
+    from orchestrator.console import stop_console
+
+    out.print(table(matrix))
+    if run_id:
+        out.print(f"run         {run_id}  (experiment {job.tracking.experiment}): crossval/matrix.json, "
+                  f"crossval/heatmap.png", highlight=False)
+    if json_out:
+        import json
+
+        print(json.dumps(matrix))
+    stop_console()
+

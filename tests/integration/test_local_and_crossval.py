@@ -1,0 +1,143 @@
+"""What a hospital asks after FedAvg: the local-only baseline (`kind: local`) and cross-site
+validation (every model scored at every hospital on its own test rows), on the four real
+heart-disease hospitals, through real MLflow and Flower's grid."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import CONFIGS, ROOT, run_cli
+
+HEART = ROOT / "configs" / "data" / "heart_disease"
+SITES = ["cleveland", "hungarian", "switzerland", "va"]
+
+
+def _local(uri: str, *overrides: str):
+    from orchestrator.jobs.runner import run_job
+    from orchestrator.spec.loading import load_job
+
+    job = load_job(CONFIGS / "heart_local.yaml", [f"tracking.uri={uri}", f"data.path={HEART}", "federated.rounds=6",
+                                                       *overrides])
+    return job, run_job(job)
+
+
+def _last(client, run_id: str, key: str) -> float:
+    history = client.get_metric_history(run_id, key)
+    return max(history, key=lambda m: m.step).value
+
+
+def test_each_hospital_trains_alone_with_the_federated_budget_and_the_means_are_exact(store):
+    job, result = _local(store)
+    client = MlflowClient(store)
+    run = client.get_run(result.run_id)
+    assert run.data.tags["kind"] == "local" and run.info.status == "FINISHED"
+    # one step per "round" of train.epochs epochs, for every hospital
+    for site in SITES:
+        steps = [m.step for m in client.get_metric_history(result.run_id, f"hospital_{site}/eval/accuracy")]
+        assert sorted(steps) == list(range(1, 7)), (site, steps)
+    acc = {s: _last(client, result.run_id, f"hospital_{s}/eval/accuracy") for s in SITES}
+    rows = {s: _last(client, result.run_id, f"hospital_{s}/eval/num_examples") for s in SITES}
+    # the mean over hospitals counts each once; the pooled accuracy weighs them by their test rows
+    assert result.final["site_mean/accuracy"] == pytest.approx(np.mean(list(acc.values())), abs=1e-9)
+    pooled = sum(acc[s] * rows[s] for s in SITES) / sum(rows.values())
+    assert result.final["eval/accuracy"] == pytest.approx(pooled, abs=1e-9)
+    # each hospital's own model is kept as an artifact
+    files = {f.path for f in client.list_artifacts(result.run_id, "local_models")}
+    assert files == {f"local_models/{s}.pt" for s in SITES}
+
+
+def test_a_hospital_alone_is_untouched_by_the_others_data(store, tmp_path):
+    """Nothing is shared: with the last hospital's file gone, the others' local results are identical."""
+    three = tmp_path / "three"
+    three.mkdir()
+    for site in SITES[:3]:
+        shutil.copy(HEART / f"{site}.csv", three / f"{site}.csv")
+    _, full = _local(store, "federated.crossval=false")
+    _, fewer = _local(store, f"data.path={three}", "federated.crossval=false")
+    client = MlflowClient(store)
+    for site in SITES[:3]:
+        key = f"hospital_{site}/eval/loss"
+        assert _last(client, fewer.run_id, key) == pytest.approx(_last(client, full.run_id, key), abs=1e-6), site
+    assert "hospital_va/eval/loss" not in client.get_run(fewer.run_id).data.metrics
+
+
+def test_local_crossval_scores_every_hospitals_model_at_every_hospital(store, tmp_path):
+    _, result = _local(store)
+    client = MlflowClient(store)
+    path = client.download_artifacts(result.run_id, "crossval/matrix.json", str(tmp_path))
+    matrix = json.loads(Path(path).read_text())
+    assert list(matrix) == SITES
+    assert all(set(row) == {f"local_{s}" for s in SITES} for row in matrix.values())
+    for site in SITES:   # the diagonal is each hospital's own final score
+        own = _last(client, result.run_id, f"hospital_{site}/eval/accuracy")
+        assert matrix[site][f"local_{site}"]["accuracy"] == pytest.approx(own, abs=1e-9)
+        assert matrix[site][f"local_{site}"]["num_examples"] == _last(
+            client, result.run_id, f"hospital_{site}/eval/num_examples")
+    mean = np.mean([matrix[s]["local_cleveland"]["accuracy"] for s in SITES])
+    assert result.final["crossval/local_cleveland/mean_accuracy"] == pytest.approx(mean, abs=1e-9)
+    assert "crossval/heatmap.png" in {f.path for f in client.list_artifacts(result.run_id, "crossval")}
+    assert result.crossval == matrix
+
+
+@pytest.mark.parametrize("engine", ["vectorized", "inline"])
+def test_federated_crossval_through_the_grid_matches_the_rounds_and_the_command(store, tmp_path, engine):
+    """At the end of a federated job each hospital scores the final and the best round's models with
+    its own evaluate handler; `consortium crossval` of the logged model, in a fresh process, finds the
+    same global column."""
+    from orchestrator.jobs.runner import run_job
+    from orchestrator.spec.loading import load_job
+
+    job = load_job(CONFIGS / "heart_disease_sites.yaml", [
+        f"tracking.uri={store}", f"data.path={HEART}", "federated.rounds=6", "federated.crossval=true", f"federated.engine={engine}",
+        "tracking.register_model=heart-fedavg"])
+    result = run_job(job)
+    client = MlflowClient(store)
+    matrix = result.crossval
+    assert list(matrix) == SITES
+    for site in SITES:
+        last = _last(client, result.run_id, f"hospital_{site}/eval/accuracy")
+        assert matrix[site]["global"]["accuracy"] == pytest.approx(last, abs=1e-9), site
+    losses = {m.step: m.value for m in client.get_metric_history(result.run_id, "eval/loss")}
+    best = min(losses, key=losses.get)
+    models = set(matrix["cleveland"])
+    assert models == ({"global"} if best == 6 else {"global", f"best_round_{best}"}), (models, losses)
+    proc = run_cli("crossval", result.registered, str(CONFIGS / "heart_local.yaml"), f"tracking.uri={store}",
+                   f"data.path={HEART}", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    again = json.loads(proc.stdout.splitlines()[-1])
+    assert "mean over hospitals" in proc.stdout and "heart-fedavg_v1" in proc.stdout
+    for site in SITES:
+        assert again[site]["heart-fedavg_v1"]["accuracy"] == pytest.approx(matrix[site]["global"]["accuracy"],
+                                                                           abs=1e-6), site
+    crossval_runs = client.search_runs([run.info.experiment_id for run in [client.get_run(result.run_id)]],
+                                       "tags.kind = 'crossval'")
+    assert len(crossval_runs) == 1 and crossval_runs[0].data.tags["lineage.source_model"] == "heart-fedavg"
+
+
+def test_crossval_command_refuses_what_cannot_be_scored(store, tmp_path):
+    from orchestrator.jobs.runner import run_job
+    from orchestrator.spec.loading import load_job
+
+    job = load_job(CONFIGS / "heart_disease_sites.yaml", [f"tracking.uri={store}", f"data.path={HEART}", "kind=centralized",
+                                                          "train.epochs=2", "tracking.register_model=pooled"])
+    run_job(job)
+    uri = [f"tracking.uri={store}", f"data.path={HEART}"]
+    other = run_cli("crossval", "models:/pooled/1", str(CONFIGS / "heart_local.yaml"), *uri, "model.hidden=[8]",
+                    cwd=tmp_path)
+    assert other.returncode == 2 and "does not fit this job" in other.stderr and "Traceback" not in other.stderr
+    pooled = run_cli("crossval", "models:/pooled/1", str(CONFIGS / "heart_disease_sites.yaml"), *uri,
+                     "kind=centralized", cwd=tmp_path)
+    assert pooled.returncode == 2 and "pools the data" in pooled.stderr
+    missing = run_cli("crossval", "models:/nobody/3", str(CONFIGS / "heart_local.yaml"), *uri, cwd=tmp_path)
+    assert missing.returncode == 2 and "MODEL_URI" in missing.stderr and "cannot load" in missing.stderr
+    # the pooled model scored at each hospital: the "centralized" column of the heart table
+    ok = run_cli("crossval", "models:/pooled/1", str(CONFIGS / "heart_local.yaml"), *uri, "--json", "--no-log",
+                 cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    matrix = json.loads(ok.stdout.splitlines()[-1])
+    assert list(matrix) == SITES and all(0.0 <= matrix[s]["pooled_v1"]["accuracy"] <= 1.0 for s in SITES)
