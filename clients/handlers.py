@@ -92,6 +92,8 @@ def query(message: Message, context: Context) -> Message:
         return describe(message, context)
     if P.ATTRIBUTE in message.content[P.CONFIG]:
         return attribute(message, context)
+    if P.PERSONALIZE in message.content[P.CONFIG]:
+        return personalize(message, context)
     h = _hospital(message, context)
     count, total, sumsq = moments(h.raw.X_train)
     stats = [count, total, sumsq]
@@ -125,6 +127,21 @@ def attribute(message: Message, context: Context) -> Message:
         P.METRICS: MetricRecord({PARTITION_KEY: h.partition_id, P.NUM_EXAMPLES: len(X_test)}),
     })
     return Message(content=content, reply_to=message)
+
+
+def personalize(message: Message, context: Context) -> Message:
+    """After the last round: this hospital's personal model (clients.personal), scored on its own
+    test rows; its weights go back only when the job says hospitals share them."""
+    from clients.personal import finetune
+
+    h = _hospital(message, context)
+    model = _model(h, message)
+    objective = _objective(h, model, message)
+    out, y = finetune(h, model, objective)
+    reply = evaluation_reply(h, message, objective, out, y)
+    if h.job.federated.personalize.share_models:
+        reply.content[P.ARRAYS] = ArrayRecord(model.state_dict())
+    return reply
 
 
 def describe(message: Message, context: Context) -> Message:

@@ -173,7 +173,8 @@ def exit_interrupted() -> None:
 
 SCOPE_ROWS = {"central": "the server's held-out rows", "eval": "the hospitals' / test rows",
               "site_mean": "mean over hospitals, each counts once",
-              "val": "validation rows", "personal": "personal models, at each hospital"}
+              "val": "validation rows", "personal": "personal models, each at its own hospital",
+              "personal_site_mean": "personal models, mean over hospitals"}
 
 
 def print_result(result, job=None) -> None:

@@ -29,6 +29,7 @@ JOB, SCHEMA = "job", "schema"          # the job spec (JSON) and the agreed sche
 SERVER_ROUND = "server-round"          # set by Flower's strategies
 CLASS_WEIGHTS = "class-weights"
 ATTRIBUTE = "attribute"                # a query after training: integrated gradients on the own test rows
+PERSONALIZE = "personalize"            # a query after training: adapt the global model to the own rows
 PROXIMAL_MU = "proximal-mu"            # set by Flower's FedProx: its key, so tests/unit check it
 UNIFORM_WEIGHT = "uniform-weight"      # central DP: every hospital counts once
 TRAINABLE, BUFFERS = "trainable", "buffers"   # SecAgg+: what is masked, what travels in the clear

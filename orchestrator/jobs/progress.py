@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 # The metrics a person looks at first, in order: what the summary leads with, what progress shows.
 CLASSIFICATION = ("accuracy", "f1", "auroc")
 REGRESSION = ("mse", "r2")
-SCOPES = ("central", "eval", "site_mean", "val", "personal")
+SCOPES = ("central", "eval", "site_mean", "val", "personal", "personal_site_mean")
 
 
 def headline(metrics: dict[str, float], limit: int | None = None) -> list[str]:

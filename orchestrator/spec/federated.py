@@ -61,6 +61,19 @@ class SecAggSpec(Spec):
     quantization_range: Annotated[int, Field(ge=2, description="levels of the quantised update")] = 4194304
 
 
+class PersonalizeSpec(Spec):
+    """After the last round every hospital makes the global model its own: `finetune` trains it
+    `epochs` more epochs on the hospital's own training rows and scores it on its own test rows
+    (metrics personal/... and hospital_<name>/personal/...)."""
+    method: Literal["finetune"] = Field("finetune", description="finetune: k local epochs from the final global model")
+    epochs: Annotated[int, Field(ge=1, description="finetune: local epochs on the hospital's own rows")] = 5
+    lr: Annotated[float, Field(gt=0.0)] | None = Field(None, description=(
+        "finetune: a constant learning rate (null: train.optimizer.lr)"))
+    share_models: bool = Field(False, description=(
+        "true: each hospital sends its personal model back (logged per hospital, scored at every other "
+        "hospital by federated.crossval); false: it keeps it and only metrics travel"))
+
+
 class FederatedSpec(Spec):
     num_clients: Annotated[int, Field(ge=1)] | None = Field(10, description=(
         "hospitals; null with partition natural: one hospital per CSV file (or site)"))
@@ -102,6 +115,8 @@ class FederatedSpec(Spec):
     faults: FaultSpec | None = Field(None, description="a drill: these hospitals raise in these rounds")
     dp: DPSpec | None = Field(None, description="differential privacy, central or local")
     secagg: SecAggSpec | None = Field(None, description="secure aggregation with Flower's SecAgg+")
+    personalize: PersonalizeSpec | None = Field(None, description=(
+        "personalized models: each hospital adapts the final global model to its own rows"))
     crossval: bool = Field(False, description=(
         "cross-site validation at the end: every model (the global one, the best round's; with kind "
         "local each hospital's own) evaluated at every hospital on its own test rows, only metrics "

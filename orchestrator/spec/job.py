@@ -121,7 +121,7 @@ def _check_local(job: JobSpec) -> None:
     if fed.engine in ("deployment", "simulation"):
         raise ValueError(f"federated.engine: kind local trains each hospital alone in this process; engine "
                          f"'{fed.engine}' is for federated jobs (leave it auto)")
-    drills = [k for k in ("attack", "faults", "dp", "secagg") if getattr(fed, k) is not None]
+    drills = [k for k in ("attack", "faults", "dp", "secagg", "personalize") if getattr(fed, k) is not None]
     if drills:
         raise ValueError(f"federated.{drills[0]}: a federated drill/privacy setting; kind local sends nothing "
                          "anywhere (remove it, or use kind: federated)")
@@ -174,6 +174,9 @@ def _check_federated(job: JobSpec) -> None:
     if name in ("scaffold", "fednova") and job.train.optimizer.name != "sgd":
         raise ValueError(f"train.optimizer.name: {name} corrects plain SGD steps; set train.optimizer.name: sgd "
                          f"(it is '{job.train.optimizer.name}')")
+    if fed.dp is not None and fed.personalize is not None and fed.personalize.share_models:
+        raise ValueError("federated.personalize.share_models: personal models are fine-tuned without DP noise; "
+                         "with federated.dp a hospital keeps its own (share_models: false, only metrics travel)")
     if fed.dp is not None:
         if job.model.batchnorm:
             raise ValueError("federated.dp: batch norm's running statistics are neither clipped nor noised; "
@@ -198,6 +201,9 @@ def _check_federated(job: JobSpec) -> None:
                              f"{fed.secagg.reconstruction_threshold} is more than num_shares ({fed.secagg.num_shares})")
         if fed.attack is not None or fed.faults is not None:
             raise ValueError("federated.secagg: attack and faults drills run without secure aggregation")
+        if fed.personalize is not None:
+            raise ValueError("federated.personalize: SecAgg+ jobs here run their own ClientApp, which answers only "
+                             "masked training; personalize without secagg")
         if fed.crossval:
             raise ValueError("federated.crossval: SecAgg+ jobs here run their own ClientApp, which answers only "
                              "masked training; run cross-site validation afterwards: consortium crossval MODEL_URI CONFIG")

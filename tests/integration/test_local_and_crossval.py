@@ -141,3 +141,42 @@ def test_crossval_command_refuses_what_cannot_be_scored(store, tmp_path):
     assert ok.returncode == 0, ok.stderr[-2000:]
     matrix = json.loads(ok.stdout.splitlines()[-1])
     assert list(matrix) == SITES and all(0.0 <= matrix[s]["pooled_v1"]["accuracy"] <= 1.0 for s in SITES)
+
+
+def _personal_run(store, engine: str, *extra: str):
+    from orchestrator.jobs.runner import run_job
+    from orchestrator.spec.loading import load_job
+
+    job = load_job(CONFIGS / "heart_personalized.yaml", [f"tracking.uri={store}", f"data.path={HEART}",
+                                                          "federated.rounds=6", f"federated.engine={engine}", *extra])
+    return run_job(job)
+
+
+def test_finetuned_personal_models_stay_at_their_hospitals_and_leave_the_federation_as_it_was(store):
+    result = _personal_run(store, "inline", "federated.personalize.share_models=false", "federated.crossval=true")
+    client = MlflowClient(store)
+    acc = {s: _last(client, result.run_id, f"hospital_{s}/personal/accuracy") for s in SITES}
+    rows = {s: _last(client, result.run_id, f"hospital_{s}/eval/num_examples") for s in SITES}
+    assert result.final["personal_site_mean/accuracy"] == pytest.approx(np.mean(list(acc.values())), abs=1e-9)
+    assert result.final["personal/accuracy"] == pytest.approx(
+        sum(acc[s] * rows[s] for s in SITES) / sum(rows.values()), abs=1e-9)
+    assert result.final["personal/hospitals"] == 4
+    # kept at the hospitals: no weights logged, none in the cross-site matrix
+    assert not client.list_artifacts(result.run_id, "personal_models")
+    assert not any(m.startswith("personal_") for m in result.crossval["cleveland"])
+    # personalizing comes after the last round: the global model is the one a plain run trains
+    plain = _personal_run(store, "inline", "federated.personalize=null")
+    assert plain.final["eval/accuracy"] == result.final["eval/accuracy"]
+    assert plain.final["eval/loss"] == pytest.approx(result.final["eval/loss"], abs=1e-12)
+    assert not any(k.startswith("personal") for k in plain.final)
+
+
+def test_shared_personal_models_are_logged_and_scored_at_every_hospital_in_flowers_simulation(store):
+    result = _personal_run(store, "simulation", "federated.personalize.share_models=true", "federated.crossval=true")
+    client = MlflowClient(store)
+    files = {f.path for f in client.list_artifacts(result.run_id, "personal_models")}
+    assert files == {f"personal_models/{s}.pt" for s in SITES}
+    for site in SITES:   # the diagonal: each personal model at its own hospital, as that hospital said
+        assert result.crossval[site][f"personal_{site}"]["accuracy"] == pytest.approx(
+            _last(client, result.run_id, f"hospital_{site}/personal/accuracy"), abs=1e-9)
+    assert set(result.crossval["va"]) >= {"global", *(f"personal_{s}" for s in SITES)}

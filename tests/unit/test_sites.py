@@ -52,3 +52,13 @@ def test_kind_local_refuses_what_only_a_federation_does(overrides, key):
 def test_crossval_is_refused_beside_secure_aggregation_with_what_to_do_instead():
     with pytest.raises(ConfigError, match="consortium crossval MODEL_URI CONFIG"):
         load_job(ROOT / "configs/fl_secagg.yaml", ["federated.crossval=true"])
+
+
+@pytest.mark.parametrize("config,overrides,match", [
+    ("fl_secagg.yaml", ["federated.personalize.epochs=2"], "federated.personalize"),
+    ("fl_dp.yaml", ["federated.personalize.share_models=true"], "fine-tuned without DP noise"),
+    ("heart_local.yaml", ["federated.personalize.epochs=2"], "federated.personalize"),
+])
+def test_personalization_is_refused_where_it_would_break_a_promise(config, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_job(ROOT / "configs" / config, overrides)

@@ -119,13 +119,26 @@ class Rounds:
         if loss is not None and not np.isnan(loss) and (self.best is None or loss < self.best[1]):
             self.best = (server_round, float(loss), {k: np.array(v) for k, v in to_state(arrays).items()})
 
-    def cross_validate(self, grid: Grid, nodes: list[int], config: ConfigRecord, final: ArrayRecord) -> None:
-        """federated.crossval: the final and the best round's global models at every hospital."""
+    def personalize(self, grid: Grid, nodes: list[int], config: ConfigRecord, final: ArrayRecord) -> dict:
+        """federated.personalize: each hospital adapts the final model to its own rows; its scores logged."""
+        from orchestrator.jobs.federated.personal import log_personal, personalize
+
+        fed = self.job.federated
+        found = personalize(grid, nodes, config, final, dict(zip(self.plan.pids(), self.plan.hospitals)),
+                            self.plan.num_classes, fed.round_timeout_s)
+        log_personal(self.run, found, fed.rounds, self.plan.regression, fed.personalize.share_models)
+        return {f"personal_{name}": arrays for name, (_, _, arrays) in found.items() if arrays is not None}
+
+    def cross_validate(self, grid: Grid, nodes: list[int], config: ConfigRecord, final: ArrayRecord,
+                       personal: dict) -> None:
+        """federated.crossval: the final and the best round's global models (and the personal ones
+        hospitals shared) at every hospital."""
         from orchestrator.jobs.crossval import from_grid
 
         models = {"global": final}
         if self.best is not None and self.best[0] != self.job.federated.rounds:
             models[f"best_round_{self.best[0]}"] = from_state(self.best[2])
+        models.update(personal)
         names = dict(zip(self.plan.pids(), self.plan.hospitals))
         self.crossval = from_grid(grid, nodes, config, models, names, self.job.federated.round_timeout_s)
 
@@ -196,8 +209,9 @@ class Rounds:
                                 timeout=fed.round_timeout_s, train_config=config,
                                 evaluate_config=ConfigRecord(dict(config)), evaluate_fn=self.central_eval)
         model.load_state_dict(result.arrays.to_torch_state_dict())
+        personal = self.personalize(grid, found.nodes, config, result.arrays) if fed.personalize else {}
         if fed.crossval:
-            self.cross_validate(grid, found.nodes, config, result.arrays)
+            self.cross_validate(grid, found.nodes, config, result.arrays, personal)
         if self._central is None and job.explain.enabled:
             # no rows at the server: each hospital attributes the final model on its own test rows
             from orchestrator.jobs.federated.census import hospital_attributions
