@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from orchestrator.spec.base import Spec
 from strategies.registry import StrategyOptions
@@ -74,6 +74,25 @@ class PersonalizeSpec(Spec):
         "hospital by federated.crossval); false: it keeps it and only metrics travel"))
 
 
+class RoundStoppingSpec(Spec):
+    """Stop the rounds when a metric the server sees stops improving, and end with the best round's
+    global model. The metric is measured on the rows it is named after: central/ on the server's
+    held-out split, eval/ and site_mean/ on the hospitals' test rows (then the final metrics are
+    those of the round chosen on them: optimistic, as any selection on reported rows)."""
+    metric: str = Field("eval/loss", description="e.g. eval/loss, central/loss, site_mean/accuracy")
+    mode: Literal["min", "max"] = Field("min", description="min | max")
+    patience: Annotated[int, Field(ge=1, description="evaluated rounds without improvement before stopping")] = 3
+    min_delta: Annotated[float, Field(ge=0.0, description="smallest change that counts as improvement")] = 0.0
+    restore_best: bool = Field(True, description="end with the best round's global model")
+
+    @model_validator(mode="after")
+    def _check(self) -> RoundStoppingSpec:
+        if not self.metric.startswith(("eval/", "central/", "site_mean/")):
+            raise ValueError(f"metric: round-level early stopping watches what the server sees each round: "
+                             f"eval/..., central/... or site_mean/... (got {self.metric!r})")
+        return self
+
+
 class FederatedSpec(Spec):
     num_clients: Annotated[int, Field(ge=1)] | None = Field(10, description=(
         "hospitals; null with partition natural: one hospital per CSV file (or site)"))
@@ -115,6 +134,8 @@ class FederatedSpec(Spec):
     faults: FaultSpec | None = Field(None, description="a drill: these hospitals raise in these rounds")
     dp: DPSpec | None = Field(None, description="differential privacy, central or local")
     secagg: SecAggSpec | None = Field(None, description="secure aggregation with Flower's SecAgg+")
+    early_stopping: RoundStoppingSpec | None = Field(None, description=(
+        "stop the rounds when a metric stops improving; end with the best round's model"))
     personalize: PersonalizeSpec | None = Field(None, description=(
         "personalized models: each hospital adapts the final global model to its own rows"))
     crossval: bool = Field(False, description=(

@@ -105,7 +105,7 @@ class JobSpec(Spec):
                              f"steps x model.input_size columns)")
         if self.by_hospital and self.train.early_stopping.enabled:
             raise ValueError(f"train.early_stopping: stops epochs of a centralized or ray job; a {self.kind} job "
-                             "runs federated.rounds rounds")
+                             "runs federated.rounds rounds (federated.early_stopping stops the rounds)")
         if self.kind == "sweep" and self.sweep is None:
             raise ValueError("sweep: kind sweep needs a sweep section with the space to search")
         if self.kind != "sweep" and self.sweep is not None:
@@ -121,7 +121,8 @@ def _check_local(job: JobSpec) -> None:
     if fed.engine in ("deployment", "simulation"):
         raise ValueError(f"federated.engine: kind local trains each hospital alone in this process; engine "
                          f"'{fed.engine}' is for federated jobs (leave it auto)")
-    drills = [k for k in ("attack", "faults", "dp", "secagg", "personalize") if getattr(fed, k) is not None]
+    drills = [k for k in ("attack", "faults", "dp", "secagg", "personalize", "early_stopping")
+              if getattr(fed, k) is not None]
     if drills:
         raise ValueError(f"federated.{drills[0]}: a federated drill/privacy setting; kind local sends nothing "
                          "anywhere (remove it, or use kind: federated)")
@@ -201,6 +202,8 @@ def _check_federated(job: JobSpec) -> None:
                              f"{fed.secagg.reconstruction_threshold} is more than num_shares ({fed.secagg.num_shares})")
         if fed.attack is not None or fed.faults is not None:
             raise ValueError("federated.secagg: attack and faults drills run without secure aggregation")
+        if fed.early_stopping is not None:
+            raise ValueError("federated.early_stopping: SecAgg+ rounds here run to federated.rounds; remove one")
         if fed.personalize is not None:
             raise ValueError("federated.personalize: SecAgg+ jobs here run their own ClientApp, which answers only "
                              "masked training; personalize without secagg")

@@ -180,3 +180,39 @@ def test_shared_personal_models_are_logged_and_scored_at_every_hospital_in_flowe
         assert result.crossval[site][f"personal_{site}"]["accuracy"] == pytest.approx(
             _last(client, result.run_id, f"hospital_{site}/personal/accuracy"), abs=1e-9)
     assert set(result.crossval["va"]) >= {"global", *(f"personal_{s}" for s in SITES)}
+
+
+def test_round_level_early_stopping_ends_with_the_best_rounds_model_and_its_metrics(store):
+    from orchestrator.jobs.runner import run_job
+    from orchestrator.spec.loading import load_job
+
+    job = load_job(CONFIGS / "heart_crossval.yaml", [
+        f"tracking.uri={store}", f"data.path={HEART}", "federated.rounds=30", "federated.engine=inline",
+        "federated.early_stopping.patience=2", "tracking.register_model=null"])
+    result = run_job(job)
+    client = MlflowClient(store)
+    losses = {m.step: m.value for m in client.get_metric_history(result.run_id, "eval/loss")}
+    best, stopped = int(result.final["early_stopping/best_round"]), int(result.final["early_stopping/stopped_round"])
+    assert stopped < 30 and max(losses) == stopped, (stopped, sorted(losses))   # no round after the stop
+    assert stopped == best + 2 and best == min(losses, key=losses.get)          # patience 2, the lowest loss
+    assert all(losses[r] >= losses[best] for r in (best + 1, best + 2))
+    # the job ends with the best round's model: its metrics are the run's final ones, and each
+    # hospital scores the restored model exactly as it scored that round's
+    assert result.final["eval/loss"] == pytest.approx(losses[best], abs=1e-12)
+    assert result.final["early_stopping/restored"] == 1.0
+    for site in SITES:
+        at_best = [m.value for m in client.get_metric_history(result.run_id, f"hospital_{site}/eval/accuracy")
+                   if m.step == best]
+        assert result.crossval[site]["global"]["accuracy"] == pytest.approx(at_best[0], abs=1e-9), site
+    assert set(result.crossval["va"]) == {"global"}   # the best round is the global model now
+
+
+def test_early_stopping_on_a_metric_the_rounds_do_not_have_is_a_user_error(store, tmp_path):
+    central = run_cli("run", str(CONFIGS / "heart_crossval.yaml"), f"tracking.uri={store}", f"data.path={HEART}",
+                      "federated.early_stopping.metric=central/loss", cwd=tmp_path)
+    assert central.returncode == 2 and "federated.early_stopping.metric" in central.stderr
+    assert "no central held-out split" in central.stderr and "Traceback" not in central.stderr
+    wrong = run_cli("run", str(CONFIGS / "heart_crossval.yaml"), f"tracking.uri={store}", f"data.path={HEART}",
+                    "federated.early_stopping.metric=eval/r2", "federated.rounds=3", cwd=tmp_path)
+    assert wrong.returncode == 2 and "'eval/r2' is not a metric of this job's rounds" in wrong.stderr, wrong.stderr
+    assert "eval/accuracy" in wrong.stderr and "Traceback" not in wrong.stderr

@@ -62,3 +62,22 @@ def test_crossval_is_refused_beside_secure_aggregation_with_what_to_do_instead()
 def test_personalization_is_refused_where_it_would_break_a_promise(config, overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_job(ROOT / "configs" / config, overrides)
+
+
+def test_the_best_round_counts_patience_in_evaluated_rounds_and_keeps_the_best_models_weights():
+    from orchestrator.core.protocol import from_state
+    from orchestrator.jobs.federated.stopping import BestRound
+
+    watch = BestRound("site_mean/accuracy", mode="max", min_delta=0.01, patience=2)
+    seen = [0.70, 0.80, 0.805, 0.79]   # 0.805 is within min_delta: no improvement
+    stops = [watch.see(r, {"site_mean/accuracy": v}, from_state({"w": np.full(2, float(r), np.float32)}))
+             for r, v in enumerate(seen, start=1)]
+    assert stops == [False, False, False, True] and watch.round == 2 and watch.stopped == 4
+    assert watch.best_arrays()["w"].numpy().tolist() == [2.0, 2.0]
+
+
+def test_round_stopping_watches_only_what_the_server_sees():
+    with pytest.raises(ConfigError, match="eval/..., central/... or site_mean/"):
+        load_job(ROOT / "configs/heart_crossval.yaml", ["federated.early_stopping.metric=val/loss"])
+    with pytest.raises(ConfigError, match="federated.early_stopping"):
+        load_job(ROOT / "configs/heart_local.yaml", ["federated.early_stopping.patience=2"])

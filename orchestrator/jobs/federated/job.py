@@ -46,6 +46,7 @@ def run_federated(ctx: Context) -> Outcome:
                       first_round_s=rounds.first_round_s, first_round_at=rounds.first_round_at,
                       label_counts=rounds.label_counts, confusion=rounds.logger.confusion,
                       attributions=rounds.attributions, crossval=rounds.crossval)
+    outcome.final.update(rounds.final_metrics)   # early stopping: the restored round's
     if rounds.crossval:
         from orchestrator.jobs.crossval import log_crossval
 
@@ -83,6 +84,15 @@ class Federated(JobKind):
             f"{job.train.epochs} local epoch(s): {job.model.name} on {job.data.path or job.data.source}.",
             tags={"strategy": strategy, "partition": p.name, "hospitals": names},
             params={"federated.num_clients": n, "federated.hospital_sizes": ",".join(map(str, plan.hospital_sizes))})
+
+    def check(self, job: JobSpec, plan) -> None:
+        stopping = job.federated.early_stopping
+        if stopping is not None and stopping.metric.startswith("central/") and plan.central is None:
+            from orchestrator.spec.errors import UserError
+
+            raise UserError("federated.early_stopping.metric", [
+                f"'{stopping.metric}': this data has no central held-out split (each hospital keeps its own "
+                "test rows); watch eval/... or site_mean/..."])
 
     def launch(self, job: JobSpec) -> Launched:
         return SimulationLaunched() if choose_engine(job)[0] == "simulation" else Launched()

@@ -30,6 +30,7 @@ from orchestrator.core.training import Objective, balanced_weights, evaluate, te
 from orchestrator.jobs.federated.census import census, wait_for_nodes
 from orchestrator.jobs.federated.checkpoints import RoundWriter, save_round
 from orchestrator.jobs.federated.rounds import RoundLogger
+from orchestrator.jobs.federated.stopping import BestRound, StopRounds
 from orchestrator.jobs import progress
 from strategies.base import evaluates_in, sample_size
 from strategies.registry import build_strategy
@@ -56,7 +57,8 @@ class Rounds:
     first_round_at: float | None = None
     label_counts: np.ndarray | None = None
     attributions: tuple | None = None          # (mean |attribution| per input, rows, hospitals), hospital-side
-    best: tuple | None = None                  # federated.crossval: (round, loss, model state) of the best round
+    best: BestRound | None = None              # the best round so far (early stopping, cross-site validation)
+    final_metrics: dict = field(default_factory=dict)   # early stopping: the restored round's metrics
     crossval: dict | None = None               # federated.crossval: {site: {model: {metric: value}}}
 
     def __post_init__(self):
@@ -67,6 +69,7 @@ class Rounds:
         self._t0 = time.perf_counter()
         central = self.plan.central
         self._central = tensors(central.X_test, central.y_test) if central else None
+        self.best = BestRound.of(self.job, central is not None)
 
     def central_eval(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Called by Flower at the very end of every round."""
@@ -84,8 +87,6 @@ class Rounds:
             metrics.update({f"central/{k}": v for k, v in r.items()})
             res = MetricRecord({k: float(v) for k, v in r.items() if not np.isnan(v)})
         strategy = self.strategy
-        if fed.crossval and evaluated and server_round > 0:
-            self._keep_best(server_round, metrics.get("central/loss", self.run.last.get("eval/loss")), arrays)
         if server_round > 0:
             metrics["time/round_end_s"] = time.perf_counter() - self._t0
             if self.first_round_s is None:
@@ -95,6 +96,8 @@ class Rounds:
                 metrics["dp/epsilon"] = strategy.epsilon()
         run = self.run
         run.log_metrics(metrics, server_round)
+        stop = self.best is not None and evaluated and server_round > 0 and self.best.see(server_round, run.last,
+                                                                                           arrays)
         if server_round > 0:
             last = run.last
             progress.step("round", server_round, fed.rounds, last, answered=int(last.get("train/hospitals", 0)),
@@ -111,13 +114,9 @@ class Rounds:
             self.writer.submit(lambda: (run.flush(), save_round(ckpt_dir, server_round, *snapshot)))
         else:
             self.writer.submit(run.flush)
+        if stop:
+            raise StopRounds(server_round)
         return res
-
-    def _keep_best(self, server_round: int, loss: float | None, arrays: ArrayRecord) -> None:
-        """The best round so far by the lowest validation loss the server sees (central/loss where
-        the data has a central split, else the hospitals' pooled eval/loss)."""
-        if loss is not None and not np.isnan(loss) and (self.best is None or loss < self.best[1]):
-            self.best = (server_round, float(loss), {k: np.array(v) for k, v in to_state(arrays).items()})
 
     def personalize(self, grid: Grid, nodes: list[int], config: ConfigRecord, final: ArrayRecord) -> dict:
         """federated.personalize: each hospital adapts the final model to its own rows; its scores logged."""
@@ -136,8 +135,10 @@ class Rounds:
         from orchestrator.jobs.crossval import from_grid
 
         models = {"global": final}
-        if self.best is not None and self.best[0] != self.job.federated.rounds:
-            models[f"best_round_{self.best[0]}"] = from_state(self.best[2])
+        best = self.best
+        if best is not None and best.state is not None and best.round not in (self.job.federated.rounds,
+                                                                              best.stopped) and not self.final_metrics:
+            models[f"best_round_{best.round}"] = best.best_arrays()
         models.update(personal)
         names = dict(zip(self.plan.pids(), self.plan.hospitals))
         self.crossval = from_grid(grid, nodes, config, models, names, self.job.federated.round_timeout_s)
@@ -205,18 +206,23 @@ class Rounds:
                                 num_clients)
         if fed.rounds - self.done <= 0:
             return
-        result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=fed.rounds - self.done,
-                                timeout=fed.round_timeout_s, train_config=config,
-                                evaluate_config=ConfigRecord(dict(config)), evaluate_fn=self.central_eval)
-        model.load_state_dict(result.arrays.to_torch_state_dict())
-        personal = self.personalize(grid, found.nodes, config, result.arrays) if fed.personalize else {}
+        try:
+            final = strategy.start(grid=grid, initial_arrays=initial, num_rounds=fed.rounds - self.done,
+                                   timeout=fed.round_timeout_s, train_config=config,
+                                   evaluate_config=ConfigRecord(dict(config)), evaluate_fn=self.central_eval).arrays
+        except StopRounds:
+            final = self.best.last_arrays
+        if fed.early_stopping is not None:
+            final, self.final_metrics = self.best.finish(self.run, final)
+        model.load_state_dict(final.to_torch_state_dict())
+        personal = self.personalize(grid, found.nodes, config, final) if fed.personalize else {}
         if fed.crossval:
-            self.cross_validate(grid, found.nodes, config, result.arrays, personal)
+            self.cross_validate(grid, found.nodes, config, final, personal)
         if self._central is None and job.explain.enabled:
             # no rows at the server: each hospital attributes the final model on its own test rows
             from orchestrator.jobs.federated.census import hospital_attributions
 
-            self.attributions = hospital_attributions(grid, found.nodes, config, result.arrays,
+            self.attributions = hospital_attributions(grid, found.nodes, config, final,
                                                       fed.round_timeout_s)
 
     def _scale_from(self, found) -> None:
