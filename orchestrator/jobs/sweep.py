@@ -26,9 +26,19 @@ def trial_spec(base: dict, overrides: dict) -> JobSpec:
 
 
 def base_of(job: JobSpec) -> dict:
-    base = job.model_dump(mode="json")
-    base["kind"], base["sweep"] = job.sweep.trial_kind, None
+    from pathlib import Path
+
+    from orchestrator.spec.job import trial_base
+
+    base = trial_base(job)
+    if job.data.path:   # a trial runs in Tune's own working directory
+        base["data"]["path"] = str(Path(job.data.path).resolve())
     return base
+
+
+def steps_of(job: JobSpec) -> int:
+    """What a trial reports once per: epochs, or rounds for federated and local trials."""
+    return job.federated.rounds if job.sweep.trial_kind in ("federated", "local") else job.train.epochs
 
 
 def grid_points(job: JobSpec) -> list[dict]:
@@ -65,7 +75,8 @@ def _trial(config: dict) -> None:
                      register=False)
     tracker.client.set_tag(result.run_id, "sweep.model_uri", result.model_uri or "")
     tracker.client.set_tag(result.run_id, "sweep.completed", "true")
-    tune.report({**last, **{k: v for k, v in result.final.items() if k.startswith(("eval/", "central/", "val/"))}})
+    tune.report({**last, **{k: v for k, v in result.final.items()
+                            if k.startswith(("eval/", "central/", "val/", "site_mean/", "personal"))}})
 
 
 def _space(job: JobSpec) -> dict:
@@ -99,7 +110,7 @@ def run_sweep(ctx: Context) -> Outcome:
     ray.init(runtime_env={"env_vars": worker_env()}, **ray_init_args())
     stop_on_sigterm()
     try:
-        scheduler = (ASHAScheduler(time_attr="epoch", max_t=job.train.epochs, grace_period=spec.grace_period,
+        scheduler = (ASHAScheduler(time_attr="epoch", max_t=steps_of(job), grace_period=spec.grace_period,
                                    reduction_factor=2) if spec.scheduler == "asha" else FIFOScheduler())
         param_space = {**_space(job), "__keys": list(spec.space), "__base": base_of(job),
                        "__uri": tracker.uri, "__parent": parent.run_id}

@@ -220,12 +220,29 @@ def _check_federated(job: JobSpec) -> None:
             raise ValueError(f"federated.secagg.num_shares: {fed.secagg.num_shares} is more than the {n} hospitals")
 
 
+def trial_base(job: JobSpec) -> dict:
+    """A sweep's trial job as data: the sweep's job with kind trial_kind. A key the engine choice
+    reads as "set by the user" (federated.round_timeout_s) stays out unless the user set it."""
+    base = job.model_dump(mode="json")
+    base["kind"], base["sweep"] = job.sweep.trial_kind, None
+    if "round_timeout_s" not in job.federated.model_fields_set:
+        base["federated"].pop("round_timeout_s")
+    return base
+
+
 def _check_sweep_space(job: JobSpec) -> None:
     """Every value a sweep can pick must make a valid job (for a range: both ends)."""
     from pydantic import ValidationError
 
-    base = job.model_dump(mode="json")
-    base["kind"], base["sweep"] = job.sweep.trial_kind, None
+    base = trial_base(job)
+    if job.sweep.trial_kind == "federated":
+        from orchestrator.spec.engines import choose_engine
+
+        engine, reason = choose_engine(JobSpec.model_validate(base))
+        if engine not in ("inline", "vectorized"):
+            raise ValueError(f"sweep.trial_kind: federated trials run in this process inside a Ray Tune trial "
+                             f"(federated.engine inline or vectorized); this job would run '{engine}' ({reason}), "
+                             "and Flower's simulation engine shuts Ray down, so it cannot run inside one")
     for key, values in job.sweep.space.items():
         if not re.match(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", key):
             raise ValueError(f"sweep.space: '{key}' is not a dotted key such as train.optimizer.lr")

@@ -12,7 +12,9 @@ class SweepSpec(Spec):
     """`space` maps dotted keys of the job to a list of values (grid: every combination; random:
     choice) or, for random search, to {low, high, log} ranges."""
 
-    trial_kind: Literal["centralized"] = Field("centralized", description="the kind each trial runs")
+    trial_kind: Literal["centralized", "federated", "local"] = Field("centralized", description=(
+        "the kind each trial runs; federated trials run in this process (inline or vectorized engine) "
+        "inside their Tune trial and report every round"))
     search: Literal["grid", "random"] = Field("grid", description="grid: lists of values | random: lists or ranges")
     space: dict[str, list | dict] = Field(default_factory=dict, description=(
         "dotted keys -> values, e.g. {train.optimizer.lr: [0.003, 0.03, 0.3]}"))

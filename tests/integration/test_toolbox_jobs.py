@@ -126,6 +126,38 @@ def test_a_sweep_runs_ray_tune_trials_as_child_runs_and_registers_the_best(store
     assert client.get_model_version("sweep-lr-best", "1").run_id == best
 
 
+def test_a_federated_sweep_runs_whole_federated_jobs_as_trials_and_registers_the_best(store):
+    """2x2 grid over FedProx's mu and the learning rate: every trial a federated job in its Tune
+    trial's process (never Flower's simulation, which would shut Tune's Ray down), every round reported."""
+    result = _run("sweep_federated.yaml", store)
+    client = MlflowClient(store)
+    parent = client.get_run(result.run_id)
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'")
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    assert {c.data.tags["sweep.trial"] for c in children} == {
+        f"federated.strategy.mu={mu}, train.optimizer.lr={lr}" for mu in (0.0, 0.1) for lr in (0.01, 0.05)}
+    for c in children:
+        assert c.data.tags["kind"] == "federated" and c.data.params["federated.engine_ran"] in ("inline", "vectorized")
+        assert c.data.params["federated.strategy.mu"] in ("0.0", "0.1")
+        rounds = [m.step for m in client.get_metric_history(c.info.run_id, "central/loss")]
+        assert sorted(set(rounds)) == list(range(0, 7)), rounds   # round 0 and every round after
+    losses = {c.info.run_id: c.data.metrics["central/loss"] for c in children}
+    best = min(losses, key=losses.get)
+    assert parent.data.tags["sweep.best_run_id"] == best
+    assert parent.data.metrics["best/central/loss"] == pytest.approx(losses[best])
+    assert client.get_model_version("sweep-federated-best", "1").run_id == best
+
+
+def test_a_federated_sweep_refuses_an_engine_that_cannot_run_inside_a_tune_trial():
+    from orchestrator.spec.errors import ConfigError
+    from orchestrator.spec.loading import load_job
+
+    for override in ("federated.parallel=true", "federated.engine=simulation"):
+        with pytest.raises(ConfigError, match="cannot run inside one"):
+            load_job(CONFIGS / "sweep_federated.yaml", [override])
+
+
 def test_federated_regression_pools_exact_metrics_from_hospital_sums(store):
     result = _run("diabetes_regression.yaml", store, "kind=federated", "federated.partition.name=iid",
                   "federated.num_clients=3", "federated.rounds=4", "train.epochs=2", "train.schedule.warmup_epochs=0",

@@ -27,6 +27,7 @@ def run_federated(ctx: Context) -> Outcome:
     ckpt_dir = checkpoint_dir(run.run_id)
     rounds = Rounds(job, plan, run, model, ckpt_dir,
                     copied=set(start.weights) if start is not None and start.weights is not None else set())
+    rounds.on_round = ctx.on_epoch
     if ctx.resume and (last := load_last_round(ckpt_dir)) is not None:
         rounds.done, rounds.saved_model, rounds.saved_strategy = last
     engine, reason = choose_engine(job)

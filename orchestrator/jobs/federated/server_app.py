@@ -59,6 +59,7 @@ class Rounds:
     attributions: tuple | None = None          # (mean |attribution| per input, rows, hospitals), hospital-side
     best: BestRound | None = None              # the best round so far (early stopping, cross-site validation)
     final_metrics: dict = field(default_factory=dict)   # early stopping: the restored round's metrics
+    on_round: Any = None                       # (round, metrics) after each round: a sweep's trial reports it
     crossval: dict | None = None               # federated.crossval: {site: {model: {metric: value}}}
 
     def __post_init__(self):
@@ -104,6 +105,8 @@ class Rounds:
                           failed=int(last.get("train/failures", 0)))
             if fed.engine == "deployment":
                 self._progress(server_round)
+            if self.on_round is not None:
+                self.on_round(server_round, {k: v for k, v in last.items() if not k.startswith("hospital_")})
         if server_round > 0 and strategy is not None:
             # Flower evaluates centrally last: the round is over. Its metrics reach the store
             # first, then the checkpoint, so a run killed in between redoes the round. Both on
