@@ -191,7 +191,7 @@ class EarlyRuntime:
         self.release()
 
 
-def start_simulation_runtime() -> EarlyRuntime:
+def start_simulation_runtime(address: str | None = None) -> EarlyRuntime:
     """The Ray runtime Flower's simulation would start (same arguments and runtime env), started by
     us in the background: the job opens its MLflow run meanwhile, and SIGTERM can be bound again
     once it is up (ray.init installs a handler that aborts the process; a stopped job must instead
@@ -202,6 +202,13 @@ def start_simulation_runtime() -> EarlyRuntime:
         # Flower shuts its runtime down when the simulation ends: it must never be one that a
         # Ray Train job (or the user) still needs, so the simulation always starts its own.
         ray.shutdown()
+    if address is not None:
+        # `ray.address`: the hospitals' actors on an existing cluster's nodes (Flower sizes its
+        # pool per node). Flower's ray.shutdown() at the end only disconnects this driver.
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = True   # the cluster's nodes reach each other by address
+        return EarlyRuntime({"address": address, "logging_level": "ERROR", "log_to_driver": False})
     return EarlyRuntime(ray_init_args())
 
 

@@ -13,7 +13,9 @@ _ADDRESS = re.compile(r"^(auto|(ray://)?[A-Za-z0-9_.\-]+:\d{1,5})$")
 
 class RaySpec(Spec):
     address: str | None = Field(None, description=(
-        "null: start a local runtime; \"auto\" or host:port (or ray://host:port): join a cluster"))
+        "null: start a local runtime; \"auto\" or host:port (or ray://host:port): join a cluster (a ray job's "
+        "workers, or a federated simulation's hospital actors, placed over its nodes; each node needs "
+        "Consortium's packages, never another hospital's data)"))
     num_workers: Annotated[int, Field(ge=1, description="Ray Train workers (DDP ranks)")] = 2
     use_gpu: bool = Field(False, description="one GPU per worker")
     resources_per_worker: dict[str, Annotated[float, Field(ge=0.0)]] = Field(

@@ -129,6 +129,27 @@ def test_two_node_cluster_places_one_worker_on_each_node(cluster, store):
     assert result.final["eval/accuracy"] > 0.8
 
 
+def test_a_federated_simulation_on_the_cluster_runs_hospitals_on_both_nodes(cluster, store):
+    """`ray.address` for a federated job: Flower's Ray backend joins the cluster, its pool sized per
+    node (1 CPU each, 1 per hospital actor), so the hospitals' actors run on both nodes."""
+    from ray.util.state import list_actors
+
+    from orchestrator.jobs.runner import run_job
+    from orchestrator.spec.loading import load_job
+
+    result = run_job(load_job(CONFIGS / "hospitals_fedavg.yaml", [
+        f"tracking.uri={store}", f"ray.address={cluster['address']}", "federated.num_clients=4",
+        "federated.rounds=3", "tracking.register_model=null", "explain.enabled=false"]))
+    run = MlflowClient(store).get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["federated.engine_ran"] == "simulation"
+    assert "ray.address" in run.data.params["federated.engine_reason"]
+    assert result.final["central/accuracy"] > 0.85
+    actors = list_actors(address=cluster["address"], filters=[("class_name", "=", "ClientAppActor")],
+                         detail=True, limit=1000, raise_on_missing_output=False)
+    nodes = {a.node_id for a in actors}
+    assert len(nodes) == 2, [(a.actor_id, a.node_id, a.state) for a in actors]
+
+
 def test_submit_runs_the_job_on_a_running_head_and_exits_with_its_status(cluster, tmp_path):
     out = run_cli("submit", str(DDP), "train.epochs=2", "--address", cluster["dashboard"], cwd=tmp_path,
                   env=cluster["env"])
@@ -250,3 +271,10 @@ def test_flower_and_ray_train_jobs_run_one_after_the_other_in_one_process(store)
     lrs = [m.value for m in sorted(client.get_metric_history(middle.run_id, "train/lr"), key=lambda m: m.step)]
     assert lrs[0] > lrs[-1] and len(client.get_metric_history(middle.run_id, "val/accuracy")) == len(lrs)
     assert middle.final["eval/accuracy"] > 0.8 and "eval/f1_macro" in middle.final
+
+
+def test_a_federated_job_on_an_address_nobody_answers_at_exits_2_before_any_run(tmp_path):
+    out = run_cli("run", str(CONFIGS / "hospitals_fedavg.yaml"), f"ray.address=127.0.0.1:{_free_port()}",
+                  f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}", cwd=tmp_path)
+    assert out.returncode == 2 and "ray.address" in out.stderr and "nothing answers" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "mlruns.db").exists()

@@ -56,12 +56,32 @@ def run_federated(ctx: Context) -> Outcome:
 
 
 class SimulationLaunched(Launched):
-    """Flower's simulation engine: its Ray runtime starts while MLflow opens the run."""
+    """Flower's simulation engine: its Ray runtime starts while MLflow opens the run (or, with
+    `ray.address`, this driver joins that cluster; one that does not answer is a user error)."""
 
-    def __init__(self):
+    def __init__(self, address: str | None = None):
         from orchestrator.jobs.runtime import start_simulation_runtime
 
-        self.runtime: EarlyRuntime = start_simulation_runtime()
+        self.address = address
+        if address is not None and address != "auto":
+            from orchestrator.jobs.ray.session import reachable
+            from orchestrator.spec.errors import UserError
+
+            if not reachable(address):
+                raise UserError("ray.address", [f"nothing answers at {address}: start a head with `ray start "
+                                                "--head --node-ip-address=127.0.0.1` or fix the address"])
+        self.runtime: EarlyRuntime = start_simulation_runtime(address)
+
+    def join(self) -> None:
+        if self.address is None:
+            return   # the local runtime: Flower's start waits for it, after the run is open
+        try:
+            self.runtime.join()
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            from orchestrator.spec.errors import UserError
+
+            raise UserError("ray.address", [f"cannot join the Ray cluster at {self.address}: "
+                                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"]) from None
 
     def stop(self) -> None:
         self.runtime.stop()  # Flower shuts its runtime down; this covers early exits
@@ -96,7 +116,7 @@ class Federated(JobKind):
                 "test rows); watch eval/... or site_mean/..."])
 
     def launch(self, job: JobSpec) -> Launched:
-        return SimulationLaunched() if choose_engine(job)[0] == "simulation" else Launched()
+        return SimulationLaunched(job.ray.address) if choose_engine(job)[0] == "simulation" else Launched()
 
     def run(self, ctx: Context) -> Outcome:
         return run_federated(ctx)

@@ -32,7 +32,7 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def _reachable(address: str, timeout: float = 3.0) -> bool:
+def reachable(address: str, timeout: float = 3.0) -> bool:
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
@@ -77,7 +77,7 @@ def connect(job: JobSpec, early: EarlyRuntime | None = None) -> RaySession:
 
         # A cluster's nodes reach each other by routable address: undo the loopback-only default.
         ray_constants.ENABLE_RAY_CLUSTER = True
-        if spec.address != "auto" and not _reachable(spec.address):
+        if spec.address != "auto" and not reachable(spec.address):
             raise UserError("ray.address", [f"nothing answers at {spec.address}: start a head with "
                                             f"`ray start --head --node-ip-address=127.0.0.1` or fix the address"])
         try:
