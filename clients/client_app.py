@@ -21,10 +21,10 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from clients import handlers, secagg
+from clients import handlers, queries, secagg
 
 secagg_app = ClientApp(mods=secagg.secagg_mods())
-secagg_app.query()(handlers.query)
+secagg_app.query()(queries.query)
 secagg_app.train()(secagg.secagg_train)
 secagg_app.evaluate()(secagg.secagg_evaluate)
 
@@ -41,6 +41,6 @@ class _Hospital(ClientApp):
 
 
 app = _Hospital()
-app.query()(handlers.query)
+app.query()(queries.query)
 app.train()(handlers.train)
 app.evaluate()(handlers.evaluate)

@@ -24,14 +24,18 @@ def state_dir(message: Message, context: Context) -> Path | None:
     return Path(str(d)) if d else None
 
 
-def load(pid: int, context: Context, message: Message, server_round: int) -> dict | None:
-    """This hospital's c_i from before `server_round`, or None when it has none yet."""
-    if _KEY in context.state:
-        return P.to_state(context.state[_KEY])
+def _prefix(key: str, pid: int) -> str:
+    return f"hospital{pid}" if key == _KEY else f"{key}-hospital{pid}"
+
+
+def load(pid: int, context: Context, message: Message, server_round: int, key: str = _KEY) -> dict | None:
+    """This hospital's c_i (or other state `key`) from before `server_round`, or None when it has none yet."""
+    if key in context.state:
+        return P.to_state(context.state[key])
     d = state_dir(message, context)
     if d is None or not d.is_dir():
         return None
-    saved = sorted((int(f.stem.rsplit("_r", 1)[1]), f) for f in d.glob(f"hospital{pid}_r*.npz"))
+    saved = sorted((int(f.stem.rsplit("_r", 1)[1]), f) for f in d.glob(f"{_prefix(key, pid)}_r*.npz"))
     saved = [(r, f) for r, f in saved if r < server_round]
     if not saved:
         return None
@@ -40,13 +44,14 @@ def load(pid: int, context: Context, message: Message, server_round: int) -> dic
 
 
 def save(pid: int, context: Context, message: Message, server_round: int, c_i: dict,
-         in_context: bool = True) -> None:
+         in_context: bool = True, key: str = _KEY) -> None:
     if in_context:
-        context.state[_KEY] = P.from_state(c_i)
+        context.state[key] = P.from_state(c_i)
     d = state_dir(message, context)
     if d is None:
         return
     d.mkdir(parents=True, exist_ok=True)
-    np.savez(d / f"hospital{pid}_r{server_round}.npz", **c_i)
-    for old in sorted(d.glob(f"hospital{pid}_r*.npz"), key=lambda f: int(f.stem.rsplit("_r", 1)[1]))[:-2]:
+    prefix = _prefix(key, pid)
+    np.savez(d / f"{prefix}_r{server_round}.npz", **c_i)
+    for old in sorted(d.glob(f"{prefix}_r*.npz"), key=lambda f: int(f.stem.rsplit("_r", 1)[1]))[:-2]:
         old.unlink(missing_ok=True)

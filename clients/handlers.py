@@ -1,9 +1,9 @@
 """The hospital's message handlers: train and evaluate on its own rows, share only updates and sums.
-The ClientApps that route messages here are in `clients.client_app`. Messages a hospital answers:
-  query     per-feature observed count, sum and sum of squares of its training rows (input scaling)
+The ClientApps that route messages here are in `clients.client_app` (queries: `clients.queries`).
   train     local epochs from the global model -> updated weights + train loss
   evaluate  the global model on its own test rows -> loss and metrics, confusion counts
-            (classification) or error sums (regression) for exact pooling
+            (classification) or error sums (regression) for exact pooling; with a stateful
+            personalization (clients.personal) its personal model's too, as personal_*
 """
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from clients import controls
+from clients import controls, personal
 from clients.hospitals import hospital_share
 from orchestrator.core import metrics as M
 from orchestrator.core import protocol as P
 from orchestrator.core.data import Schema, Split
-from orchestrator.core.models import build_model, moments, standardizer
+from orchestrator.core.models import build_model, standardizer
 from orchestrator.core.splits import column_fill, fill
 from orchestrator.core.training import Objective, confusion_of, scored, tensors, train_epochs
 from orchestrator.spec.job import JobSpec
@@ -87,86 +87,6 @@ def _objective(h: Hospital, model: torch.nn.Module, message: Message) -> Objecti
     return Objective.of(h.job, len(h.schema.classes), weights, model)
 
 
-def query(message: Message, context: Context) -> Message:
-    if P.SCHEMA not in message.content[P.CONFIG]:
-        return describe(message, context)
-    if P.ATTRIBUTE in message.content[P.CONFIG]:
-        return attribute(message, context)
-    if P.PERSONALIZE in message.content[P.CONFIG]:
-        return personalize(message, context)
-    h = _hospital(message, context)
-    count, total, sumsq = moments(h.raw.X_train)
-    stats = [count, total, sumsq]
-    if h.schema.regression:  # the target's sums set the regression output's scale
-        y = h.raw.y_train.astype(np.float64)
-        stats.append(np.array([len(y), y.sum(), (y**2).sum()]))
-        labels: list[int] = []
-    else:
-        labels = np.bincount(h.raw.y_train, minlength=len(h.schema.classes)).tolist()
-    content = RecordDict({
-        P.STATS: ArrayRecord(stats),
-        P.METRICS: MetricRecord({PARTITION_KEY: h.partition_id, P.NUM_EXAMPLES: len(h.raw.y_train)}),
-        P.LABELS: ConfigRecord({"train": labels}),  # label histogram: counts only, no rows
-    })
-    return Message(content=content, reply_to=message)
-
-
-def attribute(message: Message, context: Context) -> Message:
-    """After training, with no central split: integrated gradients of the final model on this
-    hospital's own test rows; only the mean |attribution| per input and the row count go back."""
-    from orchestrator.core.attribution import integrated_gradients
-    from orchestrator.core.models import standardizer
-
-    h = _hospital(message, context)
-    model = _model(h, message)
-    mean = standardizer(model).mean.detach().cpu().numpy()
-    _, _, X_test, _ = h.tensors(mean)
-    values = integrated_gradients(model, X_test.numpy(), mean, not h.schema.regression)
-    content = RecordDict({
-        P.STATS: ArrayRecord([values.astype(np.float64)]),
-        P.METRICS: MetricRecord({PARTITION_KEY: h.partition_id, P.NUM_EXAMPLES: len(X_test)}),
-    })
-    return Message(content=content, reply_to=message)
-
-
-def personalize(message: Message, context: Context) -> Message:
-    """After the last round: this hospital's personal model (clients.personal), scored on its own
-    test rows; its weights go back only when the job says hospitals share them."""
-    from clients.personal import finetune
-
-    h = _hospital(message, context)
-    model = _model(h, message)
-    objective = _objective(h, model, message)
-    out, y = finetune(h, model, objective)
-    reply = evaluation_reply(h, message, objective, out, y)
-    if h.job.federated.personalize.share_models:
-        reply.content[P.ARRAYS] = ArrayRecord(model.state_dict())
-    return reply
-
-
-def describe(message: Message, context: Context) -> Message:
-    """Before a schema is agreed (deployment engine): what this hospital's data is, never a row.
-    A mistake in its data comes back as `error`, for the server to name this hospital."""
-    from clients.hospitals import describe_share
-    from orchestrator.spec.errors import UserError
-
-    pid = int(context.node_config[PARTITION_KEY])
-    job = JobSpec.model_validate_json(str(message.content[P.CONFIG][P.JOB]))
-    num = int(context.node_config.get(P.NUM_PARTITIONS, job.federated.num_clients or 1))
-    data_path = context.node_config.get(P.DATA_PATH)
-    try:
-        found = {"description": json.dumps(describe_share(job, pid, num, str(data_path) if data_path else None))}
-    except UserError as exc:
-        from pathlib import Path
-
-        from orchestrator.core.splits import hospital_name
-
-        found = {"name": hospital_name(Path(str(data_path)).stem) if data_path else str(pid),
-                 "source": exc.source, "problems": json.dumps(exc.problems)}
-    content = RecordDict({P.METRICS: MetricRecord({PARTITION_KEY: pid}), P.DESCRIPTION: ConfigRecord(found)})
-    return Message(content=content, reply_to=message)
-
-
 class InjectedFault(RuntimeError):
     """A failure drill (federated.faults): this hospital fails this round on purpose."""
 
@@ -199,7 +119,14 @@ def train(message: Message, context: Context) -> Message:
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     extra: dict = {}
     metrics: dict = {}
-    if fed.dp is not None and fed.dp.mode == "local":
+    how = personal.method(h)
+    if how in personal.LOCAL_PARTS:   # its own head / batch norm in place of the global one
+        personal.restore(h, model, context, message, server_round)
+    elif how == "ditto":              # its personal model's step, pulled towards the weights it was sent
+        personal.train_ditto(h, model, X, y, context, message, server_round, seed, objective, schedule)
+    if how == "fedrep":
+        loss, steps = personal.train_fedrep(h, model, X, y, seed, objective, schedule)
+    elif fed.dp is not None and fed.dp.mode == "local":
         from clients import privacy
 
         loss, steps = privacy.dp_sgd(model, X, y, h.job, seed, objective, **schedule)
@@ -214,6 +141,8 @@ def train(message: Message, context: Context) -> Message:
                             proximal_mu=float(config.get(P.PROXIMAL_MU, 0.0)),  # set by FedProx
                             objective=objective, stats=stats, **schedule)
         steps = stats.get("steps", 0)
+    if how in personal.LOCAL_PARTS:
+        personal.keep(h, model, context, message, server_round)
     return train_reply(h, message, start, model.state_dict(), loss, steps, metrics, extra)
 
 
@@ -264,15 +193,31 @@ def evaluate(message: Message, context: Context) -> Message:
     h = _hospital(message, context)
     model = _model(h, message)
     _, _, X, y = h.tensors(standardizer(model).mean.numpy())
+    own = None
+    if personal.method(h) in personal.STATEFUL:   # its personal model as of this round (else the global)
+        own = personal.personal_model(h, model, context, message, int(message.content[P.CONFIG][P.SERVER_ROUND]))
+        own = own or model
+        own.eval()
     model.eval()
     with torch.no_grad():
         out = model(X) if len(y) else None
-    return evaluation_reply(h, message, _objective(h, model, message), out, y)
+        own_out = own(X) if own is not None and len(y) else None
+    return evaluation_reply(h, message, _objective(h, model, message), out, y,
+                            personal_out=own_out if own is not None else False)
+
+
+def _sums(h: Hospital, objective: Objective, out, y) -> ConfigRecord:
+    """Counts the server pools into exact metrics: confusion counts, or regression error sums."""
+    if h.schema.regression:
+        pred = objective.predict(out) if len(y) else np.zeros(0)
+        return ConfigRecord({"sums": M.regression_sums(y.numpy(), pred).tolist()})
+    return ConfigRecord({"counts": confusion_of(out, y, len(h.schema.classes), objective).ravel().tolist()})
 
 
 def evaluation_reply(h: Hospital, message: Message, objective: Objective, out: torch.Tensor | None,
-                     y: torch.Tensor) -> Message:
-    """What a hospital sends back from the global model's outputs `out` on its test rows `y`."""
+                     y: torch.Tensor, personal_out=False) -> Message:
+    """What a hospital sends back from the global model's outputs `out` on its test rows `y` (and,
+    unless `personal_out` is False, its personal model's, as personal_* and their own sums)."""
     res = scored(out, y, objective)
     metrics = {PARTITION_KEY: h.partition_id, P.NUM_EXAMPLES: res.pop("num_examples")}
     if P.UNIFORM_WEIGHT in message.content[P.CONFIG]:  # central DP weights every hospital alike
@@ -280,12 +225,12 @@ def evaluation_reply(h: Hospital, message: Message, objective: Objective, out: t
     # every hospital sends the same keys (Flower aggregates only uniform records); NaN = undefined
     # here, e.g. AUROC on a test split holding one class
     metrics.update({f"{P.EVAL_PREFIX}{k}": float(v) for k, v in res.items()})
-    records: dict = {P.METRICS: MetricRecord(metrics)}
     # sums the server pools into the consortium's exact metrics (counts, never rows)
-    if h.schema.regression:
-        pred = objective.predict(out) if len(y) else np.zeros(0)
-        records[P.REGRESSION] = ConfigRecord({"sums": M.regression_sums(y.numpy(), pred).tolist()})
-    else:
-        confusion = confusion_of(out, y, len(h.schema.classes), objective)
-        records[P.CONFUSION] = ConfigRecord({"counts": confusion.ravel().tolist()})
+    records: dict = {P.REGRESSION if h.schema.regression else P.CONFUSION: _sums(h, objective, out, y)}
+    if personal_out is not False:
+        own = scored(personal_out, y, objective)
+        own.pop("num_examples")
+        metrics.update({f"{P.PERSONAL_PREFIX}{k}": float(v) for k, v in own.items()})
+        records[P.PERSONAL_SUMS] = _sums(h, objective, personal_out, y)
+    records[P.METRICS] = MetricRecord(metrics)
     return Message(content=RecordDict(records), reply_to=message)

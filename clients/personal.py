@@ -1,19 +1,130 @@
-"""A hospital's personal model (`federated.personalize`), made after the last round from the final
-global model and this hospital's own rows only (`clients.handlers.personalize` answers with its
-scores). `finetune`: k more local epochs at a constant learning rate."""
+"""A hospital's personal model (`federated.personalize`), made from the global model and this
+hospital's own rows only; it never leaves the hospital unless the job says hospitals share it.
+
+  finetune  after the last round: k more local epochs from the final global model
+  fedper    the head (last layer) stays at the hospital: every round it trains the global body
+            under its own head and keeps the head; the personal model is global body + own head
+  fedrep    as fedper, but each round trains its own head first (k epochs, body frozen), then the
+            body (head frozen)
+  fedbn     batch-norm layers (weights and running statistics) stay at the hospital
+  ditto     a whole personal model v trained every round beside the global one, pulled towards
+            the global weights w: loss_i(v) + lambda/2 ||v - w||^2
+
+The stateful methods keep their part in the hospital's Flower Context and, when a state-dir is
+known, in a file per round (`clients.controls`), so a resumed run finds it.
+"""
 from __future__ import annotations
 
+import copy
+
 import torch
+from torch import nn
 
+from clients import controls
 from orchestrator.core.models import standardizer, train_mode
-from orchestrator.core.training import train_epochs
+from orchestrator.core.training import make_optimizer, set_lr, shuffled_batches, train_epoch, train_epochs
+
+KEY = "personal"
+LOCAL_PARTS = ("fedper", "fedrep", "fedbn")      # part of the model stays local
+STATEFUL = (*LOCAL_PARTS, "ditto")              # something persists between rounds
 
 
-def finetune(h, model: torch.nn.Module, objective) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Train `model` (the global one) on `h`'s training rows; its outputs on `h`'s test rows, and their labels."""
+def method(h) -> str | None:
     spec = h.job.federated.personalize
-    X, y, X_test, y_test = h.tensors(standardizer(model).mean.numpy())
-    # a constant learning rate from the end of training (train.optimizer.lr unless personalize.lr)
+    return spec.method if spec is not None else None
+
+
+def local_keys(model: nn.Module, how: str) -> list[str]:
+    """The state-dict keys that stay at the hospital under `how`."""
+    if how in ("fedper", "fedrep"):
+        return [k for k in model.state_dict() if k.startswith("head.")]
+    if how == "fedbn":
+        return [f"{name}.{k}" if name else k for name, m in model.named_modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) for k in m.state_dict()]
+    return []
+
+
+def _state(h, context, message, server_round: int) -> dict | None:
+    return controls.load(h.partition_id, context, message, server_round, key=KEY)
+
+
+def _save(h, context, message, server_round: int, state: dict) -> None:
+    controls.save(h.partition_id, context, message, server_round, state, key=KEY)
+
+
+def restore(h, model: nn.Module, context, message, server_round: int) -> None:
+    """Before training (fedper, fedrep, fedbn): the hospital's own part into the global model."""
+    own = _state(h, context, message, server_round)
+    if own:
+        model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in own.items()}, strict=False)
+
+
+def keep(h, model: nn.Module, context, message, server_round: int) -> None:
+    """After training: the part that stays, kept for the next round."""
+    keys = local_keys(model, method(h))
+    state = model.state_dict()
+    _save(h, context, message, server_round, {k: state[k].detach().cpu().numpy().copy() for k in keys})
+
+
+def train_fedrep(h, model: nn.Module, X, y, seed: int, objective, schedule: dict) -> tuple[float, int]:
+    """FedRep's round: the head alone for personalize.epochs, then the body alone for train.epochs."""
+    head = [p for n, p in model.named_parameters() if n.startswith("head.") and p.requires_grad]
+    body = [p for n, p in model.named_parameters() if not n.startswith("head.") and p.requires_grad]
+    stats: dict = {}
+    for p in body:
+        p.requires_grad_(False)
+    train_epochs(model, X, y, h.job.train, h.job.federated.personalize.epochs, seed=seed + 1, objective=objective)
+    for p in body:
+        p.requires_grad_(True)
+    for p in head:
+        p.requires_grad_(False)
+    loss = train_epochs(model, X, y, h.job.train, h.job.train.epochs, seed=seed, objective=objective, stats=stats,
+                        **schedule)
+    for p in head:
+        p.requires_grad_(True)
+    return loss, stats.get("steps", 0)
+
+
+def train_ditto(h, global_model: nn.Module, X, y, context, message, server_round: int, seed: int, objective,
+                schedule: dict) -> None:
+    """Ditto's personal step this round: v (or, the first time, the global model) trained
+    train.epochs epochs on the hospital's rows, pulled towards the global weights it was sent."""
+    spec = h.job.federated.personalize
+    personal = copy.deepcopy(global_model)
+    own = _state(h, context, message, server_round)
+    if own:
+        personal.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in own.items()})
+    anchor = [p.detach().clone() for p in global_model.parameters() if p.requires_grad]
+    train = h.job.train
+    opt = make_optimizer(personal.parameters(), train.optimizer)
+    gen = torch.Generator().manual_seed(seed + 7_919)
+    torch.manual_seed(seed + 7_919)   # dropout masks: the same in a resumed run
+    from orchestrator.core.training import lr_factor
+
+    for epoch in range(train.epochs):
+        set_lr(opt, train.optimizer.lr, lr_factor(train.schedule, schedule["epoch_offset"] + epoch,
+                                                  schedule["total_epochs"]))
+        train_epoch(personal, opt, objective, X, y, shuffled_batches(len(y), train.batch_size, gen),
+                    proximal=(spec.lam, anchor), grad_clip=train.grad_clip)
+    _save(h, context, message, server_round, {k: v.detach().cpu().numpy().copy()
+                                              for k, v in personal.state_dict().items()})
+
+
+def personal_model(h, global_model: nn.Module, context, message, server_round: int) -> nn.Module | None:
+    """The hospital's personal model as of `server_round` (stateful methods), or None before it has one."""
+    own = _state(h, context, message, server_round + 1)
+    if own is None:
+        return None
+    model = copy.deepcopy(global_model)
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in own.items()}, strict=method(h) == "ditto")
+    return model
+
+
+def finetune(h, model: torch.nn.Module, objective) -> None:
+    """Train `model` (the final global one) personalize.epochs more epochs on `h`'s training rows,
+    at a constant learning rate (train.optimizer.lr unless personalize.lr)."""
+    spec = h.job.federated.personalize
+    X, y, _, _ = h.tensors(standardizer(model).mean.numpy())
     train = h.job.train
     lr = spec.lr if spec.lr is not None else train.optimizer.lr
     train = train.model_copy(update={"optimizer": train.optimizer.model_copy(update={"lr": lr}),
@@ -23,6 +134,3 @@ def finetune(h, model: torch.nn.Module, objective) -> tuple[torch.Tensor | None,
     if len(y):
         train_epochs(model, X, y, train, spec.epochs, seed=h.job.seed * 100_003 + 7_919 + h.partition_id,
                      objective=objective)
-    model.eval()
-    with torch.no_grad():
-        return (model(X_test) if len(y_test) else None), y_test

@@ -40,6 +40,8 @@ TRAIN_LOSS = "train_loss"
 LOCAL_STEPS, MOMENTUM = "local-steps", "momentum"   # FedNova's step norms
 DP_EPSILON = "dp_epsilon"              # local DP: what this hospital has spent
 EVAL_PREFIX = "eval_"                  # evaluate metrics: eval_loss, eval_accuracy, ...
+PERSONAL_PREFIX = "personal_"          # the hospital's personal model's (federated.personalize)
+PERSONAL_SUMS = "personal-sums"        # its confusion counts / regression sums
 
 
 def to_state(record) -> dict[str, np.ndarray]:

@@ -62,16 +62,27 @@ class SecAggSpec(Spec):
 
 
 class PersonalizeSpec(Spec):
-    """After the last round every hospital makes the global model its own: `finetune` trains it
-    `epochs` more epochs on the hospital's own training rows and scores it on its own test rows
-    (metrics personal/... and hospital_<name>/personal/...)."""
-    method: Literal["finetune"] = Field("finetune", description="finetune: k local epochs from the final global model")
-    epochs: Annotated[int, Field(ge=1, description="finetune: local epochs on the hospital's own rows")] = 5
+    """A personal model at every hospital, from the global model and its own rows only (metrics
+    personal/..., personal_site_mean/... and hospital_<name>/personal/...). finetune: after the
+    last round, `epochs` more local epochs. fedper: the head (last layer) stays at each hospital
+    across rounds. fedrep: the same, each round training its own head first (`epochs`, body
+    frozen), then the body. fedbn: batch-norm layers stay at each hospital. ditto: a personal model
+    trained every round beside the global one, pulled towards it with strength `lam`."""
+    method: Literal["finetune", "fedper", "fedrep", "fedbn", "ditto"] = Field("finetune", description=(
+        "finetune | fedper | fedrep | fedbn | ditto"))
+    epochs: Annotated[int, Field(ge=1, description=(
+        "finetune: local epochs from the final global model; fedrep: head epochs each round"))] = 5
     lr: Annotated[float, Field(gt=0.0)] | None = Field(None, description=(
         "finetune: a constant learning rate (null: train.optimizer.lr)"))
+    lam: Annotated[float, Field(ge=0.0, description="ditto: pull of the personal model towards the global one")] = 0.1
     share_models: bool = Field(False, description=(
         "true: each hospital sends its personal model back (logged per hospital, scored at every other "
         "hospital by federated.crossval); false: it keeps it and only metrics travel"))
+
+    @property
+    def stateful(self) -> bool:
+        """Something of the hospital's own persists from round to round."""
+        return self.method != "finetune"
 
 
 class RoundStoppingSpec(Spec):

@@ -175,6 +175,17 @@ def _check_federated(job: JobSpec) -> None:
     if name in ("scaffold", "fednova") and job.train.optimizer.name != "sgd":
         raise ValueError(f"train.optimizer.name: {name} corrects plain SGD steps; set train.optimizer.name: sgd "
                          f"(it is '{job.train.optimizer.name}')")
+    own = fed.personalize
+    if own is not None and own.method == "fedbn" and not job.model.batchnorm:
+        raise ValueError("federated.personalize.method: fedbn keeps batch-norm layers local; the model has none "
+                         "(set model.batchnorm: true)")
+    if own is not None and own.method in ("fedper", "fedrep") and job.model.name == "logistic":
+        raise ValueError(f"federated.personalize.method: {own.method} shares the body and keeps the head; a "
+                         "logistic model is a head alone (use mlp, cnn or a sequence model)")
+    if own is not None and own.stateful and (fed.dp is not None or name in ("scaffold", "fednova")):
+        what = "federated.dp" if fed.dp is not None else f"strategy {name}"
+        raise ValueError(f"federated.personalize.method: {own.method} changes each hospital's local training; "
+                         f"it does not combine with {what} here (use finetune, or drop {what})")
     if fed.dp is not None and fed.personalize is not None and fed.personalize.share_models:
         raise ValueError("federated.personalize.share_models: personal models are fine-tuned without DP noise; "
                          "with federated.dp a hospital keeps its own (share_models: false, only metrics travel)")

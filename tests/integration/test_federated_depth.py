@@ -257,6 +257,40 @@ def test_an_interrupted_fedadam_run_resumes_with_its_server_moments(store, monke
     assert scores(resumed.final) == scores(run(store, *args).final)
 
 
+@pytest.mark.parametrize("method", ["ditto", "fedper"])
+def test_an_interrupted_personalized_run_resumes_with_each_hospitals_own_part(store, monkeypatch, method):
+    """Each hospital's personal state (ditto's model, fedper's head) is kept on its side per round:
+    a run stopped after round 3 and resumed in a new grid (no Flower Context left) ends with the
+    personal metrics of an uninterrupted run, exactly."""
+    import _thread
+
+    from orchestrator.jobs.federated import server_app as federated_job
+    from orchestrator.jobs.runner import run_job
+    from orchestrator.spec.loading import load_job
+
+    args = [f"federated.personalize.method={method}", "federated.rounds=6", "federated.num_clients=4"]
+    save = federated_job.save_round
+
+    def save_then_stop(directory, server_round, model_state, strategy_state):
+        save(directory, server_round, model_state, strategy_state)
+        if server_round == 3:
+            _thread.interrupt_main()
+
+    monkeypatch.setattr(federated_job, "save_round", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run(store, *args)
+    monkeypatch.setattr(federated_job, "save_round", save)
+    client = MlflowClient(store)
+    (killed,) = client.search_runs([client.get_experiment_by_name("consortium").experiment_id])
+    assert killed.info.status == "KILLED"
+    job = load_job(CONFIGS / "hospitals_fedavg.yaml", [f"tracking.uri={store}", "federated.engine=inline", *QUICK, *args])
+    resumed = run_job(job, resume_run_id=killed.info.run_id)
+    assert sorted(history(store, resumed.run_id, "personal/accuracy")) == list(range(1, 7))
+    plain = run(store, *args).final
+    for key in ("personal/accuracy", "personal/loss", "personal_site_mean/accuracy", "eval/loss"):
+        assert resumed.final[key] == plain[key], key
+
+
 def test_a_killed_scaffold_run_resumes_into_the_same_run_and_ends_as_if_never_interrupted(tmp_path, monkeypatch):
     """SIGKILL mid-run (nothing can be saved on the way out), then `consortium resume RUN_ID`: the
     global model and server control variate come from the round checkpoint, each hospital's own

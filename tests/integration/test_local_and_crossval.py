@@ -216,3 +216,49 @@ def test_early_stopping_on_a_metric_the_rounds_do_not_have_is_a_user_error(store
                     "federated.early_stopping.metric=eval/r2", "federated.rounds=3", cwd=tmp_path)
     assert wrong.returncode == 2 and "'eval/r2' is not a metric of this job's rounds" in wrong.stderr, wrong.stderr
     assert "eval/accuracy" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+@pytest.mark.parametrize("method", ["fedper", "fedrep", "fedbn", "ditto"])
+def test_a_personal_part_kept_at_each_hospital_across_rounds(store, method):
+    """Every round each hospital scores its personal model beside the global one; at the end the
+    personal model it shares is the global model with only its own part kept (fedper/fedrep: the
+    head, fedbn: batch norm) or, for ditto, a model of its own."""
+    from orchestrator.jobs.federated.checkpoints import checkpoint_dir
+
+    extra = ["model.batchnorm=true"] if method == "fedbn" else []
+    result = _personal_run(store, "auto", f"federated.personalize.method={method}", "federated.rounds=4",
+                           "federated.personalize.share_models=true", "federated.crossval=false", *extra)
+    client = MlflowClient(store)
+    run = client.get_run(result.run_id)
+    assert run.data.params["federated.engine_ran"] == "inline"   # vectorized keeps no per-hospital part
+    for r in range(1, 5):
+        at = {s: [m.value for m in client.get_metric_history(result.run_id, f"hospital_{s}/personal/accuracy")
+                  if m.step == r] for s in SITES}
+        rows = {s: [m.value for m in client.get_metric_history(result.run_id, f"hospital_{s}/eval/num_examples")
+                    if m.step == r][0] for s in SITES}
+        pooled = [m.value for m in client.get_metric_history(result.run_id, "personal/accuracy") if m.step == r]
+        assert all(at.values()) and len(set(pooled)) == 1, (r, at, pooled)
+        assert pooled[0] == pytest.approx(sum(at[s][0] * rows[s] for s in SITES) / sum(rows.values()), abs=1e-9)
+        if r == 4:   # the last round's evaluation and the final query see the same personal model
+            assert all(len(set(v)) == 1 for v in at.values()), at
+    with np.load(checkpoint_dir(result.run_id) / "round_00004.npz") as z:
+        final = {k[len("model/"):]: z[k] for k in z.files if k.startswith("model/")}
+    import torch
+
+    differs = set()
+    for site in SITES:
+        path = client.download_artifacts(result.run_id, f"personal_models/{site}.pt", str(Path(store[10:]).parent))
+        own = {k: v.numpy() for k, v in torch.load(path).items()}
+        differs |= {k for k in own if not np.array_equal(own[k], final[k])}
+    if method in ("fedper", "fedrep"):
+        assert differs and all(k.startswith("head.") for k in differs), differs
+    elif method == "fedbn":
+        from clients.personal import local_keys
+        from orchestrator.core.models import build_model
+        from orchestrator.spec.loading import load_job
+
+        spec = load_job(CONFIGS / "heart_personalized.yaml", ["model.batchnorm=true"]).model
+        norms = set(local_keys(build_model(spec, len(final["input.mean"]), 2), "fedbn"))
+        assert norms and differs and differs <= norms, (differs, norms)
+    else:
+        assert any(k.startswith("head.") for k in differs) and any(k.startswith("body.") for k in differs)

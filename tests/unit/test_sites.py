@@ -81,3 +81,23 @@ def test_round_stopping_watches_only_what_the_server_sees():
         load_job(ROOT / "configs/heart_crossval.yaml", ["federated.early_stopping.metric=val/loss"])
     with pytest.raises(ConfigError, match="federated.early_stopping"):
         load_job(ROOT / "configs/heart_local.yaml", ["federated.early_stopping.patience=2"])
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["federated.personalize.method=fedbn"], "model.batchnorm: true"),
+    (["federated.personalize.method=fedper", "model.name=logistic"], "a head alone"),
+    (["federated.personalize.method=ditto", "federated.strategy.name=scaffold", "train.optimizer.name=sgd"],
+     "does not combine with strategy scaffold"),
+    (["federated.personalize.method=fedrep", "federated.engine=vectorized"], "cannot keep each hospital's own part"),
+])
+def test_stateful_personalization_is_refused_where_it_cannot_work(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_job(ROOT / "configs/heart_personalized.yaml", overrides)
+
+
+def test_the_auto_engine_keeps_stateful_personalization_in_the_inline_engine():
+    from orchestrator.spec.engines import choose_engine
+
+    job = load_job(ROOT / "configs/heart_personalized.yaml", ["federated.personalize.method=ditto", "model.dropout=0"])
+    assert choose_engine(job)[0] == "inline"
+    assert choose_engine(load_job(ROOT / "configs/heart_personalized.yaml", ["model.dropout=0"]))[0] == "vectorized"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from orchestrator.core import metrics as M
-from orchestrator.core.protocol import CONFUSION, DP_EPSILON, NUM_EXAMPLES, REGRESSION
+from orchestrator.core.protocol import CONFUSION, DP_EPSILON, NUM_EXAMPLES, PERSONAL_SUMS, REGRESSION
 from strategies.base import RoundReport
 
 if TYPE_CHECKING:
@@ -45,6 +45,8 @@ class RoundLogger:
             for k, v in hm.items():
                 if k.startswith(f"{prefix}_") and not np.isnan(v):
                     m[f"hospital_{name}/{prefix}/{k[len(prefix) + 1:]}"] = v
+                elif k.startswith("personal_") and not np.isnan(v):   # its personal model's
+                    m[f"hospital_{name}/personal/{k[len('personal_'):]}"] = v
         if report.phase == "evaluate":
             # each hospital counts once (FLamby's mean over hospitals), beside the pooled eval/
             per_site = [{k[len("eval_"):]: v for k, v in hm.items() if k.startswith("eval_")}
@@ -52,6 +54,9 @@ class RoundLogger:
             m.update({f"site_mean/{k}": v for k, v in M.site_mean(per_site).items()})
             if (v := _weighted(report.hospitals, "eval_auroc")) is not None and not np.isnan(v):
                 m["eval/auroc"] = v
+            own = [e[PERSONAL_SUMS] for e in report.extras.values() if PERSONAL_SUMS in e]
+            if own:
+                m.update(self._personal(report, own))
             counts = [e[CONFUSION]["counts"] for e in report.extras.values() if CONFUSION in e]
             if counts:
                 k = self.num_classes
@@ -67,3 +72,19 @@ class RoundLogger:
         m[f"{prefix}/failures"] = len(report.failures)
         m[f"{prefix}/hospitals"] = len(report.hospitals)
         self.run.log_metrics(m, step)
+
+    def _personal(self, report: RoundReport, sums: list) -> dict[str, float]:
+        """The hospitals' personal models this round: pooled exactly from their sums, and the plain
+        mean over hospitals (federated.personalize with a stateful method)."""
+        k = self.num_classes
+        if "counts" in sums[0]:
+            pooled = M.from_confusion(np.sum([np.asarray(s["counts"], dtype=np.int64).reshape(k, k) for s in sums], 0))
+        else:
+            pooled = M.from_regression_sums(np.sum([np.asarray(s["sums"], dtype=np.float64) for s in sums], 0))
+        m = {f"personal/{name}": v for name, v in pooled.items()}
+        if (v := _weighted(report.hospitals, "personal_loss")) is not None:
+            m["personal/loss"] = v
+        per_site = [{key[len("personal_"):]: v for key, v in hm.items() if key.startswith("personal_")}
+                    for hm in report.hospitals.values()]
+        m.update({f"personal_site_mean/{name}": v for name, v in M.site_mean(per_site).items()})
+        return m
