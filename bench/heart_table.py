@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SITES = ["cleveland", "hungarian", "switzerland", "va"]
 SGD = ["train.optimizer.name=sgd", "train.optimizer.lr=0.05"]
+PERSONAL = ["federated.crossval=false", "federated.personalize.share_models=false"]
 METHODS = {   # name: (config, overrides, where the per-hospital accuracy is)
     "pooled (centralized)": ("heart_disease_sites.yaml", ["kind=centralized", "train.epochs=30"], "crossval"),
     "local only": ("heart_local.yaml", ["federated.crossval=false"], "eval"),
@@ -35,6 +36,13 @@ METHODS = {   # name: (config, overrides, where the per-hospital accuracy is)
     "FedAvg + finetune 5 epochs": ("heart_personalized.yaml", ["federated.crossval=false",
                                                                "federated.personalize.share_models=false"],
                                    "personal"),
+    "FedPer (own head)": ("heart_personalized.yaml", [*PERSONAL, "federated.personalize.method=fedper"], "personal"),
+    "FedRep (own head, 5 head epochs)": ("heart_personalized.yaml", [*PERSONAL, "federated.personalize.method=fedrep"],
+                                         "personal"),
+    "Ditto (lam 0.1)": ("heart_personalized.yaml", [*PERSONAL, "federated.personalize.method=ditto"], "personal"),
+    "FedBN (batch-norm MLP)": ("heart_personalized.yaml", [*PERSONAL, "federated.personalize.method=fedbn",
+                                                           "model.batchnorm=true"], "personal"),
+    "FedAvg (batch-norm MLP)": ("heart_disease_sites.yaml", ["model.batchnorm=true"], "eval"),
 }
 
 

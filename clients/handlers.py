@@ -119,6 +119,12 @@ def train(message: Message, context: Context) -> Message:
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     extra: dict = {}
     metrics: dict = {}
+    if h.job.model.name == "gan":   # alternating discriminator and generator steps on its own rows
+        from orchestrator.core.gan import train_gan
+
+        d_loss, g_loss, steps = train_gan(model, X, y, h.job.train.optimizer.lr, h.job.train.batch_size, epochs, seed)
+        metrics.update({"train_d_loss": d_loss, "train_g_loss": g_loss})
+        return train_reply(h, message, start, model.state_dict(), d_loss + g_loss, steps, metrics, extra)
     how = personal.method(h)
     if how in personal.LOCAL_PARTS:   # its own head / batch norm in place of the global one
         personal.restore(h, model, context, message, server_round)
@@ -193,6 +199,13 @@ def evaluate(message: Message, context: Context) -> Message:
     h = _hospital(message, context)
     model = _model(h, message)
     _, _, X, y = h.tensors(standardizer(model).mean.numpy())
+    if h.job.model.name == "gan":   # the pair's losses on its own held-out rows; no classifier to score
+        from orchestrator.core.gan import evaluate_gan
+
+        res = evaluate_gan(model, X, y, seed=h.job.seed * 100_003 + h.partition_id)
+        metrics = {PARTITION_KEY: h.partition_id, P.NUM_EXAMPLES: int(len(y)),
+                   **{f"{P.EVAL_PREFIX}{k}": v for k, v in res.items()}}
+        return Message(content=RecordDict({P.METRICS: MetricRecord(metrics)}), reply_to=message)
     own = None
     if personal.method(h) in personal.STATEFUL:   # its personal model as of this round (else the global)
         own = personal.personal_model(h, model, context, message, int(message.content[P.CONFIG][P.SERVER_ROUND]))

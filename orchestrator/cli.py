@@ -272,10 +272,11 @@ def schema() -> None:
 
 
 def _federation() -> None:
-    from orchestrator.crossval_cli import crossval
     from orchestrator.federation.cli import fed_app
+    from orchestrator.models_cli import crossval, sample
 
     app.command()(crossval)
+    app.command()(sample)
     app.add_typer(fed_app, name="federation")
 
 

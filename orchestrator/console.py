@@ -200,12 +200,16 @@ def print_result(result, job=None) -> None:
                       prefix + SCOPE_ROWS.get(scope, ""))
     if keys:
         out.print(table)
+    if "tstr/synthetic_accuracy" in final:   # a federated GAN: the utility of its rows
+        real = final.get("tstr/real_accuracy")
+        out.print(f"synthetic   train on synthetic, test on real: accuracy {final['tstr/synthetic_accuracy']:.4f}"
+                  + (f" (the same classifier on real rows: {real:.4f})" if real is not None else ""), highlight=False)
     if getattr(result, "crossval", None):
         from orchestrator.jobs.crossval import table as crossval_table
 
         out.print(crossval_table(result.crossval))
     rest = [k for k in result.final if k not in keys and not k.endswith(("/failures", "/hospitals"))
-            and not k.startswith(("time/", "ray/", "hospital_", "crossval/"))]
+            and not k.startswith(("time/", "ray/", "hospital_", "crossval/", "tstr/"))]
     if rest:
         out.print(f"[dim]{len(rest)} more metrics (--json, or the run in MLflow): "
                   f"{', '.join(sorted(rest)[:6])}{', ...' if len(rest) > 6 else ''}[/]", highlight=False)

@@ -164,6 +164,11 @@ def _body(spec: ModelSpec, num_features: int) -> tuple[nn.Module, int]:
 
 def build_model(spec: ModelSpec, num_features: int, num_classes: int) -> Net:
     """The model of `spec`, its frozen parameters (model.freeze) already excluded from training."""
+    if spec.name == "gan":
+        from orchestrator.core.gan import TabularGAN
+
+        return TabularGAN(Standardize(num_features), num_features, num_classes, spec.hidden, spec.latent_dim,
+                          spec.activation)
     body, width = _body(spec, num_features)
     output = Destandardize() if spec.head == "linear" else None
     model = Net(Standardize(num_features), body, nn.Linear(width, num_outputs(spec, num_classes)), output)

@@ -17,6 +17,8 @@ def vectorized_refusal(job) -> str | None:
     if fed.dp is not None and fed.dp.mode == "local":
         return ("cannot run local DP-SGD (per-example clipping and noise in each hospital's loop): "
                 "set federated.engine: inline or simulation")
+    if job.model.name == "gan":
+        return "cannot run a GAN's alternating steps: set federated.engine: inline or simulation"
     if fed.personalize is not None and fed.personalize.stateful:
         return (f"cannot keep each hospital's own part between rounds (federated.personalize.method "
                 f"{fed.personalize.method}): set federated.engine: inline or simulation")

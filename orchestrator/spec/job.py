@@ -100,6 +100,8 @@ class JobSpec(Spec):
             if self.by_hospital and part == "dirichlet":
                 raise ValueError("federated.partition.name: dirichlet skews class labels; a regression target "
                                  "needs iid or natural")
+        if self.model.name == "gan":
+            _check_gan(self)
         if self.model.name in SEQUENCE_MODELS and self.data.source in TABULAR_SOURCES:
             raise ValueError(f"model.name: {self.model.name} reads sequences (data.source sequences, or a csv of "
                              f"steps x model.input_size columns)")
@@ -113,6 +115,26 @@ class JobSpec(Spec):
         if self.sweep is not None:
             _check_sweep_space(self)
         return self
+
+
+def _check_gan(job: JobSpec) -> None:
+    """model.name gan: a federated generator of labelled tabular rows, trained with FedAvg-family strategies."""
+    fed = job.federated
+    if job.kind != "federated":
+        raise ValueError(f"model.name: gan trains a generator over hospitals (kind federated); kind is '{job.kind}'")
+    if job.model.head == "linear":
+        raise ValueError("model.name: gan generates rows conditioned on a class label; a regression target has none")
+    taken = [k for k, v in (("federated.dp", fed.dp), ("federated.secagg", fed.secagg),
+                            ("federated.personalize", fed.personalize), ("federated.early_stopping", fed.early_stopping),
+                            ("model.init_from", job.model.init_from), ("model.freeze", job.model.freeze or None),
+                            ("train.class_weights", job.train.class_weights)) if v is not None]
+    if fed.crossval:
+        taken.append("federated.crossval")
+    if fed.strategy.name in ("scaffold", "fednova"):
+        taken.append(f"federated.strategy.name ({fed.strategy.name})")
+    if taken:
+        raise ValueError(f"model.name: gan does not combine with {taken[0]} here (the GAN trains its own "
+                         "alternating steps and has no classifier to score)")
 
 
 def _check_local(job: JobSpec) -> None:

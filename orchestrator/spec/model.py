@@ -13,9 +13,10 @@ SEQUENCE_MODELS = ("rnn", "lstm", "gru", "transformer")
 
 
 class ModelSpec(Spec):
-    name: Literal["mlp", "logistic", "cnn", "rnn", "lstm", "gru", "transformer"] = Field("mlp", description=(
+    name: Literal["mlp", "logistic", "cnn", "rnn", "lstm", "gru", "transformer", "gan"] = Field("mlp", description=(
         "mlp | logistic | cnn (square images as flat pixel columns, e.g. digits 8x8) | rnn | lstm | gru | "
-        "transformer (sequences as flat rows of steps x input_size columns)"))
+        "transformer (sequences as flat rows of steps x input_size columns) | gan (a generator and a "
+        "discriminator of tabular rows, conditioned on the label: synthetic data, federated)"))
     channels: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [16, 32],
                                                         description="cnn: conv channels per layer")
     hidden: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64], description=(
@@ -26,6 +27,7 @@ class ModelSpec(Spec):
     head: Head = Field("softmax", description=(
         "softmax: one output per class | sigmoid: one output, binary | linear: one output, regression"))
     input_size: Annotated[int, Field(ge=1, description="sequence models: features per time step")] = 1
+    latent_dim: Annotated[int, Field(ge=1, description="gan: the generator's noise inputs")] = 16
     heads: Annotated[int, Field(ge=1, description="transformer: attention heads")] = 2
     init_from: str | None = Field(None, description=(
         "transfer learning: start from a logged model, models:/NAME/VERSION (or latest) or runs:/RUN_ID/model; "

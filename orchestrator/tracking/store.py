@@ -186,6 +186,22 @@ class TrackedRun:
         version = getattr(info, "registered_model_version", None)
         return ModelRecord(info.model_uri, registered_name, str(version) if version is not None else None)
 
+    def log_pickled_model(self, model, registered_name: str | None, metadata: dict) -> ModelRecord:
+        """A torch module MLflow pickles whole (not exported: a GAN's generator is not its forward),
+        loaded back by `mlflow.pytorch.load_model` as the module itself; registered if named."""
+        import mlflow.pytorch
+        import numpy as np
+        import torch
+
+        requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
+                        f"numpy=={np.__version__}"]
+        with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None), quiet_registry():
+            info = mlflow.pytorch.log_model(model.eval(), name="model", serialization_format="pickle",
+                                            pip_requirements=requirements, metadata=metadata,
+                                            registered_model_name=registered_name, await_registration_for=0)
+        version = getattr(info, "registered_model_version", None)
+        return ModelRecord(info.model_uri, registered_name, str(version) if version is not None else None)
+
     def register(self, model_uri: str, name: str) -> str:
         """Register a logged model under `name`; returns models:/NAME/VERSION."""
         mlflow.set_tracking_uri(self.tracking_uri)

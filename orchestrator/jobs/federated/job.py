@@ -48,6 +48,16 @@ def run_federated(ctx: Context) -> Outcome:
                       label_counts=rounds.label_counts, confusion=rounds.logger.confusion,
                       attributions=rounds.attributions, crossval=rounds.crossval)
     outcome.final.update(rounds.final_metrics)   # early stopping: the restored round's
+    if job.model.name == "gan":   # the generator: TSTR, a sample, logged whole (no classifier report)
+        from orchestrator.jobs.federated.synthetic import finish_gan
+
+        final, record = finish_gan(job, plan, run, model, rounds.label_counts)
+        outcome.final.update(final)
+        outcome.model = None
+        if record is not None:
+            outcome.model_uri, outcome.registered = record.model_uri, record.registry_uri
+            if record.registry_uri:
+                run.set_tags({"registered_model": record.registry_uri})
     if rounds.crossval:
         from orchestrator.jobs.crossval import log_crossval
 

@@ -39,6 +39,12 @@ class RoundLogger:
         key = "train_loss" if report.phase == "train" else "eval_loss"
         if (v := _weighted(report.hospitals, key)) is not None:
             m[f"{prefix}/loss"] = v
+        pooled_exactly = any(CONFUSION in e or REGRESSION in e for e in report.extras.values())
+        extra_keys = {k for hm in report.hospitals.values() for k in hm
+                      if k.startswith(f"{prefix}_") and k != key and (report.phase == "train" or not pooled_exactly)}
+        for k in sorted(extra_keys):   # e.g. a GAN's d_loss and g_loss: row-weighted over hospitals
+            if (v := _weighted(report.hospitals, k)) is not None:
+                m[f"{prefix}/{k[len(prefix) + 1:]}"] = v
         for pid, hm in report.hospitals.items():
             name = self.names.get(pid, str(pid))
             m[f"hospital_{name}/{prefix}/num_examples"] = hm.get(NUM_EXAMPLES, 0.0)

@@ -69,7 +69,8 @@ class Rounds:
         self.strategy = None
         self._t0 = time.perf_counter()
         central = self.plan.central
-        self._central = tensors(central.X_test, central.y_test) if central else None
+        # a GAN has no classifier to score centrally: its worth is measured at the end (synthetic)
+        self._central = tensors(central.X_test, central.y_test) if central and self.job.model.name != "gan" else None
         self.best = BestRound.of(self.job, central is not None)
 
     def central_eval(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:

@@ -1,6 +1,8 @@
-"""`consortium crossval`: a logged model scored at every hospital of a job (`orchestrator.jobs.crossval`)."""
+"""Commands on logged models: `consortium crossval` (a model scored at every hospital of a job,
+`orchestrator.jobs.crossval`) and `consortium sample` (rows drawn from a federated GAN's generator)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -39,3 +41,25 @@ def crossval(model_uri: str = typer.Argument(..., help="A logged model: models:/
         print(json.dumps(matrix))
     stop_console()
 
+
+
+def sample(model_uri: str = typer.Argument(..., help="A registered generator: models:/NAME/VERSION (model.name: gan)"),
+           output: Path = typer.Argument(..., help="The CSV to write"),
+           rows: int = typer.Option(1000, "--rows", min=1, help="How many rows"),
+           seed: int = typer.Option(0, help="Same seed, same rows"),
+           tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default: as `run`)")) -> None:
+    """Draw synthetic rows from a federated GAN's generator: its columns and label, in the data's units."""
+    try:
+        start_console(quiet=True)
+        from orchestrator.tracking.generator import sample_rows
+
+        frame = sample_rows(tracking_uri, model_uri, rows, seed)
+    except UserError as exc:
+        fail_user(exc)
+    from orchestrator.console import stop_console
+
+    frame.to_csv(output, index=False)
+    stop_console()
+    shares = frame.iloc[:, -1].value_counts(normalize=True).round(3).to_dict()
+    out.print(f"wrote {output} ({len(frame)} rows, {frame.shape[1] - 1} columns + {frame.columns[-1]}: {shares})",
+              highlight=False)
