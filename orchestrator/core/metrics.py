@@ -95,10 +95,13 @@ def regression(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 def site_mean(results: list[dict[str, float]], skip: tuple[str, ...] = ("num_examples",)) -> dict[str, float]:
     """The plain mean over hospitals of each metric (FLamby's and FLARE's "average over sites":
-    each hospital counts once, whatever its rows); NaN (undefined at a hospital) left out."""
+    each hospital counts once, whatever its rows); NaN (undefined at a hospital) left out. Summed
+    exactly (math.fsum), so the order the hospitals answered in cannot change the last bit."""
+    import math
+
     out = {}
     for key in dict.fromkeys(k for r in results for k in r if k not in skip):
         values = [r[key] for r in results if key in r and not np.isnan(r[key])]
         if values:
-            out[key] = float(np.mean(values))
+            out[key] = float(math.fsum(values) / len(values))
     return out

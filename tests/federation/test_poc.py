@@ -21,14 +21,18 @@ def _result(proc) -> dict:
 
 
 def test_the_four_heart_hospitals_federate_through_the_deployment_engine_as_they_do_in_simulation(tmp_path):
+    """Also with each hospital keeping its own head across rounds (fedper: on its SuperNode, in its
+    Flower Context) and the cross-site matrix scored at the end: the same numbers in both engines."""
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    common = [f"data.path={CONFIGS / 'data' / 'heart_disease'}", "federated.rounds=2", f"tracking.uri={uri}"]
+    common = [f"data.path={CONFIGS / 'data' / 'heart_disease'}", "federated.rounds=2", f"tracking.uri={uri}",
+              "federated.personalize.method=fedper", "federated.crossval=true"]
     deployed = _result(run_cli("federation", "poc", str(HEART), *common, "tracking.register_model=heart-deployed",
                                "--json", cwd=tmp_path, timeout=900))
     simulated = _result(run_cli("run", str(HEART), *common, "federated.engine=simulation", "--json", cwd=tmp_path))
 
     # same seed, same hospitals, same partition ids: the same numbers, whichever engine carried them
     assert deployed["final"].keys() == simulated["final"].keys()
+    assert {"personal/accuracy", "personal_site_mean/accuracy", "crossval/global/mean_accuracy"} <= deployed["final"].keys()
     for k, v in simulated["final"].items():
         if not k.startswith("time/"):
             assert deployed["final"][k] == pytest.approx(v, abs=1e-6), k

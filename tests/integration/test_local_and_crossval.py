@@ -218,19 +218,21 @@ def test_early_stopping_on_a_metric_the_rounds_do_not_have_is_a_user_error(store
     assert "eval/accuracy" in wrong.stderr and "Traceback" not in wrong.stderr
 
 
-@pytest.mark.parametrize("method", ["fedper", "fedrep", "fedbn", "ditto"])
-def test_a_personal_part_kept_at_each_hospital_across_rounds(store, method):
+@pytest.mark.parametrize("method,engine", [("fedper", "auto"), ("fedrep", "auto"), ("fedbn", "auto"),
+                                           ("ditto", "auto"), ("fedper", "simulation")])
+def test_a_personal_part_kept_at_each_hospital_across_rounds(store, method, engine):
     """Every round each hospital scores its personal model beside the global one; at the end the
     personal model it shares is the global model with only its own part kept (fedper/fedrep: the
     head, fedbn: batch norm) or, for ditto, a model of its own."""
     from orchestrator.jobs.federated.checkpoints import checkpoint_dir
 
     extra = ["model.batchnorm=true"] if method == "fedbn" else []
-    result = _personal_run(store, "auto", f"federated.personalize.method={method}", "federated.rounds=4",
+    result = _personal_run(store, engine, f"federated.personalize.method={method}", "federated.rounds=4",
                            "federated.personalize.share_models=true", "federated.crossval=false", *extra)
     client = MlflowClient(store)
     run = client.get_run(result.run_id)
-    assert run.data.params["federated.engine_ran"] == "inline"   # vectorized keeps no per-hospital part
+    # auto: inline (vectorized keeps no per-hospital part); simulation: a Ray actor per hospital
+    assert run.data.params["federated.engine_ran"] == ("inline" if engine == "auto" else engine)
     for r in range(1, 5):
         at = {s: [m.value for m in client.get_metric_history(result.run_id, f"hospital_{s}/personal/accuracy")
                   if m.step == r] for s in SITES}
