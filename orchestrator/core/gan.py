@@ -76,16 +76,15 @@ def moment_gap(fake: torch.Tensor, real: torch.Tensor, labels: torch.Tensor, num
     return gap
 
 
-def losses(model: TabularGAN, real: torch.Tensor, labels: torch.Tensor, gen: torch.Generator
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(discriminator loss, generator loss, generated rows) on one batch of standardized real rows."""
-    fake = model.generate(labels, gen)
+def discriminator_loss(model: TabularGAN, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     real_logit, fake_logit = model.critic(real, labels), model.critic(fake.detach(), labels)
-    d_loss = (F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
-              + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit)))
-    g_logit = model.critic(fake, labels)
-    g_loss = F.binary_cross_entropy_with_logits(g_logit, torch.ones_like(g_logit))
-    return d_loss, g_loss, fake
+    return (F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
+            + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit)))
+
+
+def generator_loss(model: TabularGAN, fake: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logit = model.critic(fake, labels)
+    return F.binary_cross_entropy_with_logits(logit, torch.ones_like(logit))
 
 
 def train_gan(model: TabularGAN, X: torch.Tensor, y: torch.Tensor, lr: float, batch_size: int, epochs: int,
@@ -101,14 +100,13 @@ def train_gan(model: TabularGAN, X: torch.Tensor, y: torch.Tensor, lr: float, ba
         d_sum, g_sum, seen = 0.0, 0.0, 0
         for idx in torch.randperm(len(y), generator=gen).split(batch_size):
             real, labels = real_all[idx], y[idx]
-            d_loss, g_loss, _ = losses(model, real, labels, gen)
+            d_loss = discriminator_loss(model, real, model.generate(labels, gen), labels)
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward(inputs=list(model.discriminator.parameters()))
             opt_d.step()
             # the generator's step against the discriminator as it is now
             fake = model.generate(labels, gen)
-            g_logit = model.critic(fake, labels)
-            g_loss = F.binary_cross_entropy_with_logits(g_logit, torch.ones_like(g_logit))
+            g_loss = generator_loss(model, fake, labels)
             opt_g.zero_grad(set_to_none=True)
             (g_loss + MOMENT_WEIGHT * moment_gap(fake, real, labels, model.num_classes)).backward(
                 inputs=list(model.generator.parameters()))
@@ -124,5 +122,6 @@ def evaluate_gan(model: TabularGAN, X: torch.Tensor, y: torch.Tensor, seed: int)
     """Discriminator and generator losses on held-out real rows, with seeded noise."""
     if len(y) == 0:
         return {"d_loss": float("nan"), "g_loss": float("nan"), "loss": float("nan")}
-    d_loss, g_loss, _ = losses(model, model.input(X), y, torch.Generator().manual_seed(seed))
+    fake = model.generate(y, torch.Generator().manual_seed(seed))
+    d_loss, g_loss = discriminator_loss(model, model.input(X), fake, y), generator_loss(model, fake, y)
     return {"d_loss": float(d_loss), "g_loss": float(g_loss), "loss": float(d_loss)}

@@ -23,27 +23,15 @@ def headline_metric(matrix: Matrix) -> str:
 
 def in_process(job, plan, models: dict, hospitals=None) -> Matrix:
     """`models` (name -> torch module) at every hospital of the job's data."""
-    import torch
-
-    from orchestrator.core.models import standardizer
-    from orchestrator.core.splits import column_fill, fill
-    from orchestrator.core.training import Objective, scored, tensors
-    from orchestrator.jobs.sites import load_hospitals
+    from orchestrator.core.training import Objective
+    from orchestrator.jobs.sites import load_hospitals, score
 
     hospitals = hospitals if hospitals is not None else load_hospitals(job, plan)
     matrix: Matrix = {}
     for h in hospitals:
         row = {}
         for name, model in models.items():
-            # imputed as this hospital imputes: its own training rows, the model's input mean
-            # where it never observed a column
-            mean = standardizer(model).mean.detach().cpu().numpy()
-            values = column_fill(h.raw.X_train, job.data.impute, fallback=mean)
-            X, y = tensors(fill(h.raw.X_test, values), h.raw.y_test)
-            model.eval()
-            with torch.no_grad():
-                out = model(X) if len(y) else None
-            res = scored(out, y, Objective.of(job, plan.num_classes, None, model))
+            res, _ = score(h, model, Objective.of(job, plan.num_classes, None, model))
             row[name] = {k: float(v) for k, v in res.items()}
         matrix[h.name] = row
     return matrix

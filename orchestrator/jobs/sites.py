@@ -32,8 +32,13 @@ def load_hospitals(job, plan) -> list[Hospital]:
 @torch.no_grad()
 def score(h: Hospital, model: torch.nn.Module, objective: Objective) -> tuple[dict[str, float], np.ndarray]:
     """`model` on `h`'s own test rows: (metrics with num_examples, the sums that pool exactly:
-    confusion counts, or regression sums)."""
-    _, _, X, y = h.tensors(standardizer(model).mean.detach().cpu().numpy())
+    confusion counts, or regression sums). Imputed as the hospital imputes: from its own training
+    rows, the model's input mean where it never observed a column (so any model can be scored)."""
+    from orchestrator.core.splits import column_fill, fill
+    from orchestrator.core.training import tensors
+
+    values = column_fill(h.raw.X_train, h.job.data.impute, fallback=standardizer(model).mean.detach().cpu().numpy())
+    X, y = tensors(fill(h.raw.X_test, values), h.raw.y_test)
     was = model.training
     model.eval()
     out = model(X) if len(y) else None

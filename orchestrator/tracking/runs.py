@@ -19,9 +19,10 @@ def load_logged_model(uri: str, model_uri: str, key: str):
     client = MlflowClient(uri)
     lineage = {"lineage.init_from": model_uri}
     try:
-        if model_uri.startswith("models:/m-") and "/" not in model_uri[len("models:/"):]:
-            pass  # MLflow 3's logged model id (what `consortium run` prints when nothing is registered)
-        elif model_uri.startswith("models:/"):
+        logged_id = model_uri.startswith("models:/m-") and "/" not in model_uri[len("models:/"):]
+        # a logged model id (MLflow 3: what `consortium run` prints when nothing is registered)
+        # loads as it is; a registered name is resolved to its version first
+        if model_uri.startswith("models:/") and not logged_id:
             name, _, version = model_uri[len("models:/"):].partition("/")
             if version in ("", "latest"):
                 versions = client.search_model_versions(f"name='{name}'")
@@ -33,7 +34,7 @@ def load_logged_model(uri: str, model_uri: str, key: str):
                 mv = client.get_model_version(name, version)
             lineage.update({"lineage.source_model": name, "lineage.source_version": str(mv.version),
                             "lineage.source_run_id": mv.run_id or ""})
-        else:
+        elif model_uri.startswith("runs:/"):
             lineage["lineage.source_run_id"] = model_uri[len("runs:/"):].split("/")[0]
         mlflow.set_tracking_uri(uri)
         model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
