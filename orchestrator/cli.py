@@ -56,12 +56,14 @@ def run(config: str = typer.Argument(..., help="Job YAML file"),
         start_console(quiet, verbose, json_out)
         from orchestrator.jobs.plan import plan_data
         from orchestrator.jobs.runtime import leave_submission_dir, prepare_environment
+        from orchestrator.tracking.remote import start_early
 
         prepare_environment()
         if job.kind == "federated" and job.federated.engine == "deployment":
             run_deployed_job(job, debug, json_out, quiet)  # the hospitals hold the data, not this machine
             return
         leave_submission_dir()
+        start_early(job)   # MLflow starts importing in a process of its own while the data is read
         plan = plan_data(job)
     except UserError as exc:
         fail_user(exc)
@@ -123,7 +125,6 @@ def resume(run_id: str = typer.Argument(..., help="MLflow run id of the interrup
 
 
 TRACKING_HELP = "MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlruns.db)"
-
 
 
 @app.command()

@@ -239,8 +239,8 @@ def next_commands(result, job=None) -> list[str]:
     else:
         lines.append(f"consortium ui{where}   then open "
                      f"{run_link('http://127.0.0.1:5000', result.experiment_id, result.run_id)}")
-    previous = None
-    if job is not None:
+    previous = getattr(result, "previous_run", None)   # the tracking process looked it up during the job
+    if job is not None and previous is None:
         from orchestrator.tracking.runs import previous_run
 
         previous = previous_run(uri, result.experiment_id, result.run_id, job.name)

@@ -73,9 +73,14 @@ class JobKind(ABC):
     """A kind describes and runs; checking and launching have defaults that do nothing."""
 
     name = "job"
-    # True when every metric of a new run is logged from this process (not by Ray workers): the
-    # run then answers history reads (report, result) from memory, not with a query per key
-    logs_here = False
+
+    @property
+    def logs_here(self) -> bool:
+        """Every metric of a new run is logged from this process (`spec.job.LOGGED_HERE`): the run
+        answers history reads (report, result) from memory, not with a query per key."""
+        from orchestrator.spec.job import LOGGED_HERE
+
+        return self.name in LOGGED_HERE
 
     def check(self, job: JobSpec, plan: DataPlan) -> None:
         pass

@@ -88,7 +88,6 @@ def run_local(ctx: Context) -> Outcome:
 
 class Local(JobKind):
     name = "local"
-    logs_here = True
 
     def describe(self, job: JobSpec, plan) -> Description:
         n = len(plan.hospitals)

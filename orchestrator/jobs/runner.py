@@ -30,29 +30,40 @@ class JobResult:
     round_ends_s: list[float] = field(default_factory=list)  # federated: seconds from start, per round
     history: dict = field(default_factory=dict)  # tracking off: the pooled metrics per round/epoch
     crossval: dict | None = None           # federated.crossval: {site: {model: {metric: value}}}
+    previous_run: str | None = None        # the same job's run before this one ("": none; None: not looked up)
 
 
 def run_job(job: JobSpec, plan: DataPlan | None = None, resume_run_id: str | None = None) -> JobResult:
     """Run `job`; with `resume_run_id`, continue that run from its last checkpoint instead."""
     prepare_environment()
-    plan = plan or plan_data(job)  # DataError here: nothing created in MLflow yet
     kind = kind_of(job.kind)
-    kind.check(job, plan)
-    launched = kind.launch(job)    # e.g. Ray starts while MLflow is imported
+    from orchestrator.tracking import remote
+
+    tracker = remote.for_job(job)   # MLflow in a process of its own, imported while this one reads the data
+    launched = None
     try:
-        if job.tracking.enabled:
+        plan = plan or plan_data(job)  # DataError here: nothing created in MLflow yet
+        kind.check(job, plan)
+        launched = kind.launch(job)    # e.g. Ray starts while MLflow is imported
+        if job.tracking.enabled and tracker is None:
             import orchestrator.tracking.store  # noqa: F401 - MLflow's import overlaps the runtime's start
         from orchestrator.jobs.transfer import resolve
 
         launched.join()            # e.g. an impossible placement: exit 2, nothing written yet
-        tracker = open_tracker(job)
+        if tracker is not None:
+            tracker.open()         # the store opens (a new one: its schema is made) while the job trains
+        tracker = tracker or open_tracker(job)
         start = resolve(job, tracker.uri)  # a wrong model.init_from: exit 2, no run
         return execute(job, plan, tracker, kind=kind, launched=launched, resume_run_id=resume_run_id, start=start)
     finally:
-        launched.stop()
+        if launched is not None:
+            launched.stop()
+        if hasattr(tracker, "close"):
+            tracker.close()
 
 
 def open_tracker(job: JobSpec):
+    """The job's tracker in this process (`tracking.remote` is the one in a process of its own)."""
     if not job.tracking.enabled:
         from orchestrator.tracking.memory import MemoryTracker
 
@@ -95,40 +106,51 @@ def execute(job: JobSpec, plan: DataPlan, tracker, *, kind: JobKind | None = Non
             outcome = kind.run(ctx)
             wall = time.perf_counter() - t0
             run.log_metrics({"time/wall_s": wall, "time/first_round_s": outcome.first_round_s or 0.0}, 0)
+            record = None
+            if job.tracking.enabled and outcome.model is not None:
+                record = report_and_log_model(job, plan, run, outcome, report, register)
+            # the run's id is read only now: a tracking process may have been opening the store till now
             result = JobResult(run.run_id, run.experiment, run.experiment_id, tracker.uri, final=dict(outcome.final),
                                wall_s=wall, first_round_at=outcome.first_round_at,
                                model_uri=outcome.model_uri, registered=outcome.registered,
                                round_ends_s=[v for _, v in sorted(run.history(["time/round_end_s"])["time/round_end_s"])]
-                               if job.by_hospital else [], crossval=outcome.crossval)
+                               if job.by_hospital else [], crossval=outcome.crossval,
+                               previous_run=getattr(run, "previous_run", None))
             if not job.tracking.enabled:  # the in-memory run is all there is: keep its history
                 result.history = run.history([k for k in run.metric_keys() if not k.startswith(("hospital_", "time/"))])
-            if not job.tracking.enabled or outcome.model is None:
-                return result  # nothing to report into, or nothing to report on
-            from orchestrator.tracking.store import RETRY_S
-
-            run.flush(wait=RETRY_S)  # every metric is in the store before the report reads them back
-            if report:
-                from orchestrator.tracking.explain import explain_run
-                from orchestrator.tracking.report import log_report
-
-                log_report(run, job, plan, outcome)
-                explain_run(run, job, plan, outcome.model)
-                if job.explain.integrated_gradients:
-                    from orchestrator.tracking.attributions import explain_attributions
-
-                    explain_attributions(run, job, plan, outcome.model, outcome.attributions)
-            if job.tracking.log_model:
-                t_model = time.perf_counter()
-                record = run.log_model(outcome.model, input_example(plan), job.tracking.register_model if register else None,
-                                       model_card(plan, job, outcome.model))
-                run.log_metrics({"time/log_model_s": time.perf_counter() - t_model}, 0)
-                run.flush()
+            if record is not None:
                 result.model_uri, result.registered = record.model_uri, record.registry_uri
-                if record.registry_uri:
-                    run.set_tags({"registered_model": record.registry_uri})
         finally:
             capture.log_into(run)   # what MLflow, Flower and Ray said, kept in the run
     return result
+
+
+def report_and_log_model(job: JobSpec, plan: DataPlan, run, outcome, report: bool, register: bool):
+    """The figures, the explanations and the model of a tracked run; the model's record, or None."""
+    if not getattr(run, "answers_here", False):
+        from orchestrator.tracking.stores import RETRY_S
+
+        run.flush(wait=RETRY_S)  # every metric is in the store before the report reads them back
+    if report:
+        from orchestrator.tracking.explain import explain_run
+        from orchestrator.tracking.report import log_report
+
+        log_report(run, job, plan, outcome)
+        explain_run(run, job, plan, outcome.model)
+        if job.explain.integrated_gradients:
+            from orchestrator.tracking.attributions import explain_attributions
+
+            explain_attributions(run, job, plan, outcome.model, outcome.attributions)
+    if not job.tracking.log_model:
+        return None
+    t_model = time.perf_counter()
+    record = run.log_model(outcome.model, input_example(plan), job.tracking.register_model if register else None,
+                           model_card(plan, job, outcome.model))
+    run.log_metrics({"time/log_model_s": time.perf_counter() - t_model}, 0)
+    run.flush()
+    if record.registry_uri:
+        run.set_tags({"registered_model": record.registry_uri})
+    return record
 
 
 def model_card(plan: DataPlan, job: JobSpec, model) -> dict:

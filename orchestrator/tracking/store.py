@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from orchestrator.spec.errors import UserError
-from orchestrator.tracking.stores import _artifact_root, check_reachable, first_touch, resolve_uri, retrying, store_lock
+from orchestrator.tracking.records import ModelRecord
+from orchestrator.tracking.stores import RETRY_S, _artifact_root, check_reachable, first_touch, resolve_uri, retrying, store_lock
 
 _log = logging.getLogger("consortium.tracking")
-# How long the end of a run waits for an unreachable store to take its buffered metrics.
-RETRY_S = float(os.environ.get("CONSORTIUM_TRACKING_RETRY_S", "300"))
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars on our console
@@ -44,17 +43,6 @@ def quiet_registry() -> Iterator[None]:
     with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-
-
-@dataclass
-class ModelRecord:
-    model_uri: str
-    registered_name: str | None = None
-    version: str | None = None
-
-    @property
-    def registry_uri(self) -> str | None:
-        return f"models:/{self.registered_name}/{self.version}" if self.version else None
 
 
 @dataclass
@@ -88,6 +76,16 @@ class TrackedRun:
                 self.last[k] = v
                 if self._kept is not None:
                     self._kept.setdefault(k, []).append((step, v))
+
+    def add_values(self, values: list[tuple[str, float, int, int]]) -> None:
+        """(key, value, timestamp ms, step) recorded elsewhere (`tracking.remote`): sent with the next flush()."""
+        with self._lock:
+            self._pending.extend(Metric(k, v, ts, step) for k, v, ts, step in values)
+            for k, v, _, _ in values:
+                self.last[k] = v
+
+    def tag(self, name: str) -> str | None:
+        return self.client.get_run(self.run_id).data.tags.get(name)
 
     def flush(self, wait: float = 0.0) -> bool:
         """Send buffered metrics. If the store is unreachable (a server restarting, a locked
@@ -288,11 +286,15 @@ class Tracker:
             status = "KILLED"
             raise
         finally:
-            try:
-                # a store that is away gets time to come back (less when the job is being stopped)
-                run.flush(wait=RETRY_S if status == "FINISHED" else min(RETRY_S, 15.0))
-            finally:
-                retrying(self.client.set_terminated, run.run_id, status, attempts=8)
+            self.finish(run, status)
+
+    def finish(self, run: TrackedRun, status: str) -> None:
+        """Send what is buffered, then end the run FINISHED, FAILED or KILLED."""
+        try:
+            # a store that is away gets time to come back (less when the job is being stopped)
+            run.flush(wait=RETRY_S if status == "FINISHED" else min(RETRY_S, 15.0))
+        finally:
+            retrying(self.client.set_terminated, run.run_id, status, attempts=8)
 
     def get_run(self, run_id: str):
         return self.client.get_run(run_id)

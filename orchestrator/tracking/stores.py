@@ -87,6 +87,8 @@ def retrying(fn, *args, attempts: int = 5, **kwargs):
             time.sleep(0.2 * 2**i)
 
 
+# How long the end of a run waits for an unreachable store to take its buffered metrics.
+RETRY_S = float(os.environ.get("CONSORTIUM_TRACKING_RETRY_S", "300"))
 STORE_WAIT_S = float(os.environ.get("CONSORTIUM_STORE_WAIT_S", "60"))
 
 
@@ -96,6 +98,9 @@ def first_touch(uri: str):
     'Online migration expected to match one row'): wait for it and retry. If it died halfway (the
     schema stays out of date, or its batch-migration tables are left behind), finish the job."""
     deadline, delay, attempt = time.monotonic() + STORE_WAIT_S, 0.2, 0
+    db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    fresh = db is not None and not db.exists()
+    templated = fresh and _from_template(db)
     while True:
         try:
             from mlflow.tracking import MlflowClient
@@ -103,6 +108,8 @@ def first_touch(uri: str):
             client = MlflowClient(uri)
             client.search_experiments(max_results=1)
             client.search_registered_models(max_results=1)
+            if fresh and not templated:
+                _keep_template(db)
             return client
         except Exception as exc:
             if not uri.startswith("sqlite:") or time.monotonic() > deadline:
@@ -114,6 +121,68 @@ def first_touch(uri: str):
             delay = min(delay * 2, 2.0)
             if attempt >= 3 and ("out-of-date database schema" in str(exc) or "_alembic_tmp_" in str(exc)):
                 _finish_migration(uri)
+
+
+def _template() -> Path:
+    """An empty store as this MLflow version makes it (schema migrated, the Default experiment),
+    kept from the first new store on this machine: a new store is then a copy, not ~1 s of migrations."""
+    from importlib.metadata import version
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "consortium"
+    return cache / f"mlflow-{version('mlflow')}-empty-store.db"
+
+
+def _from_template(db: Path) -> bool:
+    """Create `db` as a copy of the template, its Default experiment's creation time and artifact
+    location (./mlruns/0 of this directory) as MLflow would have set them. False: no template."""
+    import shutil
+    import sqlite3
+
+    template = _template()
+    if os.environ.get("CONSORTIUM_STORE_TEMPLATE") == "0" or not template.is_file():
+        return False
+    db.parent.mkdir(parents=True, exist_ok=True)
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.new")
+    try:
+        shutil.copyfile(template, tmp)
+        now = int(time.time() * 1000)
+        con = sqlite3.connect(tmp)
+        with con:
+            con.execute("UPDATE experiments SET artifact_location = ?, creation_time = ?, last_update_time = ? "
+                        "WHERE experiment_id = 0", (os.path.join(os.path.abspath("mlruns"), "0"), now, now))
+        con.close()
+        os.link(tmp, db)    # never over a store someone else created meanwhile
+        return True
+    except (OSError, sqlite3.Error):
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _keep_template(db: Path) -> None:
+    """`db` was just created by MLflow and holds nothing of ours yet: keep a copy as the template."""
+    import shutil
+    import sqlite3
+
+    template = _template()
+    if os.environ.get("CONSORTIUM_STORE_TEMPLATE") == "0" or template.is_file():
+        return
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        tmp = template.with_name(f".{template.name}.{os.getpid()}.new")
+        shutil.copyfile(db, tmp)
+        con = sqlite3.connect(tmp)
+        try:
+            empty = con.execute("SELECT (SELECT COUNT(*) FROM experiments), (SELECT COUNT(*) FROM runs)").fetchone()
+        finally:
+            con.close()
+        if empty == (1, 0):    # a process that is not ours may have used it already
+            tmp.replace(template)
+    except (OSError, sqlite3.Error):
+        pass   # only a cache
+    finally:
+        if "tmp" in locals():
+            tmp.unlink(missing_ok=True)
 
 
 def _forget_engines(uri: str) -> None:

@@ -308,10 +308,18 @@ def test_a_killed_scaffold_run_resumes_into_the_same_run_and_ends_as_if_never_in
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     (run_dir,) = list(ckpts.iterdir())
-    run_id = run_dir.name
     store = f"sqlite:///{tmp_path / 'mlruns.db'}"
     client = MlflowClient(store)
-    assert client.get_run(run_id).info.status == "RUNNING"   # killed: nobody marked it
+    # the job's tracking process saw it die: it writes what it was sent and ends the run KILLED
+    deadline, found = time.monotonic() + 60, []
+    while time.monotonic() < deadline and not (found and found[0].info.status != "RUNNING"):
+        time.sleep(0.2)
+        experiment = client.get_experiment_by_name("consortium")
+        found = client.search_runs([experiment.experiment_id]) if experiment else []
+    (found,) = found
+    run_id = found.info.run_id
+    assert found.info.status == "KILLED"
+    assert found.data.tags["federated.checkpoints"] == str(run_dir)
     done = max(history(store, run_id, "central/loss"))
     assert 3 <= done < 15
 

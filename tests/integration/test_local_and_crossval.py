@@ -224,8 +224,6 @@ def test_a_personal_part_kept_at_each_hospital_across_rounds(store, method, engi
     """Every round each hospital scores its personal model beside the global one; at the end the
     personal model it shares is the global model with only its own part kept (fedper/fedrep: the
     head, fedbn: batch norm) or, for ditto, a model of its own."""
-    from orchestrator.jobs.federated.checkpoints import checkpoint_dir
-
     extra = ["model.batchnorm=true"] if method == "fedbn" else []
     result = _personal_run(store, engine, f"federated.personalize.method={method}", "federated.rounds=4",
                            "federated.personalize.share_models=true", "federated.crossval=false", *extra)
@@ -243,7 +241,7 @@ def test_a_personal_part_kept_at_each_hospital_across_rounds(store, method, engi
         assert pooled[0] == pytest.approx(sum(at[s][0] * rows[s] for s in SITES) / sum(rows.values()), abs=1e-9)
         if r == 4:   # the last round's evaluation and the final query see the same personal model
             assert all(len(set(v)) == 1 for v in at.values()), at
-    with np.load(checkpoint_dir(result.run_id) / "round_00004.npz") as z:
+    with np.load(Path(run.data.tags["federated.checkpoints"]) / "round_00004.npz") as z:
         final = {k[len("model/"):]: z[k] for k in z.files if k.startswith("model/")}
     import torch
 

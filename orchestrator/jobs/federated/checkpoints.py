@@ -38,7 +38,22 @@ class RoundWriter:
 
 
 def checkpoint_dir(run_id: str) -> Path:
+    """Where runs before 2026-12-03 kept their checkpoints (named by their MLflow run id)."""
     return consortium_home() / "federated" / run_id
+
+
+def new_checkpoint_dir() -> Path:
+    """A new run's own folder, named before MLflow has given the run an id (the store may still be
+    opening in the tracking process); the run's tag `federated.checkpoints` records it."""
+    import time
+    import uuid
+
+    return consortium_home() / "federated" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:12]}"
+
+
+def resumed_checkpoint_dir(run) -> Path:
+    recorded = run.tag("federated.checkpoints")
+    return Path(recorded) if recorded else checkpoint_dir(run.run_id)
 
 
 def save_round(directory: Path, server_round: int, model_state: dict, strategy_state: dict) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from orchestrator.jobs.base import Context, Description, JobKind, Launched, Outcome
-from orchestrator.jobs.federated.checkpoints import checkpoint_dir, load_last_round
+from orchestrator.jobs.federated.checkpoints import load_last_round, new_checkpoint_dir, resumed_checkpoint_dir
 from orchestrator.jobs.federated.engines import run_engine
 from orchestrator.jobs.federated.server_app import Rounds
 from orchestrator.jobs.runtime import EarlyRuntime, quiet_flower
@@ -24,7 +24,7 @@ def run_federated(ctx: Context) -> Outcome:
     model, notes = initial_model(job, plan.num_features, plan.num_classes, start)
     if notes:
         run.log_params(notes)
-    ckpt_dir = checkpoint_dir(run.run_id)
+    ckpt_dir = resumed_checkpoint_dir(run) if ctx.resume else new_checkpoint_dir()
     rounds = Rounds(job, plan, run, model, ckpt_dir,
                     copied=set(start.weights) if start is not None and start.weights is not None else set())
     rounds.on_round = ctx.on_epoch
@@ -99,7 +99,6 @@ class SimulationLaunched(Launched):
 
 class Federated(JobKind):
     name = "federated"
-    logs_here = True   # the rounds log from the ServerApp in this process (simulation, inline, vectorized)
 
     def describe(self, job: JobSpec, plan) -> Description:
         p, n = job.federated.partition, len(plan.hospitals)

@@ -1,0 +1,209 @@
+"""The job's side of the tracking process (`tracking.sidecar`): a Tracker and a run that look like
+`tracking.store`'s, without importing MLflow here.
+
+Calls that only record (metrics, params, tags, artifacts, figures) are sent and not waited for;
+calls that answer (the run's id, logging the model, reading metrics back, the end of the run) wait
+for the answer. Metrics are buffered here and sent on flush(), as the in-process run does; a run
+that keeps its history answers history reads from this process.
+
+Used when MLflow is not imported yet in this process (`consortium run`); a process that already
+has it (a notebook, the test suite) logs in-process. CONSORTIUM_TRACKING_PROCESS=1 or 0 forces it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from orchestrator.tracking.link import Link
+from orchestrator.tracking.stores import check_reachable, resolve_uri
+
+ENV = "CONSORTIUM_TRACKING_PROCESS"
+
+
+def wanted(job) -> bool:
+    """The job logs from this process (`spec.job.LOGGED_HERE`) and MLflow is not imported here yet."""
+    from orchestrator.spec.job import LOGGED_HERE
+
+    if not (job.tracking.enabled and job.kind in LOGGED_HERE and job.model.init_from is None):
+        return False   # init_from: the source model is read from MLflow here anyway
+    choice = os.environ.get(ENV, "auto")
+    return choice == "1" or (choice == "auto" and "mlflow" not in sys.modules)
+
+
+_early: list = []
+
+
+def start_early(job) -> None:
+    """`consortium run`, before it reads the data: the tracking process starts importing MLflow."""
+    if wanted(job):
+        _early.append((job.tracking.uri, job.tracking.experiment, RemoteTracker(job.tracking.uri, job.tracking.experiment)))
+
+
+def for_job(job):
+    """The job's tracking process (the one started early, if it is for this job's store), or None."""
+    while _early:
+        uri, experiment, tracker = _early.pop()
+        if (uri, experiment) == (job.tracking.uri, job.tracking.experiment):
+            return tracker
+        tracker.close()
+    return RemoteTracker(job.tracking.uri, job.tracking.experiment) if wanted(job) else None
+
+
+class RemoteRun:
+    """A run whose writes go to the tracking process (see the module doc)."""
+
+    tracked = True
+
+    def __init__(self, link: Link, opened: Future):
+        self._link, self._opened = link, opened
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, float, int, int]] = []
+        self.last: dict[str, float] = {}
+        self._kept: dict[str, list[tuple[int, float]]] | None = None
+
+    # what MLflow gave the run; the first read waits for the store to be open
+    run_id = property(lambda self: self._opened.result()[0])
+    experiment_id = property(lambda self: self._opened.result()[1])
+    experiment = property(lambda self: self._opened.result()[2])
+    tracking_uri = property(lambda self: self._opened.result()[3])
+    previous_run = property(lambda self: self._opened.result()[4])   # of the same job; "" for none
+
+    @property
+    def answers_here(self) -> bool:
+        """History reads are answered from this process: the report need not wait for the store."""
+        return self._kept is not None
+
+    def keep_history(self) -> None:
+        """Every metric of this new run is logged from this process: history reads are answered here."""
+        self._kept = {}
+
+    def _check(self) -> None:
+        """The store failed to open: say so at the next round, not after the whole job."""
+        if self._opened.done() and self._opened.exception() is not None:
+            raise self._opened.exception()
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._check()
+        ts = int(time.time() * 1000)
+        with self._lock:
+            for k, v in metrics.items():
+                v = float(v)
+                self._pending.append((k, v, ts, step))
+                self.last[k] = v
+                if self._kept is not None:
+                    self._kept.setdefault(k, []).append((step, v))
+
+    def flush(self, wait: float = 0.0) -> bool:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if pending:
+            self._link.send("values", pending)
+        if wait > 0:
+            return self._link.call("call", "flush", (wait,), {})
+        self._link.send("call", "flush", (), {})
+        return True
+
+    def _record(self, method: str, *args) -> None:
+        self._link.send("call", method, args, {})
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._record("log_params", dict(params))
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._record("set_tags", {k: str(v) for k, v in tags.items()})
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._record("log_text", text, artifact_file)
+
+    def log_dict(self, data: dict, artifact_file: str) -> None:
+        self._record("log_dict", data, artifact_file)
+
+    def log_bytes(self, data: bytes, artifact_file: str) -> None:
+        self._record("log_bytes", data, artifact_file)
+
+    def log_figure(self, figure, artifact_file: str) -> None:
+        """Drawn here, as MLflow's log_figure draws it (savefig in the file's format): this process
+        waits for the tracking process at the end of a job, so the drawing is better done here."""
+        import io
+
+        buf = io.BytesIO()
+        figure.savefig(buf, format=Path(artifact_file).suffix.lstrip(".") or "png")
+        self.log_bytes(buf.getvalue(), artifact_file)
+
+    def metric_keys(self) -> list[str]:
+        if self._kept is not None:
+            with self._lock:
+                return sorted(self._kept)
+        self.flush()
+        return self._link.call("call", "metric_keys", (), {})
+
+    def history(self, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
+        if self._kept is not None:
+            with self._lock:
+                return {k: list(self._kept.get(k, [])) for k in keys}
+        self.flush()
+        return self._link.call("call", "history", (keys,), {})
+
+    def __getattr__(self, method: str):
+        """Anything else (log_model, log_pickled_model, tag, ...) is done there and answered."""
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return lambda *args, **kwargs: self._link.call("call", method, args, kwargs)
+
+
+class RemoteTracker:
+    def __init__(self, uri: str | None, experiment: str):
+        self.uri = resolve_uri(uri)
+        self.experiment = experiment
+        check_reachable(self.uri)   # a server that is down: exit 2 before the job starts
+        self._link = Link()        # MLflow starts importing there now; the store is not touched yet
+
+    def open(self) -> None:
+        """Open (or create) the store, there: once the data has been checked (a data error leaves no store)."""
+        self._link.send("open", self.uri, self.experiment)
+
+    @contextmanager
+    def run(self, run_name: str, tags: dict[str, Any]) -> Iterator[RemoteRun]:
+        opened = self._link.send("create", run_name, {k: str(v) for k, v in tags.items()}, want=True)
+        with self._ending(RemoteRun(self._link, opened)) as run:
+            yield run
+
+    @contextmanager
+    def reopen(self, run_id: str) -> Iterator[RemoteRun]:
+        opened = self._link.send("reopen", run_id, want=True)
+        opened.result()
+        with self._ending(RemoteRun(self._link, opened)) as run:
+            yield run
+
+    @contextmanager
+    def _ending(self, run: RemoteRun) -> Iterator[RemoteRun]:
+        status = "FAILED"
+        try:
+            yield run
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            with run._lock:
+                pending, run._pending = run._pending, []
+            if pending:
+                self._link.send("values", pending)
+            ended = self._link.send("end", status, want=True)
+            if status == "FINISHED":
+                ended.result()      # the store's own failure to take the run is the job's failure
+            else:
+                try:
+                    ended.result()
+                except Exception as exc:  # noqa: BLE001 - the job's own error is the one to show
+                    logging.getLogger("consortium.tracking").warning("could not end the run: %s", exc)
+
+    def close(self) -> None:
+        self._link.close()
