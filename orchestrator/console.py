@@ -139,9 +139,11 @@ def execute(job, plan, debug: bool, resume_run_id: str | None = None, json_out: 
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         cause = exc.__cause__ or exc.__context__
         extra = f" (caused by {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''})" if cause else ""
+        recorded = ("  the MLflow run stays RUNNING: nothing was left to end it" if getattr(exc, "run_left_open", False)
+                    else "  the MLflow run is marked FAILED and keeps what was logged (logs/console.txt: what the "
+                         "libraries said)")
         err.print(f"[bold red]consortium:[/] job '{job.name}' failed: {type(exc).__name__}: {first}{extra}\n"
-                  f"  the MLflow run is marked FAILED and keeps what was logged (logs/console.txt: what the "
-                  f"libraries said); rerun with --debug for the traceback",
+                  f"{recorded}; rerun with --debug for the traceback",
                   highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(1)
     end_progress()

@@ -28,7 +28,14 @@ def encode_error(exc: BaseException) -> tuple:
 
 
 class TrackingError(RuntimeError):
-    """A failure in the tracking process that is not the user's: its type, message and traceback."""
+    """A failure in the tracking process that is not the user's: its type, message and traceback.
+    `run_left_open`: the process itself is gone, so nobody could end the run."""
+
+    run_left_open = False
+
+
+class TrackingLost(TrackingError):
+    run_left_open = True
 
 
 def _raise(encoded: tuple):
@@ -56,6 +63,8 @@ class Link:
         self._lock = threading.Lock()
         self._ids = iter(range(1, 1 << 62))
         self._waiting: dict[int, Future] = {}
+        self._closing = False
+        self.gone: str | None = None   # why the tracking process cannot take more, once it cannot
         self._reader = threading.Thread(target=self._read, name="consortium-tracking-answers", daemon=True)
         self._reader.start()
 
@@ -70,10 +79,20 @@ class Link:
             try:
                 self.conn.send_bytes(data)
             except OSError:
+                self._lost()
                 if want:
                     self._waiting.pop(req_id, None)
-                    future.set_exception(TrackingError("the tracking process is gone"))
+                    future.set_exception(TrackingLost(self.gone))
         return future
+
+    def _lost(self) -> None:
+        if self.gone is None and not self._closing:
+            try:
+                code = self.proc.wait(2.0)
+            except subprocess.TimeoutExpired:
+                code = None
+            self.gone = (f"the tracking process (pid {self.proc.pid}) ended unexpectedly (exit code {code}): "
+                         "the run keeps what it was sent before that")
 
     def call(self, op: str, *args, **kwargs):
         return self.send(op, *args, want=True, **kwargs).result()
@@ -97,14 +116,16 @@ class Link:
                     except Exception as exc:  # noqa: BLE001 - handed to whoever waits
                         future.set_exception(exc)
         except (EOFError, OSError):
+            self._lost()
             with self._lock:
                 waiting, self._waiting = self._waiting, {}
             for future in waiting.values():
-                future.set_exception(TrackingError("the tracking process ended before it answered"))
+                future.set_exception(TrackingLost(self.gone or "the tracking process ended before it answered"))
 
     def close(self, timeout: float = 30.0) -> None:
         import socket
 
+        self._closing = True
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:

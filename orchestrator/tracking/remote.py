@@ -85,9 +85,14 @@ class RemoteRun:
         self._kept = {}
 
     def _check(self) -> None:
-        """The store failed to open: say so at the next round, not after the whole job."""
+        """The store failed to open, or the tracking process died: say so at the next round, not
+        after the whole job."""
         if self._opened.done() and self._opened.exception() is not None:
             raise self._opened.exception()
+        if self._link.gone:
+            from orchestrator.tracking.link import TrackingLost
+
+            raise TrackingLost(self._link.gone)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self._check()
@@ -196,14 +201,17 @@ class RemoteTracker:
                 pending, run._pending = run._pending, []
             if pending:
                 self._link.send("values", pending)
-            ended = self._link.send("end", status, want=True)
-            if status == "FINISHED":
-                ended.result()      # the store's own failure to take the run is the job's failure
-            else:
-                try:
-                    ended.result()
-                except Exception as exc:  # noqa: BLE001 - the job's own error is the one to show
-                    logging.getLogger("consortium.tracking").warning("could not end the run: %s", exc)
+            self._end(status)
+
+    def _end(self, status: str) -> None:
+        ended = self._link.send("end", status, want=True)
+        if status == "FINISHED":
+            ended.result()      # the store's own failure to take the run is the job's failure
+        elif not self._link.gone:   # gone: nobody is left to end the run, and the job's error says so
+            try:
+                ended.result()
+            except Exception as exc:  # noqa: BLE001 - the job's own error is the one to show
+                logging.getLogger("consortium.tracking").warning("could not end the run: %s", exc)
 
     def close(self) -> None:
         self._link.close()

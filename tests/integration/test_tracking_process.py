@@ -146,3 +146,39 @@ def test_a_data_error_leaves_no_store_behind(tmp_path, mode):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert not (tmp_path / "mlruns.db").exists()
+
+
+def test_a_tracking_process_that_dies_stops_the_job_with_a_message(tmp_path):
+    """The tracking process killed mid-run: the job stops at its next round (not after all of them)
+    and says what happened, without a traceback; what was written before stays."""
+    import psutil
+
+    env = {**os.environ, "CONSORTIUM_HOME": str(tmp_path / ".consortium"), "CONSORTIUM_TRACKING_PROCESS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", JOB, "federated.rounds=100000",
+                             "tracking.register_model=null"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        db, steps, deadline = tmp_path / "mlruns.db", 0, time.monotonic() + 180
+        while time.monotonic() < deadline and steps < 3:
+            time.sleep(0.5)
+            try:
+                with sqlite3.connect(db) as con:
+                    steps = con.execute("SELECT COUNT(DISTINCT step) FROM metrics "
+                                        "WHERE key = 'eval/accuracy'").fetchone()[0]
+            except sqlite3.Error:
+                pass
+        assert steps >= 3, "the run never logged three rounds"
+        (tracking,) = [p for p in psutil.Process(proc.pid).children()
+                       if "orchestrator.tracking.sidecar" in " ".join(p.cmdline())]
+        tracking.kill()
+        out, errs = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out + errs
+    assert "the tracking process" in errs and "ended unexpectedly" in errs, errs
+    assert "the MLflow run stays RUNNING" in errs, errs   # not "marked FAILED": nobody could mark it
+    assert "Traceback" not in errs
+    assert len(MlflowClient(f"sqlite:///{db}").get_metric_history(
+        MlflowClient(f"sqlite:///{db}").search_runs(["1"])[0].info.run_id, "eval/accuracy")) >= 3
