@@ -126,11 +126,18 @@ def execute(job: JobSpec, plan: DataPlan, tracker, *, kind: JobKind | None = Non
 
 
 def report_and_log_model(job: JobSpec, plan: DataPlan, run, outcome, report: bool, register: bool):
-    """The figures, the explanations and the model of a tracked run; the model's record, or None."""
+    """The figures, the explanations and the model of a tracked run; the model's record, or None.
+    A run whose writes go to a tracking process exports the model there while this one draws."""
     if not getattr(run, "answers_here", False):
         from orchestrator.tracking.stores import RETRY_S
 
         run.flush(wait=RETRY_S)  # every metric is in the store before the report reads them back
+    logging_model = None
+    if job.tracking.log_model:
+        args = (outcome.model, input_example(plan), job.tracking.register_model if register else None,
+                model_card(plan, job, outcome.model))
+        later = getattr(run, "log_model_later", None)
+        logging_model = later(*args) if later is not None else None
     if report:
         from orchestrator.tracking.explain import explain_run
         from orchestrator.tracking.report import log_report
@@ -143,9 +150,8 @@ def report_and_log_model(job: JobSpec, plan: DataPlan, run, outcome, report: boo
             explain_attributions(run, job, plan, outcome.model, outcome.attributions)
     if not job.tracking.log_model:
         return None
-    t_model = time.perf_counter()
-    record = run.log_model(outcome.model, input_example(plan), job.tracking.register_model if register else None,
-                           model_card(plan, job, outcome.model))
+    t_model = time.perf_counter()   # time/log_model_s: what the job spent on its model, waiting included
+    record = run.log_model(*args) if logging_model is None else logging_model.result()
     run.log_metrics({"time/log_model_s": time.perf_counter() - t_model}, 0)
     run.flush()
     if record.registry_uri:

@@ -29,9 +29,9 @@ JOB_KINDS = {
     "sweep": "orchestrator.jobs.sweep",
 }
 JobKind = Literal[tuple(JOB_KINDS)]
-# The kinds whose every metric is logged from the job's own process (not by Ray workers): such a run
-# answers history reads from memory, and its MLflow writes can go to a tracking process of their own
-LOGGED_HERE = frozenset({"federated", "local"})
+# The kinds whose every metric is logged from the job's own process (Ray Train's rank 0 sends its epochs
+# to the driver, `jobs.ray.inbox`): history reads answered from memory, MLflow in a process of its own
+LOGGED_HERE = frozenset({"federated", "local", "ray"})
 
 
 class JobSpec(Spec):

@@ -156,6 +156,11 @@ class RemoteRun:
         self.flush()
         return self._link.call("call", "history", (keys,), {})
 
+    def log_model_later(self, *args) -> Future:
+        """log_model's answer to come: the model is exported there while this process goes on."""
+        self._check()
+        return self._link.send("call", "log_model", args, {}, want=True)
+
     def __getattr__(self, method: str):
         """Anything else (log_model, log_pickled_model, tag, ...) is done there and answered."""
         if method.startswith("_"):
@@ -168,7 +173,7 @@ class RemoteTracker:
         self.uri = resolve_uri(uri)
         self.experiment = experiment
         check_reachable(self.uri)   # a server that is down: exit 2 before the job starts
-        self._link = Link()        # MLflow starts importing there now; the store is not touched yet
+        self._link = Link(self.uri)   # MLflow starts importing there now; the store is not touched yet
 
     def open(self) -> None:
         """Open (or create) the store, there: once the data has been checked (a data error leaves no store)."""

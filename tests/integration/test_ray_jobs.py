@@ -278,3 +278,33 @@ def test_a_federated_job_on_an_address_nobody_answers_at_exits_2_before_any_run(
                   f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}", cwd=tmp_path)
     assert out.returncode == 2 and "ray.address" in out.stderr and "nothing answers" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "mlruns.db").exists()
+
+
+def test_the_driver_logs_what_rank_zero_reports_and_never_imports_mlflow(tmp_path):
+    """Rank 0 sends its epochs to the driver (`jobs.ray.inbox`); through `consortium run` the driver
+    hands them to its tracking process, so neither the workers nor the driver import MLflow and
+    the workers never need to reach the store. With tracking off the driver still holds every epoch."""
+    import re
+
+    from orchestrator.jobs.runner import run_job
+    from orchestrator.spec.loading import load_job
+
+    untracked = run_job(load_job(DDP, ["tracking.enabled=false", "tracking.register_model=null", "train.epochs=2"]))
+    assert [s for s, _ in untracked.history["eval/accuracy"]] == [1, 2]   # MLflow was nowhere to be written to
+
+    env = {**os.environ, "CONSORTIUM_HOME": str(tmp_path / ".consortium")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "orchestrator.cli", "run", str(DDP),
+                           "train.epochs=2", "tracking.register_model=null"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert not any(re.search(r"\|\s+mlflow$", line.rstrip()) for line in proc.stderr.splitlines())
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    (run,) = _runs(uri)
+    client = MlflowClient(uri)
+    assert run.info.status == "FINISHED" and run.data.tags["ray.num_nodes"] == "1"
+    for key in ("eval/accuracy", "train/loss", "time/epoch_s"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
+    # Ray Train's folder is named before the run has an id, and the run records it (resume reads it)
+    storage = Path(run.data.tags["ray.storage"])
+    assert storage.is_dir() and storage.name != run.info.run_id

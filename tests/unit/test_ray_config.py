@@ -70,3 +70,55 @@ def test_shards_cover_every_row_with_equal_batch_counts():
         assert len({len(s) for s in shards}) == 1  # DDP needs every rank to step equally often
         rows = torch.cat([torch.cat(s) for s in shards])
         assert set(rows.tolist()) == set(range(n)) and len(rows) == -(-n // world) * world
+
+
+class _Run:
+    def __init__(self):
+        self.metrics, self.tags, self.flushes = [], {}, 0
+
+    def log_metrics(self, metrics, step):
+        self.metrics.append((step, dict(metrics)))
+
+    def set_tags(self, tags):
+        self.tags.update(tags)
+
+    def flush(self, wait=0.0):
+        self.flushes += 1
+        return True
+
+
+def test_rank_zero_reports_reach_the_driver_in_order_and_a_stranger_is_ignored():
+    """What rank 0 sends is logged by the driver before close() returns; a connection without this
+    job's token logs nothing, and a line that is not JSON costs that line only."""
+    import socket
+
+    from orchestrator.jobs.ray.inbox import Inbox, Outbox
+
+    run = _Run()
+    inbox = Inbox(run, 3, "127.0.0.1")
+    host, port, token = inbox.for_workers()
+    with socket.create_connection((host, port)) as stranger:
+        stranger.sendall(b"not-the-token\n" + b'{"step": 9, "metrics": {"eval/accuracy": 0.0}}\n')
+    out = Outbox([host, port, token])
+    out.set_tags({"ray.num_nodes": 1})
+    for epoch in (1, 2, 3):
+        out.log_metrics({"eval/accuracy": epoch / 10, "time/epoch_s": 0.1}, epoch)
+    out._sock.sendall(b"{not json\n")
+    out.log_metrics({"early_stopping/best_epoch": 2}, 0)
+    out.close()
+    inbox.close()
+    assert [s for s, _ in run.metrics] == [1, 2, 3, 0]
+    assert run.metrics[2][1] == {"eval/accuracy": 0.3, "time/epoch_s": 0.1}
+    assert run.tags == {"ray.num_nodes": "1"} and run.flushes == 4 and inbox.received == 4
+
+
+def test_a_driver_nobody_can_reach_is_named_in_rank_zeros_error():
+    import socket
+
+    from orchestrator.jobs.ray.inbox import Outbox
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]   # bound, not listening: refused
+        with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}"):
+            Outbox(["127.0.0.1", port, "t"], timeout=2)

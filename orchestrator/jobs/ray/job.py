@@ -8,44 +8,57 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import torch
 
 from orchestrator.jobs import progress
 from orchestrator.jobs.base import Context, Description, JobKind, Launched, Outcome
+from orchestrator.jobs.ray.inbox import Inbox
 from orchestrator.jobs.ray.session import RaySession, connect, disconnect, start_local, storage_root, worker_resources
 from orchestrator.jobs.ray.worker import train_loop_per_worker
 from orchestrator.spec.job import JobSpec
 
 
-def run_ray(job: JobSpec, plan, run, session: RaySession, start=None) -> Outcome:
-    """Fit with Ray Train; storage is named after the MLflow run so `resume` finds it again."""
+def run_ray(job: JobSpec, plan, run, session: RaySession, start=None, resume: bool = False) -> Outcome:
+    """Fit with Ray Train. Its storage folder is named here, not after the MLflow run (whose id the
+    tracking process may still be making while the workers start); the run's `ray.storage` tag
+    records it, and a resumed run fits into that folder again (Ray Train continues from its last
+    checkpoint there)."""
     import ray.train
+    import ray.util
     from ray.train.torch import TorchTrainer
 
     from orchestrator.core.models import build_model
 
     storage = storage_root()
     storage.mkdir(parents=True, exist_ok=True)
-    run.set_tags({"ray.storage": str(storage / run.run_id), "ray.address": session.address or "local",
+    name = (Path(run.tag("ray.storage") or run.run_id).name if resume
+            else f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:12]}")
+    run.set_tags({"ray.storage": str(storage / name), "ray.address": session.address or "local",
                   "ray.cluster_cpus": session.resources.get("CPU", 0), "ray.cluster_gpus": session.resources.get("GPU", 0)})
     t0 = time.perf_counter()
+    inbox = Inbox(run, job.train.epochs, ray.util.get_node_ip_address())   # rank 0 reports here, the driver logs
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": job.model_dump_json(), "run_id": run.run_id, "tracking_uri": run.tracking_uri,
+        train_loop_config={"job": job.model_dump_json(), "inbox": inbox.for_workers(),
                            "init_weights": start.weights if start is not None else None},
         scaling_config=ray.train.ScalingConfig(num_workers=job.ray.num_workers, use_gpu=job.ray.use_gpu,
                                                resources_per_worker=worker_resources(job)),
         run_config=ray.train.RunConfig(
-            name=run.run_id, storage_path=str(storage),
+            name=name, storage_path=str(storage),
             failure_config=ray.train.FailureConfig(max_failures=job.ray.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.checkpoint.keep),
         ),
     )
     progress.begin("epoch", job.train.epochs, f"{job.name}: {job.model.name}, {job.ray.num_workers} Ray Train workers")
-    with EpochWatch(run, job.train.epochs):
+    try:
         result = trainer.fit()
+    except BaseException:
+        inbox.close(timeout=0)   # stopped (Ctrl-C, SIGTERM): the workers may still be training
+        raise
+    inbox.close()
     if result.error is not None:
         raise result.error
     state = None
@@ -64,43 +77,6 @@ def run_ray(job: JobSpec, plan, run, session: RaySession, start=None) -> Outcome
     return outcome
 
 
-class EpochWatch:
-    """Ray Train's rank 0 logs every epoch into the run itself; while `fit` blocks, the driver reads
-    how far it is from the run, once a second, for the progress display (only when someone listens)."""
-
-    def __init__(self, run, total: int):
-        self.run, self.total = run, total
-        self._done = threading.Event()
-        self._thread = None
-
-    def __enter__(self):
-        if progress.listening() and hasattr(self.run, "client"):   # tracking off: the workers log nowhere
-            self._thread = threading.Thread(target=self._poll, name="consortium-epoch-watch", daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._done.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _poll(self) -> None:
-        seen = 0
-        client, run_id = self.run.client, self.run.run_id
-        while True:
-            finished = self._done.wait(1.0)   # one last look once fit() returned: the last epoch
-            try:
-                epochs = [m.step for m in client.get_metric_history(run_id, "time/epoch_s")]
-                latest = client.get_run(run_id).data.metrics if epochs and max(epochs) > seen else None
-            except Exception:  # noqa: BLE001 - a store that is away a moment: the next poll tries again
-                latest = None
-            if latest is not None:
-                seen = max(epochs)
-                progress.step("epoch", seen, self.total, latest)
-            if finished:
-                return
-
-
 class RayLaunched(Launched):
     """A local runtime starts in the background while MLflow is imported; a cluster is joined now
     (unreachable, impossible placement: exit 2 before any run)."""
@@ -109,12 +85,26 @@ class RayLaunched(Launched):
         self.job = job
         self.early = start_local(job)
         self.session: RaySession | None = None if self.early is not None else connect(job)
+        self._stopping: threading.Thread | None = None
 
     def join(self) -> None:
         if self.session is None:
             self.session = connect(self.job, self.early)
 
+    def stop_soon(self) -> None:
+        """The model is out of Ray Train's checkpoint: nothing else needs Ray, whose shutdown (~1 s
+        on 2 cores) now overlaps the report and the model's export."""
+        if self._stopping is None:
+            self._stopping = threading.Thread(target=self._stop, name="consortium-ray-shutdown", daemon=True)
+            self._stopping.start()
+
     def stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.join()
+        else:
+            self._stop()
+
+    def _stop(self) -> None:
         if self.session is not None:
             disconnect(self.session)
         if self.early is not None:
@@ -136,11 +126,14 @@ class RayJob(JobKind):
 
     def run(self, ctx: Context) -> Outcome:
         if ctx.job.tracking.enabled:
-            _warm_up_reporting(ctx.job)
-        return run_ray(ctx.job, ctx.plan, ctx.run, ctx.launched.session, ctx.start)
+            # a run with a client logs its model from this process; otherwise the tracking process does
+            _warm_up_reporting(ctx.job, export=hasattr(ctx.run, "client"))
+        outcome = run_ray(ctx.job, ctx.plan, ctx.run, ctx.launched.session, ctx.start, ctx.resume)
+        ctx.launched.stop_soon()
+        return outcome
 
 
-def _warm_up_reporting(job: JobSpec) -> None:
+def _warm_up_reporting(job: JobSpec, export: bool) -> None:
     """Import what the report and the model export need while the driver of a Ray Train job only
     waits on its workers: matplotlib, and the torch.export tracer behind MLflow's pt2 model format
     (~1.5 s, torch._dynamo). Not in a federated job: its driver relays every message of every
@@ -151,7 +144,7 @@ def _warm_up_reporting(job: JobSpec) -> None:
         try:
             from orchestrator.tracking import plots  # noqa: F401
 
-            if job.tracking.log_model:
+            if export and job.tracking.log_model:
                 import torch.export._trace  # noqa: F401
         except Exception:  # noqa: BLE001 - only a head start: the real import reports any problem
             pass

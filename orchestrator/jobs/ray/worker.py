@@ -42,18 +42,7 @@ def train_loop_per_worker(config: dict) -> None:
     import torch.distributed as dist
 
     from orchestrator.jobs.plan import plan_data
-    from orchestrator.core.training import (
-        EarlyStopping,
-        Objective,
-        class_weights,
-        evaluate,
-        lr_factor,
-        make_optimizer,
-        set_lr,
-        tensors,
-        train_epoch,
-        validation_split,
-    )
+    from orchestrator.core.training import EarlyStopping, Objective, class_weights, make_optimizer, tensors, validation_split
     from orchestrator.jobs.transfer import Start, initial_model
 
     job = JobSpec.model_validate_json(config["job"])
@@ -97,13 +86,28 @@ def train_loop_per_worker(config: dict) -> None:
         dist.all_gather_object(gathered, nodes[0])
         nodes = gathered
     run = None
-    if rank == 0 and config.get("run_id"):
-        from orchestrator.tracking.store import attach_run
+    if rank == 0 and config.get("inbox"):
+        from orchestrator.jobs.ray.inbox import Outbox
 
-        run = attach_run(config["tracking_uri"], config["run_id"])
+        run = Outbox(config["inbox"])   # the driver logs what rank 0 reports (`inbox`)
         run.set_tags({"ray.worker_nodes": ",".join(nodes), "ray.num_nodes": len(set(nodes))})
         if start_epoch > 1:
             run.log_metrics({"ray/resumed_from_epoch": start_epoch - 1}, step=start_epoch - 1)
+    try:
+        _epochs(job, model, module, opt, objective, X, y, Xt, yt, val, stopper, history, run, amp, device,
+                start_epoch, per_worker_batch, rank, world)
+    finally:
+        if run is not None:
+            run.close()
+
+
+def _epochs(job, model, module, opt, objective, X, y, Xt, yt, val, stopper, history, run, amp, device,
+            start_epoch, per_worker_batch, rank, world) -> None:
+    import ray.train
+    import torch.distributed as dist
+
+    from orchestrator.core.training import evaluate, lr_factor, set_lr, train_epoch
+
     for epoch in range(start_epoch, job.train.epochs + 1):
         torch.manual_seed(job.seed * 1000 + epoch * 10 + rank)  # dropout masks
         lr = set_lr(opt, job.train.optimizer.lr, lr_factor(job.train.schedule, epoch - 1, job.train.epochs))
@@ -133,7 +137,6 @@ def train_loop_per_worker(config: dict) -> None:
         history[str(epoch)] = {k: v for k, v in metrics.items() if k != "epoch"}
         if run is not None:
             run.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
-            run.flush()
         last = stop or epoch == job.train.epochs
         ckpt = None
         if rank == 0 and (epoch % job.checkpoint.every_epochs == 0 or last):
@@ -146,7 +149,6 @@ def train_loop_per_worker(config: dict) -> None:
                 history[str(epoch)].update(best)
                 if run is not None:
                     run.log_metrics(stopper.summary(), step=0)
-                    run.flush()
             ckpt = _save_checkpoint(module, opt, epoch, history)
         ray.train.report(metrics, checkpoint=ckpt)
         if stop:  # the same decision on every worker: each evaluated the same rows with the same weights
