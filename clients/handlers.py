@@ -40,7 +40,9 @@ class Hospital:
         """Imputed once, from this hospital's own training rows. A column it never observed is
         filled with the model's input mean, so it contributes nothing after standardisation."""
         if self._ready is None:
-            values = column_fill(self.raw.X_train, self.job.data.impute, fallback=input_mean)
+            r = self.raw
+            gaps = np.isnan(r.X_train).any() or np.isnan(r.X_test).any()   # the statistics only fill gaps
+            values = column_fill(r.X_train, self.job.data.impute, fallback=input_mean) if gaps else None
             self._ready = (*tensors(fill(self.raw.X_train, values), self.raw.y_train),
                            *tensors(fill(self.raw.X_test, values), self.raw.y_test))
         return self._ready
@@ -167,7 +169,7 @@ def train_reply(h: Hospital, message: Message, start: dict, state: dict, loss: f
                     P.LOCAL_STEPS: int(steps), P.MOMENTUM: float(h.job.train.optimizer.momentum)})
     if P.UNIFORM_WEIGHT in message.content[P.CONFIG]:  # central DP: every hospital counts once
         metrics[P.UNIFORM_WEIGHT] = 1.0
-    content = RecordDict({P.ARRAYS: ArrayRecord(state), P.METRICS: MetricRecord(metrics), **extra})
+    content = RecordDict({P.ARRAYS: P.from_state(state), P.METRICS: MetricRecord(metrics), **extra})
     return Message(content=content, reply_to=message)
 
 

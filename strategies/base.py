@@ -150,10 +150,11 @@ class ObservedStrategy:
         replies = list(replies)
         good = [m for m in replies if not m.has_error()]
         bad = [m for m in replies if m.has_error()]
-        good.sort(key=lambda m: int(_metrics(m).get(PARTITION_KEY, m.metadata.src_node_id)))
+        found = {id(m): _metrics(m) for m in good}
+        good.sort(key=lambda m: int(found[id(m)].get(PARTITION_KEY, m.metadata.src_node_id)))
         report = RoundReport(server_round, phase)
         for m in good:
-            metrics = _metrics(m)
+            metrics = found[id(m)]
             pid = int(metrics.get(PARTITION_KEY, -1))
             report.hospitals[pid] = {
                 k: float(v) for k, v in metrics.items() if k != PARTITION_KEY and isinstance(v, (int, float))

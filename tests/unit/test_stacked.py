@@ -51,3 +51,25 @@ def test_stacked_training_equals_each_hospital_trained_alone(optimizer, extras):
         assert together.losses[k] == pytest.approx(loss, rel=1e-5, abs=1e-6)
         for n, p in alone.named_parameters():
             assert torch.allclose(together.params[n][k], p.detach(), rtol=1e-4, atol=1e-5), (k, n)
+
+
+def test_a_reply_record_is_byte_for_byte_what_flower_makes():
+    """`protocol.from_state` (the .npy header made once per dtype and shape) against Flower's own
+    ArrayRecord: the same bytes, dtype, shape and type for tensors, numpy arrays, 0-d, empty and
+    non-contiguous ones, and the same values back."""
+    import numpy as np
+    from flwr.app import ArrayRecord
+
+    from orchestrator.core import protocol as P
+
+    state = {"w": torch.randn(64, 2), "b": torch.zeros(2), "step": torch.tensor(3.0),
+             "counts": np.arange(6, dtype=np.int64).reshape(2, 3), "none": np.zeros((0, 4), np.float32),
+             "t": np.arange(12.0).reshape(3, 4).T, "mask": torch.ones(3, dtype=torch.bool)}
+    for _ in range(2):   # the second time from the header cache
+        ours = P.from_state(state)
+        flower = ArrayRecord({k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
+                              for k, v in state.items()})
+        assert list(ours) == list(flower)
+        for k, v in state.items():
+            assert ours[k].__dict__ == flower[k].__dict__, k
+            assert np.array_equal(ours[k].numpy(), np.asarray(v)), k
