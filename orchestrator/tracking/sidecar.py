@@ -106,7 +106,6 @@ class Server:
         from orchestrator.tracking.store import Tracker
 
         self.tracker = Tracker(uri, experiment)
-        threading.Thread(target=warm_up, args=(self.warm,), name="consortium-tracking-warm-up", daemon=True).start()
 
     def op_create(self, run_name: str, tags: dict) -> tuple:
         from orchestrator.tracking.runs import previous_run
@@ -144,8 +143,8 @@ class Server:
 
 
 def warm_up(done: threading.Event) -> None:
-    """What the end of the job asks for, loaded while it trains (the store is open by now): torch,
-    MLflow's pytorch flavor and torch's exporter (the logged model is traced)."""
+    """What the end of the job asks for, loaded while it trains: torch, MLflow's pytorch flavor
+    and torch's exporter (the logged model is traced)."""
     try:
         import mlflow.pytorch  # noqa: F401
         import torch
@@ -188,6 +187,8 @@ def main(fd: int, scheme: str = "") -> None:
     log.propagate = False
     import orchestrator.tracking.store  # noqa: F401 - MLflow, while the job reads its data
     import_ahead(scheme)
+    # the exporter warms up now, not once the store is open: the job may take a while to say which
+    threading.Thread(target=warm_up, args=(server.warm,), name="consortium-tracking-warm-up", daemon=True).start()
     server.serve()
     # MLflow leaves threads of its own running (async loggers, a registry poller): do not wait for them
     sys.stdout.flush()
