@@ -49,15 +49,16 @@ def _raise(encoded: tuple):
 class Link:
     """The socket to the tracking process, a thread reading its answers and log records."""
 
-    def __init__(self, uri: str = ""):
-        """`uri`: the store to be opened later; its kind tells the process what to import ahead."""
+    def __init__(self, uri: str = "", nice: int = 0):
+        """`uri`: the store to be opened later; its kind tells the process what to import ahead.
+        `nice`: the process's scheduling priority, lowered for a job whose own processes come first."""
         import socket
 
         ours, theirs = socket.socketpair()
         root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         self.proc = subprocess.Popen([sys.executable, "-m", "orchestrator.tracking.sidecar", str(theirs.fileno()),
-                                      uri.split(":", 1)[0]],
+                                      uri.split(":", 1)[0], str(nice)],
                                      pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
         theirs.close()
         self._sock = ours   # shutdown() wakes our reader and tells theirs we are done (a close alone does neither)

@@ -176,7 +176,8 @@ def import_ahead(scheme: str) -> None:
     sqlalchemy.orm.configure_mappers()
 
 
-def main(fd: int, scheme: str = "") -> None:
+def main(fd: int, scheme: str = "", nice: str = "0") -> None:
+    os.nice(int(nice))   # a Ray job's: Ray's start-up and workers come first, MLflow takes idle cycles
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is the job's: it ends the run KILLED
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     server = Server(Connection(fd))
@@ -197,4 +198,4 @@ def main(fd: int, scheme: str = "") -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), *sys.argv[2:3])
+    main(int(sys.argv[1]), *sys.argv[2:4])
