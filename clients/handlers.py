@@ -43,8 +43,7 @@ class Hospital:
             r = self.raw
             gaps = np.isnan(r.X_train).any() or np.isnan(r.X_test).any()   # the statistics only fill gaps
             values = column_fill(r.X_train, self.job.data.impute, fallback=input_mean) if gaps else None
-            self._ready = (*tensors(fill(self.raw.X_train, values), self.raw.y_train),
-                           *tensors(fill(self.raw.X_test, values), self.raw.y_test))
+            self._ready = (*tensors(fill(r.X_train, values), r.y_train), *tensors(fill(r.X_test, values), r.y_test))
         return self._ready
 
 

@@ -126,8 +126,8 @@ class RayJob(JobKind):
 
     def run(self, ctx: Context) -> Outcome:
         if ctx.job.tracking.enabled:
-            # a run with a client logs its model from this process; otherwise the tracking process does
-            _warm_up_reporting(ctx.job, export=hasattr(ctx.run, "client"))
+            # a run that logs its model later exports it in its tracking process, not here
+            _warm_up_reporting(ctx.job, export=getattr(ctx.run, "log_model_later", None) is None)
         outcome = run_ray(ctx.job, ctx.plan, ctx.run, ctx.launched.session, ctx.start, ctx.resume)
         ctx.launched.stop_soon()
         return outcome

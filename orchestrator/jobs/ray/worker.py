@@ -42,7 +42,18 @@ def train_loop_per_worker(config: dict) -> None:
     import torch.distributed as dist
 
     from orchestrator.jobs.plan import plan_data
-    from orchestrator.core.training import EarlyStopping, Objective, class_weights, make_optimizer, tensors, validation_split
+    from orchestrator.core.training import (
+        EarlyStopping,
+        Objective,
+        class_weights,
+        evaluate,
+        lr_factor,
+        make_optimizer,
+        set_lr,
+        tensors,
+        train_epoch,
+        validation_split,
+    )
     from orchestrator.jobs.transfer import Start, initial_model
 
     job = JobSpec.model_validate_json(config["job"])
@@ -93,63 +104,52 @@ def train_loop_per_worker(config: dict) -> None:
         run.set_tags({"ray.worker_nodes": ",".join(nodes), "ray.num_nodes": len(set(nodes))})
         if start_epoch > 1:
             run.log_metrics({"ray/resumed_from_epoch": start_epoch - 1}, step=start_epoch - 1)
-    try:
-        _epochs(job, model, module, opt, objective, X, y, Xt, yt, val, stopper, history, run, amp, device,
-                start_epoch, per_worker_batch, rank, world)
+    try:   # the connection to the driver ends with the loop, also when the loop fails
+        for epoch in range(start_epoch, job.train.epochs + 1):
+            torch.manual_seed(job.seed * 1000 + epoch * 10 + rank)  # dropout masks
+            lr = set_lr(opt, job.train.optimizer.lr, lr_factor(job.train.schedule, epoch - 1, job.train.epochs))
+            t0 = time.perf_counter()
+            batches = [b.to(device) for b in _shard_batches(len(y), per_worker_batch, job.seed, epoch, rank, world)]
+            loss_sum, seen = train_epoch(model, opt, objective, X, y, batches, amp, grad_clip=job.train.grad_clip)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            epoch_s = time.perf_counter() - t0
+            sums = torch.tensor([loss_sum, seen], dtype=torch.float64, device=device)
+            epoch_max = torch.tensor([epoch_s], dtype=torch.float64, device=device)
+            if world > 1:
+                dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+                dist.all_reduce(epoch_max, op=dist.ReduceOp.MAX)
+            s = sums.tolist()
+            slowest = float(epoch_max[0])
+            # every worker holds the whole test split: evaluating it once on each is exact and cheap
+            ev = {k: v for k, v in evaluate(module, Xt, yt, objective).items() if k != "num_examples"}
+            metrics = {"epoch": epoch, "train/loss": s[0] / max(s[1], 1), "train/lr": lr, "time/epoch_s": slowest,
+                       "perf/samples_per_s": s[1] / max(slowest, 1e-9), "ray/world_size": world}
+            metrics.update({f"eval/{k}": v for k, v in ev.items()})
+            stop = False
+            if stopper is not None:
+                vm = {f"val/{k}": v for k, v in evaluate(module, *val, objective).items() if k != "num_examples"}
+                metrics.update(vm)
+                stop = stopper.step(epoch, vm.get(job.train.early_stopping.metric, float("nan")), module)
+            history[str(epoch)] = {k: v for k, v in metrics.items() if k != "epoch"}
+            if run is not None:
+                run.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+            last = stop or epoch == job.train.epochs
+            ckpt = None
+            if rank == 0 and (epoch % job.checkpoint.every_epochs == 0 or last):
+                best = None
+                if last and stopper is not None and stopper.restore(module):
+                    best = stopper.summary()
+                    best["early_stopping/restored"] = 1.0
+                    best.update({f"eval/{k}": v for k, v in evaluate(module, Xt, yt, objective).items()
+                                 if k != "num_examples"})
+                    history[str(epoch)].update(best)
+                    if run is not None:
+                        run.log_metrics(stopper.summary(), step=0)
+                ckpt = _save_checkpoint(module, opt, epoch, history)
+            ray.train.report(metrics, checkpoint=ckpt)
+            if stop:  # the same decision on every worker: each evaluated the same rows with the same weights
+                break
     finally:
         if run is not None:
             run.close()
-
-
-def _epochs(job, model, module, opt, objective, X, y, Xt, yt, val, stopper, history, run, amp, device,
-            start_epoch, per_worker_batch, rank, world) -> None:
-    import ray.train
-    import torch.distributed as dist
-
-    from orchestrator.core.training import evaluate, lr_factor, set_lr, train_epoch
-
-    for epoch in range(start_epoch, job.train.epochs + 1):
-        torch.manual_seed(job.seed * 1000 + epoch * 10 + rank)  # dropout masks
-        lr = set_lr(opt, job.train.optimizer.lr, lr_factor(job.train.schedule, epoch - 1, job.train.epochs))
-        t0 = time.perf_counter()
-        batches = [b.to(device) for b in _shard_batches(len(y), per_worker_batch, job.seed, epoch, rank, world)]
-        loss_sum, seen = train_epoch(model, opt, objective, X, y, batches, amp, grad_clip=job.train.grad_clip)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        epoch_s = time.perf_counter() - t0
-        sums = torch.tensor([loss_sum, seen], dtype=torch.float64, device=device)
-        epoch_max = torch.tensor([epoch_s], dtype=torch.float64, device=device)
-        if world > 1:
-            dist.all_reduce(sums, op=dist.ReduceOp.SUM)
-            dist.all_reduce(epoch_max, op=dist.ReduceOp.MAX)
-        s = sums.tolist()
-        slowest = float(epoch_max[0])
-        # every worker holds the whole test split: evaluating it once on each is exact and cheap
-        ev = {k: v for k, v in evaluate(module, Xt, yt, objective).items() if k != "num_examples"}
-        metrics = {"epoch": epoch, "train/loss": s[0] / max(s[1], 1), "train/lr": lr, "time/epoch_s": slowest,
-                   "perf/samples_per_s": s[1] / max(slowest, 1e-9), "ray/world_size": world}
-        metrics.update({f"eval/{k}": v for k, v in ev.items()})
-        stop = False
-        if stopper is not None:
-            vm = {f"val/{k}": v for k, v in evaluate(module, *val, objective).items() if k != "num_examples"}
-            metrics.update(vm)
-            stop = stopper.step(epoch, vm.get(job.train.early_stopping.metric, float("nan")), module)
-        history[str(epoch)] = {k: v for k, v in metrics.items() if k != "epoch"}
-        if run is not None:
-            run.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
-        last = stop or epoch == job.train.epochs
-        ckpt = None
-        if rank == 0 and (epoch % job.checkpoint.every_epochs == 0 or last):
-            best = None
-            if last and stopper is not None and stopper.restore(module):
-                best = stopper.summary()
-                best["early_stopping/restored"] = 1.0
-                best.update({f"eval/{k}": v for k, v in evaluate(module, Xt, yt, objective).items()
-                             if k != "num_examples"})
-                history[str(epoch)].update(best)
-                if run is not None:
-                    run.log_metrics(stopper.summary(), step=0)
-            ckpt = _save_checkpoint(module, opt, epoch, history)
-        ray.train.report(metrics, checkpoint=ckpt)
-        if stop:  # the same decision on every worker: each evaluated the same rows with the same weights
-            break
