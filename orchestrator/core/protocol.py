@@ -51,31 +51,14 @@ def to_state(record) -> dict[str, np.ndarray]:
 
 def from_state(state: dict):
     """Named numpy arrays or torch tensors as a Flower ArrayRecord: byte for byte what
-    `ArrayRecord(state)` makes (each array's .npy serialization, as `np.save` writes it), with the
-    .npy header made once per dtype and shape. A round's replies carry the same few shapes from
-    every hospital; numpy's header writer was a third of building them."""
-    from flwr.app import Array, ArrayRecord
+    `ArrayRecord(state)` makes (each array's .npy serialization, as `np.save` writes it), its
+    arrays `orchestrator.core.arrays.Array`s: the .npy header made once per dtype and shape, and
+    read back without parsing it (a round's replies carry the same few shapes from every hospital)."""
+    from flwr.app import ArrayRecord
 
-    arrays = {}
+    from orchestrator.core.arrays import Array
+
+    record = ArrayRecord()   # filled item by item: ArrayRecord(dict) would rebuild each as Flower's Array
     for k, v in state.items():
-        a = np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
-        if not a.flags.c_contiguous:
-            a = a.copy(order="C")
-        arrays[k] = Array(dtype=str(a.dtype), shape=tuple(a.shape), stype="numpy.ndarray",
-                          data=_npy_header(a.dtype.str, a.shape) + a.tobytes())
-    return ArrayRecord(arrays)
-
-
-_HEADERS: dict = {}
-
-
-def _npy_header(dtype: str, shape: tuple) -> bytes:
-    key = (dtype, shape)
-    if key not in _HEADERS:
-        import io
-
-        buf = io.BytesIO()
-        np.save(buf, np.empty(shape, dtype=np.dtype(dtype)), allow_pickle=False)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        _HEADERS[key] = buf.getvalue()[: len(buf.getvalue()) - nbytes]
-    return _HEADERS[key]
+        record[k] = Array(np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v))
+    return record

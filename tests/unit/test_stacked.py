@@ -71,5 +71,32 @@ def test_a_reply_record_is_byte_for_byte_what_flower_makes():
                               for k, v in state.items()})
         assert list(ours) == list(flower)
         for k, v in state.items():
-            assert ours[k].__dict__ == flower[k].__dict__, k
-            assert np.array_equal(ours[k].numpy(), np.asarray(v)), k
+            fields = ("dtype", "shape", "stype", "data")
+            assert [getattr(ours[k], f) for f in fields] == [getattr(flower[k], f) for f in fields], k
+            assert ours[k] == flower[k] and flower[k] == ours[k], k
+            back = ours[k].numpy()   # read without np.load's header parser
+            assert back.dtype == np.asarray(v).dtype and back.shape == np.asarray(v).shape, k
+            assert np.array_equal(back, np.asarray(v)) and back.flags.writeable, k
+        assert ours.object_id == flower.object_id   # deflated as Flower's own Array
+    for k, v in state.items():   # replaced data is read by np.load, as Flower reads it
+        ours[k].data = flower["w"].data
+        assert np.array_equal(ours[k].numpy(), state["w"].numpy()), k
+
+
+def test_a_reply_record_leaves_the_process_as_flowers_own():
+    """Pickled (Ray), deflated and inflated (the deployment engine): the same record comes back."""
+    import pickle
+
+    import numpy as np
+    from flwr.app import ArrayRecord
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+    from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
+
+    from orchestrator.core import protocol as P
+
+    ours = P.from_state({"w": torch.randn(4, 3), "b": np.arange(3, dtype=np.int32)})
+    assert pickle.loads(pickle.dumps(ours)) == ours
+    contents = {oid: obj.deflate() for oid, obj in get_all_nested_objects(ours).items()}
+    back = inflate_object_from_contents(ours.object_id, contents)
+    assert type(back) is ArrayRecord and back == ours
+    assert all(np.array_equal(back[k].numpy(), ours[k].numpy()) for k in ours)
