@@ -18,6 +18,7 @@ from clients import controls, personal
 from clients.hospitals import hospital_share
 from orchestrator.core import metrics as M
 from orchestrator.core import protocol as P
+from orchestrator.core.arrays import to_torch_state
 from orchestrator.core.data import Schema, Split
 from orchestrator.core.models import build_model, standardizer
 from orchestrator.core.splits import column_fill, fill
@@ -78,7 +79,7 @@ def _hospital(message: Message, context: Context) -> Hospital:
 
 def _model(h: Hospital, message: Message) -> torch.nn.Module:
     model = build_model(h.job.model, len(h.schema.features), len(h.schema.classes))
-    model.load_state_dict(message.content[P.ARRAYS].to_torch_state_dict())
+    model.load_state_dict(to_torch_state(message.content[P.ARRAYS]))
     return model
 
 

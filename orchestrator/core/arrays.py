@@ -7,6 +7,10 @@ same fields and byte for byte the same data; it only remembers where its header 
 `numpy()` is `np.frombuffer` of the rest. Anything it cannot vouch for (data replaced since, an
 unusual dtype) goes through Flower's `np.load`.
 
+`to_numpy` reads any Flower `Array` the same way when its bytes start with the header `np.save`
+writes for its dtype and shape (the global model's arrays, which Flower's strategies make), so the
+hospitals and the central evaluation load a model without `np.load` either.
+
 Its qualified name is Flower's (`Array`): a message that leaves the process is deflated under that
 name and inflated as Flower's own class, and pickle finds this module's `Array`.
 """
@@ -31,6 +35,39 @@ def npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
     return _HEADERS[key]
 
 
+_NAMES: dict[np.dtype, str] = {}
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    """`str(dtype)`, what Flower records as an Array's dtype (numpy computes it in Python each time)."""
+    if dtype not in _NAMES:
+        _NAMES[dtype] = str(dtype)
+    return _NAMES[dtype]
+
+
+def to_numpy(a: FlowerArray) -> np.ndarray:
+    """`a.numpy()`, without parsing the header when it is the one `np.save` writes for `a`'s dtype
+    and shape (checked byte for byte); anything else goes through Flower's `np.load`."""
+    if isinstance(a, Array):
+        return a.numpy()
+    try:
+        dtype = np.dtype(a.dtype)
+        header = npy_header(dtype.str, tuple(a.shape))
+    except (TypeError, ValueError):
+        return a.numpy()
+    data = a.data
+    if a.stype != "numpy.ndarray" or dtype.hasobject or not data.startswith(header):
+        return a.numpy()
+    return np.frombuffer(data, dtype=dtype, offset=len(header)).reshape(a.shape).copy()
+
+
+def to_torch_state(record) -> dict:
+    """`record.to_torch_state_dict()`, each array read by `to_numpy`."""
+    import torch
+
+    return {k: torch.from_numpy(to_numpy(v)) for k, v in record.items()}
+
+
 class Array(FlowerArray):
     """`flwr.app.Array(dtype, shape, "numpy.ndarray", data)` for a C-ordered numpy array."""
 
@@ -39,7 +76,7 @@ class Array(FlowerArray):
             a = a.copy(order="C")   # not np.ascontiguousarray: it makes a 0-d array 1-d
         header = npy_header(a.dtype.str, a.shape)
         # what FlowerArray.__setattr__ leaves on a new object: dirty, no cached id or chunks
-        self.__dict__.update(dtype=str(a.dtype), shape=tuple(a.shape), stype="numpy.ndarray",
+        self.__dict__.update(dtype=_dtype_name(a.dtype), shape=tuple(a.shape), stype="numpy.ndarray",
                              data=header + a.tobytes(), _is_dirty=True, _header=header, _np_dtype=a.dtype)
 
     def numpy(self) -> np.ndarray:

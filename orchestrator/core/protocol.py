@@ -46,7 +46,9 @@ PERSONAL_SUMS = "personal-sums"        # its confusion counts / regression sums
 
 def to_state(record) -> dict[str, np.ndarray]:
     """A Flower ArrayRecord as named numpy arrays, for the arithmetic hospitals and strategies do."""
-    return {k: v.numpy() for k, v in record.items()}
+    from orchestrator.core.arrays import to_numpy
+
+    return {k: to_numpy(v) for k, v in record.items()}
 
 
 def from_state(state: dict):

@@ -2,7 +2,9 @@
 
 `train_stacked` runs what `training.train_epochs` runs for one hospital, for K hospitals at once:
 their parameters stacked along a leading axis (one tensor per parameter, not one model per
-hospital), every step a `vmap` of `functional_call` of the same module and one backward pass. Each hospital
+hospital), every step one forward pass for all of them and one backward pass: for the MLP family
+(linear and element-wise layers) each layer is one batched matmul over the stacked weights, for the
+other families a `vmap` of `functional_call` of the same module. Each hospital
 keeps its own rows, its own shuffling (the same seeded `randperm` per epoch as the per-hospital
 loop), its own last partial batch and its own number of steps: an epoch's batches are padded to the
 longest hospital's, padded rows carry weight 0, and a step with no row of a hospital leaves that
@@ -25,6 +27,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from orchestrator.core.models import Destandardize, Net, Standardize
 from orchestrator.core.training import Objective, lr_factor
 from orchestrator.spec.train import OptimizerSpec, TrainSpec
 
@@ -81,6 +84,37 @@ def _expand(t: torch.Tensor, k: int) -> torch.Tensor:
 def _per_hospital(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A (K,) vector shaped to broadcast against a stacked (K, ...) tensor."""
     return v.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+_ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.Dropout, nn.Identity)
+
+
+def _batchable(model: nn.Module) -> bool:
+    """Whether `_batched_forward` computes `model` exactly: linear layers, element-wise layers and
+    the consortium's input/output scaling, in sequence (the mlp and logistic families)."""
+    def ok(m: nn.Module) -> bool:
+        if isinstance(m, nn.Sequential):
+            return all(ok(c) for c in m)
+        return type(m) in (nn.Linear, Standardize, Destandardize) or type(m) in _ELEMENTWISE
+    return type(model) is Net and all(ok(m) for m in (model.input, model.body, model.head, model.output))
+
+
+def _batched_forward(m: nn.Module, prefix: str, p: Stacked, x: torch.Tensor) -> torch.Tensor:
+    """`m`'s forward for K hospitals at once: x (K, B, in), a stacked parameter (K, ...) per hospital,
+    a frozen one (not in `p`) shared. Dropout draws its own mask per row, so per hospital."""
+    if isinstance(m, (nn.Sequential, Net)):
+        for name, child in m.named_children():   # Net: input, body, head, output, its forward's order
+            x = _batched_forward(child, f"{prefix}{name}.", p, x)
+        return x
+    if isinstance(m, nn.Linear):
+        w, b = p.get(prefix + "weight"), p.get(prefix + "bias")
+        if w is not None and b is not None:
+            return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+        out = x @ m.weight.detach().t() if w is None else torch.bmm(x, w.transpose(1, 2))  # frozen: shared
+        if m.bias is not None:
+            out = out + (b.unsqueeze(1) if b is not None else m.bias.detach())
+        return out
+    return m(x)   # element-wise, or the fixed scaling buffers broadcast over (K, B, features)
 
 
 class StackedOptimizer:
@@ -156,7 +190,19 @@ def train_stacked(model: nn.Module, block: Block, spec: TrainSpec, epochs: int, 
             return task + 0.5 * mu * sum(((p[n] - trainable[n]) ** 2).sum() for n in p), task
         return task, task
 
-    losses_fn = vmap(loss_of, randomness="different")
+    if not _batchable(model):
+        losses_fn = vmap(loss_of, randomness="different")
+    else:   # the MLP family: each layer one batched matmul over the hospitals
+        def losses_fn(p: Stacked, xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor):
+            out = _batched_forward(model, "", p, xb)
+            k, b = yb.shape
+            per = objective.per_example(out.reshape(k * b, -1), yb.reshape(-1)).reshape(k, b)
+            w = mb.float() if weights is None else mb.float() * weights[yb]
+            task = (per * w).sum(1) / w.sum(1).clamp_min(1e-12)
+            if mu > 0:
+                prox = sum(((p[n] - trainable[n]) ** 2).reshape(k, -1).sum(1) for n in p)
+                return task + 0.5 * mu * prox, task
+            return task, task
 
     def step_fn(p: Stacked, xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor) -> tuple[Stacked, torch.Tensor]:
         """Every hospital's gradient of its own loss: the K losses are independent, so one backward
@@ -170,7 +216,7 @@ def train_stacked(model: nn.Module, block: Block, spec: TrainSpec, epochs: int, 
                 task.detach())
 
     gens = [torch.Generator().manual_seed(s) for s in seeds]
-    torch.manual_seed(seeds[0] if seeds else 0)  # dropout masks: reproducible, as train_epochs seeds its own
+    torch.default_generator.manual_seed(seeds[0] if seeds else 0)  # dropout masks (CPU), as train_epochs seeds its own
     total_epochs = total_epochs or epochs
     steps = torch.zeros(K, dtype=torch.long)
     lr_sums = torch.zeros(K, dtype=torch.float64)
@@ -200,3 +246,4 @@ def train_stacked(model: nn.Module, block: Block, spec: TrainSpec, epochs: int, 
                 lr_sums += active.double() * lr
             last = total / seen.clamp_min(1.0)
     return Result(params, last.tolist(), steps.tolist(), lr_sums.tolist())
+

@@ -22,10 +22,8 @@ def make_optimizer(params, spec: OptimizerSpec) -> torch.optim.Optimizer:
     if spec.name == "sgd":
         return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
                                weight_decay=spec.weight_decay)
-    if spec.name == "adam":
-        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    if spec.name == "adamw":
-        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    if spec.name in ("adam", "adamw"):
+        return (torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW)(params, lr=spec.lr, weight_decay=spec.weight_decay)
     if spec.name == "rmsprop":
         return torch.optim.RMSprop(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     raise ValueError(f"train.optimizer.name: unknown optimizer {spec.name!r}")
@@ -198,7 +196,9 @@ def train_epochs(model: nn.Module, X: torch.Tensor, y: torch.Tensor, spec: Train
     receives `steps` (optimizer steps taken) and `lr_sum` (their learning rates summed).
     """
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # dropout masks
+    torch.default_generator.manual_seed(seed)  # dropout masks; torch.manual_seed also seeds every
+    if X.is_cuda:                              # accelerator (0.14 ms a call on a machine with none)
+        torch.cuda.manual_seed(seed)
     opt = make_optimizer(model.parameters(), spec.optimizer)
     loss_fn = objective or Objective("softmax", "cross_entropy", 0)
     proximal = None

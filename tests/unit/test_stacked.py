@@ -53,6 +53,44 @@ def test_stacked_training_equals_each_hospital_trained_alone(optimizer, extras):
             assert torch.allclose(together.params[n][k], p.detach(), rtol=1e-4, atol=1e-5), (k, n)
 
 
+@pytest.mark.parametrize("model_spec, head, batched", [
+    ({"name": "mlp", "hidden": [16, 8], "activation": "tanh", "freeze": ["body.0"]}, "softmax", True),
+    ({"name": "logistic"}, "softmax", True),
+    ({"name": "mlp", "hidden": [8], "head": "linear"}, "linear", True),
+    ({"name": "mlp", "hidden": [8], "head": "sigmoid"}, "sigmoid", True),
+    ({"name": "cnn", "channels": [4]}, "softmax", False),   # a vmap of functional_call
+])
+def test_both_forward_paths_equal_each_hospital_trained_alone(model_spec, head, batched):
+    """The MLP family runs one batched matmul per layer (frozen layers shared), other families a
+    vmap of the module: both give each hospital what it gets alone, proximal term included."""
+    from orchestrator.core.stacked import _batchable
+
+    classes = 3 if head == "softmax" else 2
+    loss = {"softmax": "cross_entropy", "sigmoid": "bce", "linear": "mse"}[head]
+    spec = TrainSpec.model_validate({"optimizer": {"name": "adam", "lr": 0.01}, "batch_size": 8, "epochs": 2})
+    torch.manual_seed(1)
+    mspec = ModelSpec.model_validate(model_spec)
+    model = build_model(mspec, 16, classes)
+    assert _batchable(model) is batched
+    objective = Objective(head, loss, classes, target_scale=2.0 if head == "linear" else 1.0)
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(n, 16, generator=g), torch.randint(0, classes, (n,), generator=g)) for n in SIZES]
+    if head == "linear":
+        data = [(X, X[:, 0] * 3 + 1) for X, _ in data]
+    seeds = [7 * k + 1 for k in range(len(SIZES))]
+    together = train_stacked(model, Block.of(data), spec, 2, seeds, objective, proximal_mu=0.3)
+    for k, (X, y) in enumerate(data):
+        alone = build_model(mspec, 16, classes)
+        alone.load_state_dict(model.state_dict())
+        got = train_epochs(alone, X, y, spec, 2, seed=seeds[k], proximal_mu=0.3, objective=objective)
+        assert together.losses[k] == pytest.approx(got, rel=1e-5, abs=1e-6)
+        for n, p in alone.named_parameters():
+            if p.requires_grad:
+                assert torch.allclose(together.params[n][k], p.detach(), rtol=1e-4, atol=1e-5), (k, n)
+            else:
+                assert n not in together.params
+
+
 def test_a_reply_record_is_byte_for_byte_what_flower_makes():
     """`protocol.from_state` (the .npy header made once per dtype and shape) against Flower's own
     ArrayRecord: the same bytes, dtype, shape and type for tensors, numpy arrays, 0-d, empty and
@@ -100,3 +138,4 @@ def test_a_reply_record_leaves_the_process_as_flowers_own():
     back = inflate_object_from_contents(ours.object_id, contents)
     assert type(back) is ArrayRecord and back == ours
     assert all(np.array_equal(back[k].numpy(), ours[k].numpy()) for k in ours)
+

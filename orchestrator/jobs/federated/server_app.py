@@ -24,6 +24,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from orchestrator.core.arrays import to_torch_state
 from orchestrator.core.models import standardizer
 from orchestrator.core.protocol import CLASS_WEIGHTS, JOB, SCHEMA, STATE_DIR, UNIFORM_WEIGHT, from_state, to_state
 from orchestrator.core.training import Objective, balanced_weights, evaluate, tensors
@@ -83,7 +84,7 @@ class Rounds:
         fed = self.job.federated
         evaluated = server_round == 0 or evaluates_in(server_round, fed.evaluate_every, fed.rounds)
         if self._central is not None and evaluated:
-            self.model.load_state_dict(arrays.to_torch_state_dict())
+            self.model.load_state_dict(to_torch_state(arrays))
             objective = Objective.of(self.job, self.plan.num_classes, None, self.model)
             r = {k: v for k, v in evaluate(self.model, *self._central, objective).items() if k != "num_examples"}
             metrics.update({f"central/{k}": v for k, v in r.items()})

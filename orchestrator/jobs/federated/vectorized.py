@@ -24,6 +24,7 @@ from flwr.app import Message
 from clients import controls, handlers
 from clients.updates import scaffold_client_control
 from orchestrator.core import protocol as P
+from orchestrator.core.arrays import to_torch_state
 from orchestrator.core.models import standardizer
 from orchestrator.core.stacked import Block, train_stacked
 from orchestrator.jobs.federated.inline import InlineGrid, crashed, unavailable
@@ -38,6 +39,16 @@ class VectorizedGrid(InlineGrid):
         super().__init__(*args, **kwargs)
         self.controls: dict[str, np.ndarray] = {}   # SCAFFOLD: name -> (hospitals, *shape)
         self.has_control: np.ndarray | None = None   # which rows hold a hospital's c_i
+        self._model: torch.nn.Module | None = None   # the global model, built once, reloaded per message
+
+    def _global_model(self, h: handlers.Hospital, msg: Message) -> torch.nn.Module:
+        """The message's global model: one module for the run, its weights and buffers loaded from
+        each message (neither the batched training nor the evaluation writes to it)."""
+        if self._model is None:
+            self._model = handlers._model(h, msg)
+        else:
+            self._model.load_state_dict(to_torch_state(msg.content[P.ARRAYS]))
+        return self._model
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         groups: dict[tuple, list[Message]] = {}
@@ -87,7 +98,7 @@ class VectorizedGrid(InlineGrid):
         first, _, h0 = ready[0]
         content, job = first.content, h0.job
         server_round = int(content[P.CONFIG][P.SERVER_ROUND])
-        model = handlers._model(h0, first)
+        model = self._global_model(h0, first)
         mean = standardizer(model).mean.numpy()
         block = Block.of([h.tensors(mean)[:2] for _, _, h in ready])
         plans = [handlers.local_plan(h, server_round) for _, _, h in ready]
@@ -144,7 +155,7 @@ class VectorizedGrid(InlineGrid):
             return replies
         first, _, h0 = ready[0]
         try:
-            model = handlers._model(h0, first)
+            model = self._global_model(h0, first)
             mean = standardizer(model).mean.numpy()
             tests = [h.tensors(mean)[2:] for _, _, h in ready]
             objective = handlers._objective(h0, model, first)
