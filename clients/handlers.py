@@ -20,6 +20,7 @@ from orchestrator.core import metrics as M
 from orchestrator.core import protocol as P
 from orchestrator.core.arrays import to_torch_state
 from orchestrator.core.data import Schema, Split
+from orchestrator.core.records import Records, metric_record
 from orchestrator.core.models import build_model, standardizer
 from orchestrator.core.splits import column_fill, fill
 from orchestrator.core.training import Objective, confusion_of, scored, tensors, train_epochs
@@ -169,7 +170,7 @@ def train_reply(h: Hospital, message: Message, start: dict, state: dict, loss: f
                     P.LOCAL_STEPS: int(steps), P.MOMENTUM: float(h.job.train.optimizer.momentum)})
     if P.UNIFORM_WEIGHT in message.content[P.CONFIG]:  # central DP: every hospital counts once
         metrics[P.UNIFORM_WEIGHT] = 1.0
-    content = RecordDict({P.ARRAYS: P.from_state(state), P.METRICS: MetricRecord(metrics), **extra})
+    content = Records({P.ARRAYS: P.from_state(state), P.METRICS: metric_record(metrics), **extra})
     return Message(content=content, reply_to=message)
 
 
@@ -221,19 +222,23 @@ def evaluate(message: Message, context: Context) -> Message:
                             personal_out=own_out if own is not None else False)
 
 
-def _sums(h: Hospital, objective: Objective, out, y) -> ConfigRecord:
+def _sums(h: Hospital, objective: Objective, out, y, summed: np.ndarray | None = None) -> ConfigRecord:
     """Counts the server pools into exact metrics: confusion counts, or regression error sums."""
     if h.schema.regression:
         pred = objective.predict(out) if len(y) else np.zeros(0)
-        return ConfigRecord({"sums": M.regression_sums(y.numpy(), pred).tolist()})
-    return ConfigRecord({"counts": confusion_of(out, y, len(h.schema.classes), objective).ravel().tolist()})
+        values = M.regression_sums(y.numpy(), pred) if summed is None else summed
+        return ConfigRecord({"sums": values.tolist()})
+    counts = confusion_of(out, y, len(h.schema.classes), objective) if summed is None else summed
+    return ConfigRecord({"counts": counts.ravel().tolist()})
 
 
 def evaluation_reply(h: Hospital, message: Message, objective: Objective, out: torch.Tensor | None,
-                     y: torch.Tensor, personal_out=False) -> Message:
+                     y: torch.Tensor, personal_out=False, scores: tuple[dict, np.ndarray] | None = None) -> Message:
     """What a hospital sends back from the global model's outputs `out` on its test rows `y` (and,
-    unless `personal_out` is False, its personal model's, as personal_* and their own sums)."""
-    res = scored(out, y, objective)
+    unless `personal_out` is False, its personal model's, as personal_* and their own sums).
+    `scores`: `scored(out, y, objective)` and the pooled sums, when already computed (the
+    vectorized engine scores every hospital's rows together: `core.stacked.scored_stacked`)."""
+    res, summed = (scored(out, y, objective), None) if scores is None else (dict(scores[0]), scores[1])
     metrics = {PARTITION_KEY: h.partition_id, P.NUM_EXAMPLES: res.pop("num_examples")}
     if P.UNIFORM_WEIGHT in message.content[P.CONFIG]:  # central DP weights every hospital alike
         metrics[P.UNIFORM_WEIGHT] = 1.0
@@ -241,11 +246,11 @@ def evaluation_reply(h: Hospital, message: Message, objective: Objective, out: t
     # here, e.g. AUROC on a test split holding one class
     metrics.update({f"{P.EVAL_PREFIX}{k}": float(v) for k, v in res.items()})
     # sums the server pools into the consortium's exact metrics (counts, never rows)
-    records: dict = {P.REGRESSION if h.schema.regression else P.CONFUSION: _sums(h, objective, out, y)}
+    records: dict = {P.REGRESSION if h.schema.regression else P.CONFUSION: _sums(h, objective, out, y, summed)}
     if personal_out is not False:
         own = scored(personal_out, y, objective)
         own.pop("num_examples")
         metrics.update({f"{P.PERSONAL_PREFIX}{k}": float(v) for k, v in own.items()})
         records[P.PERSONAL_SUMS] = _sums(h, objective, personal_out, y)
-    records[P.METRICS] = MetricRecord(metrics)
-    return Message(content=RecordDict(records), reply_to=message)
+    records[P.METRICS] = metric_record(metrics)
+    return Message(content=Records(records), reply_to=message)
