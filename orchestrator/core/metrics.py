@@ -20,21 +20,25 @@ def confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
 
 
 def from_confusion(cm: np.ndarray) -> dict[str, float]:
-    cm = np.asarray(cm, dtype=np.float64)
-    n = cm.sum()
-    tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
+    return from_confusions(np.asarray(cm)[None])[0]
+
+
+def from_confusions(cms: np.ndarray) -> list[dict[str, float]]:
+    """`from_confusion` of each of K confusion matrices (K, k, k), computed together."""
+    cm = np.asarray(cms, dtype=np.float64)
+    tp, support, predicted = np.diagonal(cm, axis1=1, axis2=2), cm.sum(2), cm.sum(1)
     with np.errstate(divide="ignore", invalid="ignore"):
         precision = np.where(predicted > 0, tp / predicted, 0.0)
         recall = np.where(support > 0, tp / support, 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    seen = (support + predicted) > 0  # classes absent from both sides are left out, as sklearn does
-    out = {"accuracy": float(tp.sum() / n) if n else float("nan"),
-           "precision_macro": float(precision[seen].mean()) if seen.any() else float("nan"),
-           "recall_macro": float(recall[seen].mean()) if seen.any() else float("nan"),
-           "f1_macro": float(f1[seen].mean()) if seen.any() else float("nan")}
-    if len(cm) == 2:
-        out.update({"precision": float(precision[1]), "recall": float(recall[1]), "f1": float(f1[1])})
-    return out
+        prf = np.stack([precision, recall, f1])
+        seen = (support + predicted) > 0  # classes absent from both sides are left out, as sklearn does
+        columns = [tp.sum(1) / support.sum(1), *((prf * seen).sum(2) / seen.sum(1))]   # 0/0: NaN
+    names = ["accuracy", "precision_macro", "recall_macro", "f1_macro"]
+    if cm.shape[1] == 2:
+        names += ["precision", "recall", "f1"]
+        columns += list(prf[:, :, 1])
+    return [dict(zip(names, row)) for row in np.array(columns).T.tolist()]
 
 
 def _binary_auroc(positive: np.ndarray, score: np.ndarray) -> float:
@@ -44,14 +48,13 @@ def _binary_auroc(positive: np.ndarray, score: np.ndarray) -> float:
         return float("nan")
     order = np.argsort(score, kind="mergesort")
     s = score[order]
+    first = np.empty(len(s), dtype=bool)   # where each run of equal scores begins
+    first[0] = True
+    np.not_equal(s[1:], s[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    sizes = np.diff(starts, append=len(s))
     ranks = np.empty(len(s), dtype=np.float64)
-    i = 0
-    while i < len(s):  # average rank over runs of equal scores
-        j = i
-        while j + 1 < len(s) and s[j + 1] == s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
+    ranks[order] = np.repeat(starts + (sizes + 1) / 2.0, sizes)   # a run's average rank (1-based)
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 

@@ -23,6 +23,7 @@ import math
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
@@ -247,3 +248,34 @@ def train_stacked(model: nn.Module, block: Block, spec: TrainSpec, epochs: int, 
             last = total / seen.clamp_min(1.0)
     return Result(params, last.tolist(), steps.tolist(), lr_sums.tolist())
 
+
+def scored_stacked(out: torch.Tensor | None, y: torch.Tensor, sizes: list[int], objective: Objective
+                   ) -> list[tuple[dict, np.ndarray]]:
+    """For each of K hospitals whose rows are concatenated in `y` (hospital k's `sizes[k]` rows, then
+    the next's) and scored as `out`: `training.scored` of its own rows and the sums the server
+    pools (confusion counts, or regression sums), computed together: one loss, one softmax and one
+    confusion count over every row, then the per-hospital rest (AUROC, regression sums)."""
+    from orchestrator.core import metrics as M
+
+    K, n = len(sizes), len(y)
+    seg = torch.repeat_interleave(torch.arange(K), torch.as_tensor(sizes, dtype=torch.long), output_size=n)
+    per = objective.per_example(out, y).double() if n else torch.zeros(0, dtype=torch.float64)
+    w = torch.ones(n, dtype=torch.float64)
+    if objective.weights is not None and not objective.regression:
+        w = torch.as_tensor(objective.weights, dtype=torch.float64)[y]
+    losses = (torch.zeros(K, dtype=torch.float64).index_add_(0, seg, per * w) /
+              torch.zeros(K, dtype=torch.float64).index_add_(0, seg, w)).tolist()
+    yn, bounds = y.cpu().numpy(), np.cumsum([0, *sizes])
+    parts = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    if objective.regression:
+        pred = objective.predict(out) if n else np.zeros(0)
+        sums = [M.regression_sums(yn[s], pred[s]) for s in parts]
+        scores = [M.from_regression_sums(v) for v in sums]
+    else:
+        probs = objective.probabilities(out) if n else np.zeros((0, objective.num_classes))
+        k = probs.shape[1]
+        cms = np.bincount(seg.numpy() * k * k + yn * k + probs.argmax(1), minlength=K * k * k).reshape(K, k, k)
+        sums = list(cms)
+        scores = [{**c, "auroc": M.auroc(yn[s], probs[s])} for c, s in zip(M.from_confusions(cms), parts)]
+    return [({"loss": loss, **score, "num_examples": int(size)} if size else {"loss": float("nan"), "num_examples": 0},
+             summed) for size, loss, score, summed in zip(sizes, losses, scores, sums)]

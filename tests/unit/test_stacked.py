@@ -139,3 +139,37 @@ def test_a_reply_record_leaves_the_process_as_flowers_own():
     assert type(back) is ArrayRecord and back == ours
     assert all(np.array_equal(back[k].numpy(), ours[k].numpy()) for k in ours)
 
+
+@pytest.mark.parametrize("head, loss, classes, weights", [
+    ("softmax", "cross_entropy", 3, [1.0, 2.0, 0.5]), ("softmax", "cross_entropy", 2, None),
+    ("sigmoid", "bce", 2, [0.3, 1.0]), ("linear", "mse", 1, None),
+])
+def test_hospitals_scored_together_equal_each_scored_alone(head, loss, classes, weights):
+    """The vectorized engine's evaluation: every hospital's loss and metrics, and the sums the server
+    pools, from one pass over all their rows, equal `scored` and the counts of each one's own
+    (one hospital has no test rows, one a single class: AUROC undefined)."""
+    import math
+
+    import numpy as np
+
+    from orchestrator.core import metrics as M
+    from orchestrator.core.stacked import scored_stacked
+    from orchestrator.core.training import confusion_of, scored
+
+    objective = Objective(head, loss, classes, weights=weights)
+    g = torch.Generator().manual_seed(3)
+    sizes = [9, 0, 4, 17, 1]
+    outs = [torch.randn(n, 1 if head != "softmax" else classes, generator=g) for n in sizes]
+    ys = [torch.randn(n, generator=g) if head == "linear" else torch.randint(0, max(classes, 2), (n,), generator=g)
+          for n in sizes]
+    ys[2] = ys[2] * 0 if head != "linear" else ys[2]
+    together = scored_stacked(torch.cat(outs), torch.cat(ys), sizes, objective)
+    for (res, summed), out, y in zip(together, outs, ys):
+        alone = scored(out, y, objective)
+        assert res.keys() == alone.keys()
+        for k, v in alone.items():
+            assert (math.isnan(v) and math.isnan(res[k])) or res[k] == pytest.approx(v, rel=1e-6, abs=1e-7), k
+        if head == "linear":
+            assert np.allclose(summed, M.regression_sums(y.numpy(), out[:, 0].numpy()))
+        else:
+            assert np.array_equal(summed, confusion_of(out, y, max(classes, 2), objective))

@@ -26,7 +26,7 @@ from clients.updates import scaffold_client_control
 from orchestrator.core import protocol as P
 from orchestrator.core.arrays import to_torch_state
 from orchestrator.core.models import standardizer
-from orchestrator.core.stacked import Block, train_stacked
+from orchestrator.core.stacked import Block, scored_stacked, train_stacked
 from orchestrator.jobs.federated.inline import InlineGrid, crashed, unavailable
 
 
@@ -162,11 +162,12 @@ class VectorizedGrid(InlineGrid):
             model.eval()
             with torch.no_grad():  # one forward pass over every evaluated hospital's test rows
                 out = model(torch.cat([x for x, _ in tests])) if sum(len(y) for _, y in tests) else None
+            scores = scored_stacked(out, torch.cat([y for _, y in tests]), [len(y) for _, y in tests], objective)
             at = 0
-            for (msg, _, h), (_, y) in zip(ready, tests):
+            for (msg, _, h), (_, y), score in zip(ready, tests, scores):
                 mine = out[at:at + len(y)] if out is not None else None
                 at += len(y)
-                replies[msg.metadata.message_id] = handlers.evaluation_reply(h, msg, objective, mine, y)
+                replies[msg.metadata.message_id] = handlers.evaluation_reply(h, msg, objective, mine, y, scores=score)
         except Exception as exc:
             replies.update({m.metadata.message_id: crashed(m, exc) for m, _, _ in ready})
         return replies
