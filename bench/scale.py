@@ -51,11 +51,13 @@ def main(sizes=(100, 1000, 10000), rounds: int = 3, repeats: int = 1, timeout: f
                 med[f"{engine}/{n}"] = median_of([one(n, rounds, timeout, engine) for _ in range(repeats)])
             except subprocess.TimeoutExpired:
                 failed[f"{engine}/{n}"] = f"no round within {timeout:.0f} s (killed)"
+    earlier = _earlier(med, failed)   # rows not measured this time, kept with the day they were
     rows = ["| engine | hospitals | fraction_fit | trained per round | first round after launch (s) | later round (s) | "
             "wall (s) | peak RSS (MiB) |", "|---|---|---|---|---|---|---|---|"]
-    for key, m in med.items():
+    for key, m in {**med, **earlier}.items():
         engine, n = key.split("/")
-        rows.append(f"| {engine} | {n} | {m['fraction_fit']:g} | {round(int(n) * m['fraction_fit'])} | "
+        when = f" ({m['measured']})" if key in earlier else ""
+        rows.append(f"| {engine}{when} | {n} | {m['fraction_fit']:g} | {round(int(n) * m['fraction_fit'])} | "
                     f"{m['first_round_s']:.1f} | {m['round_s']:.2f} | {m['wall_s']:.1f} | {m['peak_rss_mb']:.0f} |")
     for key, why in failed.items():
         engine, n = key.split("/")
@@ -64,9 +66,27 @@ def main(sizes=(100, 1000, 10000), rounds: int = 3, repeats: int = 1, timeout: f
         if f"inline/{n}" in med and f"vectorized/{n}" in med:
             rows.append(f"\n{n} hospitals: a later round of the vectorized engine is "
                         f"{med[f'vectorized/{n}']['round_s'] / med[f'inline/{n}']['round_s']:.2f}x the inline engine's.")
-    table = f"Scale: simulated hospitals on this machine, {rounds} rounds, median of {repeats}.\n\n" + "\n".join(rows)
-    save("scale", {"rounds": rounds, "repeats": repeats, "median": med, "failed": failed}, table)
+    table = (f"Scale: simulated hospitals on this machine, {rounds} rounds, median of {repeats}"
+             f"{'; a date in brackets: a row of an earlier run' if earlier else ''}.\n\n" + "\n".join(rows))
+    for m in med.values():
+        m["measured"] = time.strftime("%Y-%m-%d")
+    save("scale", {"rounds": rounds, "repeats": repeats, "median": {**med, **earlier}, "failed": failed}, table)
     return med
+
+
+def _earlier(med: dict, failed: dict) -> dict:
+    """The last results file's rows for engine/size pairs this run did not measure (a run of one size
+    keeps the others), each with the date it was measured."""
+    import json
+
+    from bench.common import RESULTS
+
+    try:
+        last = json.loads((RESULTS / "scale.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: {**m, "measured": m.get("measured", last.get("date", "?"))} for k, m in last.get("median", {}).items()
+            if k not in med and k not in failed}
 
 
 if __name__ == "__main__":

@@ -41,6 +41,20 @@ if TYPE_CHECKING:
     from orchestrator.spec.job import JobSpec
 
 
+@contextmanager
+def frozen_heap():
+    """What the job holds before its rounds (the hospitals' rows and state, in the in-process engines)
+    kept out of the garbage collector's full collections while they run: each one walks every
+    object (10 000 hospitals: ~30 ms a round). Unfrozen after, so nothing stays uncollectable."""
+    import gc
+
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 @dataclass
 class Rounds:
     """The server side of one federated job: what it starts from and what it records into."""
@@ -212,9 +226,10 @@ class Rounds:
         if fed.rounds - self.done <= 0:
             return
         try:
-            final = strategy.start(grid=grid, initial_arrays=initial, num_rounds=fed.rounds - self.done,
-                                   timeout=fed.round_timeout_s, train_config=config,
-                                   evaluate_config=ConfigRecord(dict(config)), evaluate_fn=self.central_eval).arrays
+            with frozen_heap():
+                final = strategy.start(grid=grid, initial_arrays=initial, num_rounds=fed.rounds - self.done,
+                                       timeout=fed.round_timeout_s, train_config=config,
+                                       evaluate_config=ConfigRecord(dict(config)), evaluate_fn=self.central_eval).arrays
         except StopRounds:
             final = self.best.last_arrays
         if fed.early_stopping is not None:
