@@ -183,31 +183,26 @@ def train_stacked(model: nn.Module, block: Block, spec: TrainSpec, epochs: int, 
     weights = None if objective.weights is None or objective.regression else torch.as_tensor(objective.weights)
     mu = float(proximal_mu)
 
-    def loss_of(p: Stacked, xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor):
-        out = functional_call(model, {**p, **fixed}, (xb,))
-        w = mb.float() if weights is None else mb.float() * weights[yb]
-        task = (objective.per_example(out, yb) * w).sum() / w.sum().clamp_min(1e-12)
-        if mu > 0:
-            return task + 0.5 * mu * sum(((p[n] - trainable[n]) ** 2).sum() for n in p), task
-        return task, task
+    if _batchable(model):   # the MLP family: each layer one batched matmul over the hospitals
+        def forward(p: Stacked, xb: torch.Tensor) -> torch.Tensor:
+            return _batched_forward(model, "", p, xb)
+    else:
+        forward = vmap(lambda p, xb: functional_call(model, {**p, **fixed}, (xb,)), randomness="different")
 
-    if not _batchable(model):
-        losses_fn = vmap(loss_of, randomness="different")
-    else:   # the MLP family: each layer one batched matmul over the hospitals
-        def losses_fn(p: Stacked, xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor):
-            out = _batched_forward(model, "", p, xb)
-            k, b = yb.shape
-            per = objective.per_example(out.reshape(k * b, -1), yb.reshape(-1)).reshape(k, b)
-            w = mb.float() if weights is None else mb.float() * weights[yb]
-            task = (per * w).sum(1) / w.sum(1).clamp_min(1e-12)
-            if mu > 0:
-                prox = sum(((p[n] - trainable[n]) ** 2).reshape(k, -1).sum(1) for n in p)
-                return task + 0.5 * mu * prox, task
-            return task, task
+    def losses_fn(p: Stacked, xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor):
+        """Each hospital's loss (with FedProx's term) and task loss, (K,) each, over its masked rows."""
+        out = forward(p, xb)
+        k, b = yb.shape
+        per = objective.per_example(out.reshape(k * b, -1), yb.reshape(-1)).reshape(k, b)
+        w = mb.float() if weights is None else mb.float() * weights[yb]
+        task = (per * w).sum(1) / w.sum(1).clamp_min(1e-12)
+        if mu > 0:
+            return task + 0.5 * mu * sum(((p[n] - trainable[n]) ** 2).reshape(k, -1).sum(1) for n in p), task
+        return task, task
 
     def step_fn(p: Stacked, xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor) -> tuple[Stacked, torch.Tensor]:
         """Every hospital's gradient of its own loss: the K losses are independent, so one backward
-        pass of their sum through the vmapped forward gives each its own (half the time of
+        pass of their sum through the batched forward gives each its own (half the time of
         vmap(grad(...)), whose transforms nest per step)."""
         leaves = {n: t.detach().requires_grad_() for n, t in p.items()}
         with torch.enable_grad():
