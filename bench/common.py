@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -34,10 +35,13 @@ def tree_rss(pid: int) -> int:
 
 def measured(cmd: list[str], cwd: Path | None = None, env: dict | None = None, timeout: float = 900) -> dict:
     """Run `cmd`; wall time, peak RSS of its whole process tree (every 0.2 s), and the JSON it
-    printed last on stdout (each contender reports its own timings that way)."""
+    printed last on stdout (each contender reports its own timings that way). `cpu_s`: user + system
+    seconds of the command and every descendant reaped by its parent (a job's tracking process is),
+    from getrusage(RUSAGE_CHILDREN) around it: on N cores a job cannot take less wall than cpu_s / N."""
     work = cwd or Path(tempfile.mkdtemp(prefix="bench-"))
     full = {**os.environ, "CONSORTIUM_HOME": str(work / ".consortium"), **(env or {})}
     full.pop("MLFLOW_TRACKING_URI", None)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     full["BENCH_T0"] = repr(t0)
     proc = subprocess.Popen(cmd, cwd=work, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -61,6 +65,8 @@ def measured(cmd: list[str], cwd: Path | None = None, env: dict | None = None, t
         stop.set()
         raise
     wall = time.time() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     stop.set()
     th.join()
     if proc.returncode != 0:
@@ -72,7 +78,7 @@ def measured(cmd: list[str], cwd: Path | None = None, env: dict | None = None, t
             break
     if "wall_s" in reported:  # the job's own wall (--json) is not the process's
         reported["job_wall_s"] = reported.pop("wall_s")
-    return {"wall_s": wall, "peak_rss_mb": peak / 2**20, **reported, "_t0": t0, "_dir": str(work)}
+    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak / 2**20, **reported, "_t0": t0, "_dir": str(work)}
 
 
 def median_of(runs: list[dict]) -> dict:
