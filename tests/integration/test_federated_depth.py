@@ -303,13 +303,23 @@ def test_a_killed_scaffold_run_resumes_into_the_same_run_and_ends_as_if_never_in
                              *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpts = tmp_path / ".consortium" / "federated"
     deadline = time.monotonic() + 240
-    while not list(ckpts.glob("*/round_00003.npz")) and proc.poll() is None and time.monotonic() < deadline:
+
+    def saved() -> int:   # only the last two rounds' checkpoints are kept: look for any from round 3 on
+        return max((int(p.stem.split("_")[1]) for p in ckpts.glob("*/round_*.npz")), default=0)
+
+    while saved() < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
+    assert proc.poll() is None, "the job ended before it could be killed mid-run"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     (run_dir,) = list(ckpts.iterdir())
     store = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    client = MlflowClient(store)
+    # the tracking process outlives the job and may be creating the store's tables right now (the
+    # rounds do not wait for MLflow): take the lock it creates them under, as our own processes do
+    from orchestrator.tracking.stores import store_lock
+
+    with store_lock(store):
+        client = MlflowClient(store)
     # the job's tracking process saw it die: it writes what it was sent and ends the run KILLED
     deadline, found = time.monotonic() + 60, []
     while time.monotonic() < deadline and not (found and found[0].info.status != "RUNNING"):
