@@ -14,8 +14,9 @@ The mean over hospitals counts each once (FLamby's figure).
 accuracy do standard classifiers (scikit-learn's logistic regression, random forest and gradient
 boosting, imputed and scaled) reach on its rows, trained on that hospital's rows alone or on them
 plus every other hospital's (a pooled upper bound), scored by repeated stratified 10-fold
-cross-validation (8-fold at Switzerland, which has 8 negative rows), at the 0.5 threshold and at the best threshold chosen on the scores themselves
-(optimistic on purpose)? Beside it, the share of the hospital's majority class.
+cross-validation (8-fold at Switzerland, which has 8 negative rows), at the 0.5 threshold and at
+the best threshold chosen on the scores themselves (optimistic on purpose)? Beside it, the share
+of the hospital's majority class.
 """
 from __future__ import annotations
 
@@ -90,17 +91,20 @@ def ceiling(repeats: int = 3) -> dict:
               "random forest": lambda: RandomForestClassifier(100, random_state=0),
               "gradient boosting": lambda: GradientBoostingClassifier(random_state=0)}
     thresholds = np.linspace(0.05, 0.95, 19)
+    def rows(frame):
+        return frame.drop(columns="target").to_numpy(float), (frame["target"].to_numpy() > 0).astype(int)
+
     out = {}
     for site, frame in frames.items():
-        X, y = frame.drop(columns="target").to_numpy(float), (frame["target"].to_numpy() > 0).astype(int)
-        rest = pd.concat([f for s, f in frames.items() if s != site])
-        Xr, yr = rest.drop(columns="target").to_numpy(float), (rest["target"].to_numpy() > 0).astype(int)
+        X, y = rows(frame)
+        Xr, yr = rows(pd.concat([f for s, f in frames.items() if s != site]))
         row = {"rows": int(len(y)), "majority": float(max(y.mean(), 1 - y.mean()))}
+        folds = min(10, int(np.bincount(y).min()))   # every fold holds a row of each class
         for name, make in models.items():
             for pooled in (False, True):
                 scores = np.zeros((repeats, len(y)))
                 for r in range(repeats):
-                    for tr, te in StratifiedKFold(min(10, int(np.bincount(y).min())), shuffle=True, random_state=r).split(X, y):
+                    for tr, te in StratifiedKFold(folds, shuffle=True, random_state=r).split(X, y):
                         Xt, yt = (np.vstack([X[tr], Xr]), np.r_[y[tr], yr]) if pooled else (X[tr], y[tr])
                         net = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True),
                                             StandardScaler(), make()).fit(Xt, yt)
