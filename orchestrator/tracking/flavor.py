@@ -6,8 +6,14 @@ One MLflow model with two flavors:
                    the consortium's scaling; a text column as text, one-hot encoded with the
                    consortium's agreed values, an unknown value as `other`), `prediction` (the class label) and `probability_<class>`
                    per class out; a regression model's `prediction` is in target units.
-The signature names every feature column, so MLflow's scoring server refuses a request that lacks
-one or holds text where a number belongs (HTTP 400). A missing value (null) is filled with the
+The signature names every feature column, so MLflow refuses rows that lack one (the scoring server
+with HTTP 400). A text column is `string`; a number column is `Any`, because a hospital's export
+holds a number column in either of two dtypes that no one MLflow type accepts both of: pandas reads
+`age` as int64 when every cell is filled and as float64 (NaN) when one is empty; MLflow's `double`
+refuses int64 ("Can not safely convert int64 to float64") and its `long` refuses float64. MLflow's
+own word for a field that "can have multiple types" is AnyType, which it does not check: the
+predictor does, and refuses text in a number column naming the column and row (HTTP 400 from the
+scoring server), as MLflow's `double` did. A missing value (null, NaN) is filled with the
 consortium's training mean of that column, the value the model was scaled around.
 """
 from __future__ import annotations
@@ -76,6 +82,29 @@ def save_model(path, mlflow_model, pytorch_model, card: dict, signature=None, in
     mlflow_model.save(os.path.join(path, "MLmodel"))
 
 
+def number_columns(card: dict) -> list[str]:
+    """The columns a caller sends as numbers (every column but the text ones)."""
+    text = card.get("categories") or {}
+    return [c for c in columns_of(card) if c not in text]
+
+
+def text_in_numbers(frame, card: dict) -> list[tuple[str, int, object]]:
+    """(column, position, value) of the first cell per number column that holds text, not a number
+    or an empty cell: int64, float64 with NaN, numbers written as text ("61") all pass."""
+    import pandas as pd
+
+    found = []
+    for col in number_columns(card):
+        if col not in frame.columns:
+            continue
+        values = frame[col]
+        bad = pd.to_numeric(values, errors="coerce").isna() & values.notna()
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            found.append((col, i, values.iloc[i]))
+    return found
+
+
 def model_inputs(card: dict, frame) -> np.ndarray:
     """Raw rows -> the model's float32 inputs: text columns one-hot with the agreed values, a
     missing number filled with the consortium's training mean."""
@@ -84,7 +113,10 @@ def model_inputs(card: dict, frame) -> np.ndarray:
 
         X = encode(frame, columns_of(card), {c: tuple(v) for c, v in card["categories"].items()})
     else:
-        X = frame[card["features"]].to_numpy(dtype=np.float32, na_value=np.nan)
+        import pandas as pd
+
+        X = np.stack([pd.to_numeric(frame[f], errors="coerce").to_numpy(dtype=np.float32, na_value=np.nan)
+                      for f in card["features"]], axis=1) if card["features"] else np.zeros((len(frame), 0), np.float32)
     fill = np.asarray(card["fill"], dtype=np.float32)
     return np.where(np.isnan(X), fill[None, :], X).astype(np.float32)
 
@@ -94,10 +126,11 @@ def signature_and_example(card: dict, rows: np.ndarray):
     import pandas as pd
     from mlflow.models import infer_signature
     from mlflow.types import ColSpec, DataType, Schema
+    from mlflow.types.schema import AnyType
 
     example = raw_rows(card, rows)
     text = card.get("categories", {})
-    inputs = Schema([ColSpec(DataType.string if c in text else DataType.double, c) for c in columns_of(card)])
+    inputs = Schema([ColSpec(DataType.string if c in text else AnyType(), c) for c in columns_of(card)])
     outputs = infer_signature(example, Predictor(None, card).describe(len(example))).outputs
     from mlflow.models import ModelSignature
 
@@ -128,6 +161,13 @@ class Predictor:
 
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(np.asarray(model_input), columns=self.features)
+        bad = text_in_numbers(model_input, self.card)
+        if bad:   # the check MLflow's `double` made, which its `Any` type leaves to the model
+            from mlflow.exceptions import MlflowException
+
+            raise MlflowException.invalid_parameter_value("; ".join(
+                f"column '{col}' takes numbers: row {model_input.index[i]!r} holds {value!r}"
+                for col, i, value in bad))
         X = model_inputs(self.card, model_input)
         with torch.no_grad():
             out = self.net(torch.as_tensor(X)).float()

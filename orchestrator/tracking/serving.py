@@ -40,12 +40,34 @@ def _features(model) -> list[str] | None:
     return schema.input_names() if schema is not None and schema.has_input_names() else None
 
 
+class _ParsingMetadata:
+    """The model's MLmodel as the scoring server's request parser reads it: only its text columns
+    typed. MLflow parses a CSV body with `pd.read_csv(dtype=<every column's pandas type>)`, which
+    fails outright on a number column's `Any` type (tracking.flavor says why they are `Any`); the
+    number columns are left to pandas and checked by the model itself."""
+
+    def __init__(self, metadata):
+        self._metadata = metadata
+
+    def __getattr__(self, name):
+        return getattr(self._metadata, name)
+
+    def get_input_schema(self):
+        from mlflow.types import DataType, Schema
+
+        schema = self._metadata.get_input_schema()
+        if schema is None or not schema.has_input_names():
+            return schema
+        typed = [c for c in schema.inputs if c.type == DataType.string]
+        return Schema(typed) if typed else None
+
+
 class StrictModel:
     """The loaded model as the scoring server sees it, refusing columns it does not know (400)."""
 
     def __init__(self, model):
         self.model = model
-        self.metadata = model.metadata
+        self.metadata = _ParsingMetadata(model.metadata)
         self.features = _features(model)
 
     def predict(self, data, params=None):
@@ -98,7 +120,7 @@ def predict(model_uri: str, rows: Path, out: Path | None, tracking_uri: str | No
     import numpy as np
     import pandas as pd
 
-    from orchestrator.tracking.flavor import check_columns
+    from orchestrator.tracking.flavor import CARD_KEY, check_columns, text_in_numbers
     from orchestrator.tracking.store import resolve_uri
 
     if not rows.is_file():
@@ -115,16 +137,14 @@ def predict(model_uri: str, rows: Path, out: Path | None, tracking_uri: str | No
             raise UserError(str(rows), problems)
         schema = model.metadata.get_input_schema()
         text = {c.name for c in schema.inputs if getattr(c.type, "name", str(c.type)) == "string"}
-        for col in features:
-            if col in text:   # a category: sent as text, encoded by the model
-                frame[col] = frame[col].map(lambda v: v if pd.isna(v) else str(v))
-                continue
-            values = pd.to_numeric(frame[col], errors="coerce")
-            bad = values.isna() & frame[col].notna()
-            if bad.any():
-                i = int(np.flatnonzero(bad.to_numpy())[0])
-                raise UserError(str(rows), [f"column '{col}', row {i + 2}: {frame[col].iloc[i]!r} is not a number"])
-            frame[col] = values.astype("float64")
+        for col in text:   # a category: sent as text (a file may hold only digits there), encoded by the model
+            frame[col] = frame[col].map(lambda v: v if pd.isna(v) else str(v))
+        card = (model.metadata.metadata or {}).get(CARD_KEY)
+        if card:   # text in a number column: said with the file's line, before MLflow sees the rows
+            bad = text_in_numbers(frame, card)
+            if bad:
+                raise UserError(str(rows), [f"column '{col}', row {i + 2}: {value!r} is not a number"
+                                            for col, i, value in bad])
     answers = model.predict(frame[features] if features else frame)
     out = out or rows.with_name(rows.stem + ".predictions.csv")
     pd.concat([frame.reset_index(drop=True), pd.DataFrame(answers).reset_index(drop=True)], axis=1).to_csv(out, index=False)
