@@ -9,6 +9,7 @@ Every model is a `Net` of three named parts, so YAML can point at them (`model.f
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": 
 
 class Standardize(nn.Module):
     """(x - mean) / scale with fixed buffers, so the logged model takes raw feature values."""
+
+    mean: torch.Tensor    # buffers, declared for the type checker
+    scale: torch.Tensor
 
     def __init__(self, num_features: int):
         super().__init__()
@@ -202,7 +206,7 @@ def freeze(model: nn.Module, prefixes: list[str]) -> None:
 
 
 def standardizer(model: nn.Module) -> Standardize:
-    return model.input
+    return cast(Standardize, model.input)
 
 
 def prepare(model: Net, X_train: np.ndarray, y_train: np.ndarray, standardize: bool) -> None:

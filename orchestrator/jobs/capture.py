@@ -15,9 +15,13 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 MAX_LOGGED = 20_000_000   # the last 20 MB of a very chatty run are what gets logged
+
+if TYPE_CHECKING:
+    from orchestrator.tracking.protocol import Run
 
 
 class _Tee(io.TextIOBase):
@@ -137,9 +141,9 @@ def terminal():
     return _active.terminal() if _active is not None else sys.stderr
 
 
-def log_into(run) -> None:
+def log_into(run: Run) -> None:
     """Keep what the libraries said in the run (`logs/console.txt`); never fails the job."""
-    if _active is None or not hasattr(run, "client"):   # tracking off: the file is the record
+    if _active is None or not run.tracked:   # tracking off: the file is the record
         return
     try:
         run.log_text(_active.text(), "logs/console.txt")

@@ -73,17 +73,17 @@ class Link:
 
     def send(self, op: str, *args, want: bool = False, **kwargs) -> Future | None:
         """Pickled now (what is sent is the object as it is at this call), answered later."""
-        future = Future() if want else None
+        future: Future | None = Future() if want else None
         with self._lock:
-            req_id = next(self._ids) if want else None
-            if want:
+            req_id = next(self._ids) if future is not None else None
+            if future is not None and req_id is not None:
                 self._waiting[req_id] = future
             data = pickle.dumps((req_id, op, args, kwargs))
             try:
                 self.conn.send_bytes(data)
             except OSError:
                 self._lost()
-                if want:
+                if future is not None and req_id is not None:
                     self._waiting.pop(req_id, None)
                     future.set_exception(TrackingLost(self.gone))
         return future
@@ -97,8 +97,14 @@ class Link:
             self.gone = (f"the tracking process (pid {self.proc.pid}) ended unexpectedly (exit code {code}): "
                          "the run keeps what it was sent before that")
 
+    def ask(self, op: str, *args, **kwargs) -> Future:
+        """Sent now, answered later: the answer's future."""
+        future = self.send(op, *args, want=True, **kwargs)
+        assert future is not None   # want=True always makes one
+        return future
+
     def call(self, op: str, *args, **kwargs):
-        return self.send(op, *args, want=True, **kwargs).result()
+        return self.ask(op, *args, **kwargs).result()
 
     def _read(self) -> None:
         try:

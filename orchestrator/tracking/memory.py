@@ -6,34 +6,41 @@ metrics are still printed; nothing is written, no plots are drawn, no model is l
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
+from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from orchestrator.spec.errors import UserError
-
-
-@dataclass
-class NoModel:
-    model_uri: str | None = None
-    registry_uri: str | None = None
+from orchestrator.tracking.protocol import MetricBuffer, done
+from orchestrator.tracking.records import ModelRecord
 
 
 class MemoryRun:
+    """A run that keeps its metrics in this process, and nothing else."""
+
+    tracked = False
+    answers_here = True
+    exports_here = True
     tracking_uri = "memory"
     experiment = "(not tracked)"
     experiment_id = "-"
+    previous_run: str | None = None
 
     def __init__(self) -> None:
         self.run_id = f"untracked-{uuid.uuid4().hex[:12]}"
-        self.last: dict[str, float] = {}
-        self._history: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self._buffer = MetricBuffer()
+        self._buffer.keep()
+
+    @property
+    def last(self) -> dict[str, float]:
+        return self._buffer.last
+
+    def keep_history(self) -> None:
+        """Kept from the start: the memory is the record."""
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        for k, v in metrics.items():
-            self.last[k] = float(v)
-            self._history[k].append((step, float(v)))
+        self._buffer.add(metrics, step)
+        self._buffer.take()   # nowhere to send them: only the history is kept
 
     def flush(self, wait: float = 0.0) -> bool:
         return True
@@ -45,14 +52,23 @@ class MemoryRun:
     def log_figure(self, figure, artifact_file: str) -> None: ...
     def log_bytes(self, data: bytes, artifact_file: str) -> None: ...
 
+    def tag(self, name: str) -> str | None:
+        return None
+
     def metric_keys(self) -> list[str]:
-        return sorted(self._history)
+        return self._buffer.keys()
 
     def history(self, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
-        return {k: list(self._history.get(k, [])) for k in keys}
+        return self._buffer.history(keys)
 
-    def log_model(self, model, rows, registered_name: str | None, card: dict) -> NoModel:
-        return NoModel()
+    def log_model(self, model, rows, registered_name: str | None, card: dict) -> ModelRecord:
+        return ModelRecord(None)
+
+    def log_model_later(self, model, rows, registered_name: str | None, card: dict) -> Future[ModelRecord]:
+        return done(ModelRecord(None))
+
+    def log_pickled_model(self, model, registered_name: str | None, metadata: dict) -> ModelRecord:
+        return ModelRecord(None)
 
 
 class MemoryTracker:
@@ -66,3 +82,13 @@ class MemoryTracker:
     def reopen(self, run_id: str) -> Iterator[MemoryRun]:
         raise UserError("tracking.enabled", ["false: there is no recorded run to resume"])
         yield  # pragma: no cover
+
+    def close(self) -> None:
+        """Nothing to let go of."""
+
+
+if TYPE_CHECKING:   # held to the declared protocols by the type checker (tests/unit/test_types.py)
+    from orchestrator.tracking import protocol
+
+    def _declared(run: MemoryRun, tracker: MemoryTracker) -> tuple[protocol.Run, protocol.Tracker]:
+        return run, tracker

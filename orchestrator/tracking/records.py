@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass
 class ModelRecord:
-    model_uri: str
+    model_uri: str | None    # None: nothing was logged (tracking.enabled: false)
     registered_name: str | None = None
     version: str | None = None
 

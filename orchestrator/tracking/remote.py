@@ -14,14 +14,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
-import time
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from orchestrator.tracking.link import Link
+from orchestrator.tracking.protocol import MetricBuffer, ending
+from orchestrator.tracking.records import ModelRecord
 from orchestrator.tracking.stores import check_reachable, resolve_uri
 
 ENV = "CONSORTIUM_TRACKING_PROCESS"
@@ -68,13 +68,11 @@ class RemoteRun:
     """A run whose writes go to the tracking process (see the module doc)."""
 
     tracked = True
+    exports_here = False   # the model is exported there: start it early (log_model_later)
 
     def __init__(self, link: Link, opened: Future):
         self._link, self._opened = link, opened
-        self._lock = threading.Lock()
-        self._pending: list[tuple[str, float, int, int]] = []
-        self.last: dict[str, float] = {}
-        self._kept: dict[str, list[tuple[int, float]]] | None = None
+        self._buffer = MetricBuffer()
 
     # what MLflow gave the run; the first read waits for the store to be open
     run_id = property(lambda self: self._opened.result()[0])
@@ -84,19 +82,24 @@ class RemoteRun:
     previous_run = property(lambda self: self._opened.result()[4])   # of the same job; "" for none
 
     @property
+    def last(self) -> dict[str, float]:
+        return self._buffer.last
+
+    @property
     def answers_here(self) -> bool:
         """History reads are answered from this process: the report need not wait for the store."""
-        return self._kept is not None
+        return self._buffer.kept is not None
 
     def keep_history(self) -> None:
         """Every metric of this new run is logged from this process: history reads are answered here."""
-        self._kept = {}
+        self._buffer.keep()
 
     def _check(self) -> None:
         """The store failed to open, or the tracking process died: say so at the next round, not
         after the whole job."""
-        if self._opened.done() and self._opened.exception() is not None:
-            raise self._opened.exception()
+        failure = self._opened.exception() if self._opened.done() else None
+        if failure is not None:
+            raise failure
         if self._link.gone:
             from orchestrator.tracking.link import TrackingLost
 
@@ -104,18 +107,10 @@ class RemoteRun:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self._check()
-        ts = int(time.time() * 1000)
-        with self._lock:
-            for k, v in metrics.items():
-                v = float(v)
-                self._pending.append((k, v, ts, step))
-                self.last[k] = v
-                if self._kept is not None:
-                    self._kept.setdefault(k, []).append((step, v))
+        self._buffer.add(metrics, step)
 
     def flush(self, wait: float = 0.0) -> bool:
-        with self._lock:
-            pending, self._pending = self._pending, []
+        pending = self._buffer.take()
         if pending:
             self._link.send("values", pending)
         if wait > 0:
@@ -151,29 +146,31 @@ class RemoteRun:
         self.log_bytes(buf.getvalue(), artifact_file)
 
     def metric_keys(self) -> list[str]:
-        if self._kept is not None:
-            with self._lock:
-                return sorted(self._kept)
+        if self._buffer.kept is not None:
+            return self._buffer.keys()
         self.flush()
         return self._link.call("call", "metric_keys", (), {})
 
     def history(self, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
-        if self._kept is not None:
-            with self._lock:
-                return {k: list(self._kept.get(k, [])) for k in keys}
+        if self._buffer.kept is not None:
+            return self._buffer.history(keys)
         self.flush()
         return self._link.call("call", "history", (keys,), {})
 
-    def log_model_later(self, *args) -> Future:
+    def tag(self, name: str) -> str | None:
+        return self._link.call("call", "tag", (name,), {})
+
+    def log_model(self, model, rows, registered_name: str | None, card: dict) -> ModelRecord:
+        return self.log_model_later(model, rows, registered_name, card).result()
+
+    def log_model_later(self, model, rows, registered_name: str | None, card: dict) -> Future[ModelRecord]:
         """log_model's answer to come: the model is exported there while this process goes on."""
         self._check()
-        return self._link.send("call", "log_model", args, {}, want=True)
+        return self._link.ask("call", "log_model", (model, rows, registered_name, card), {})
 
-    def __getattr__(self, method: str):
-        """Anything else (log_model, log_pickled_model, tag, ...) is done there and answered."""
-        if method.startswith("_"):
-            raise AttributeError(method)
-        return lambda *args, **kwargs: self._link.call("call", method, args, kwargs)
+    def log_pickled_model(self, model, registered_name: str | None, metadata: dict) -> ModelRecord:
+        self._check()
+        return self._link.call("call", "log_pickled_model", (model, registered_name, metadata), {})
 
 
 class RemoteTracker:
@@ -189,35 +186,30 @@ class RemoteTracker:
 
     @contextmanager
     def run(self, run_name: str, tags: dict[str, Any]) -> Iterator[RemoteRun]:
-        opened = self._link.send("create", run_name, {k: str(v) for k, v in tags.items()}, want=True)
+        opened = self._link.ask("create", run_name, {k: str(v) for k, v in tags.items()})
         with self._ending(RemoteRun(self._link, opened)) as run:
             yield run
 
     @contextmanager
     def reopen(self, run_id: str) -> Iterator[RemoteRun]:
-        opened = self._link.send("reopen", run_id, want=True)
+        opened = self._link.ask("reopen", run_id)
         opened.result()
         with self._ending(RemoteRun(self._link, opened)) as run:
             yield run
 
     @contextmanager
     def _ending(self, run: RemoteRun) -> Iterator[RemoteRun]:
-        status = "FAILED"
-        try:
-            yield run
-            status = "FINISHED"
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        finally:
-            with run._lock:
-                pending, run._pending = run._pending, []
+        def end(status: str) -> None:
+            pending = run._buffer.take()
             if pending:
                 self._link.send("values", pending)
             self._end(status)
 
+        with ending(end):
+            yield run
+
     def _end(self, status: str) -> None:
-        ended = self._link.send("end", status, want=True)
+        ended = self._link.ask("end", status)
         if status == "FINISHED":
             ended.result()      # the store's own failure to take the run is the job's failure
         elif not self._link.gone:   # gone: nobody is left to end the run, and the job's error says so
@@ -228,3 +220,10 @@ class RemoteTracker:
 
     def close(self) -> None:
         self._link.close()
+
+
+if TYPE_CHECKING:   # held to the declared protocols by the type checker (tests/unit/test_types.py)
+    from orchestrator.tracking import protocol
+
+    def _declared(run: RemoteRun, tracker: RemoteTracker) -> tuple[protocol.Run, protocol.Tracker]:
+        return run, tracker

@@ -132,7 +132,12 @@ class Server:
     def op_values(self, values: list) -> None:
         self.run.add_values(values)
 
+    CALLS = frozenset({"flush", "log_params", "set_tags", "log_text", "log_dict", "log_bytes", "metric_keys",
+                       "history", "tag", "log_model", "log_pickled_model"})   # the Run protocol's, as RemoteRun sends them
+
     def op_call(self, method: str, args: tuple, kwargs: dict):
+        if method not in self.CALLS:
+            raise AttributeError(f"the tracking process does not take {method!r}")
         if method in ("log_model", "log_pickled_model"):
             self.warm.wait()   # never two exports at once
         return getattr(self.run, method)(*args, **kwargs)

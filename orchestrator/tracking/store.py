@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Iterator
 
 from orchestrator.spec.errors import UserError
+from orchestrator.tracking.protocol import MetricBuffer, Values, done, ending
 from orchestrator.tracking.records import ModelRecord
 from orchestrator.tracking.stores import RETRY_S, _artifact_root, check_reachable, first_touch, resolve_uri, retrying, store_lock
 
@@ -45,44 +45,38 @@ def quiet_registry() -> Iterator[None]:
         yield
 
 
-@dataclass
 class TrackedRun:
-    """A live MLflow run. Metric logging is thread-safe (Flower's server runs in a thread)."""
+    """A live MLflow run in this process. Metric logging is thread-safe (Flower's server runs in a thread)."""
 
-    client: MlflowClient
-    run_id: str
-    experiment_id: str
-    experiment: str
-    tracking_uri: str = ""
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _pending: list[Metric] = field(default_factory=list)
-    _unsent_since: float | None = None
-    _next_try: float = 0.0
-    last: dict[str, float] = field(default_factory=dict)
-    _kept: dict[str, list[tuple[int, float]]] | None = None   # keep_history(): every value logged here
+    tracked = True
+    answers_here = False   # reports read metrics back from the store: flushed first
+    exports_here = True
+
+    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str, experiment: str,
+                 tracking_uri: str = ""):
+        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+        self.experiment, self.tracking_uri = experiment, tracking_uri
+        self.previous_run: str | None = None   # looked up by the tracking process only
+        self._buffer = MetricBuffer()
+        self._unsent_since: float | None = None
+        self._next_try = 0.0
+
+    @property
+    def last(self) -> dict[str, float]:
+        return self._buffer.last
 
     def keep_history(self) -> None:
         """This new run's metrics are all logged from this process: keep a copy of each value, so
         history() and metric_keys() need no query per key (a 1 000-hospital run has thousands)."""
-        self._kept = {}
+        self._buffer.keep()
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Record now, sent with the next flush() as one log_batch."""
-        ts = int(time.time() * 1000)
-        with self._lock:
-            for k, v in metrics.items():
-                v = float(v)
-                self._pending.append(Metric(k, v, ts, step))
-                self.last[k] = v
-                if self._kept is not None:
-                    self._kept.setdefault(k, []).append((step, v))
+        self._buffer.add(metrics, step)
 
-    def add_values(self, values: list[tuple[str, float, int, int]]) -> None:
+    def add_values(self, values: Values) -> None:
         """(key, value, timestamp ms, step) recorded elsewhere (`tracking.remote`): sent with the next flush()."""
-        with self._lock:
-            self._pending.extend(Metric(k, v, ts, step) for k, v, ts, step in values)
-            for k, v, _, _ in values:
-                self.last[k] = v
+        self._buffer.add_values(values)
 
     def tag(self, name: str) -> str | None:
         return self.client.get_run(self.run_id).data.tags.get(name)
@@ -96,20 +90,19 @@ class TrackedRun:
         if wait <= 0 and self._unsent_since is not None and time.monotonic() < self._next_try:
             return False  # the store was away a moment ago: don't stall training on it each epoch
         while True:
-            with self._lock:
-                pending, self._pending = self._pending, []
+            pending = self._buffer.take()
             sent = 0
             try:
                 for i in range(0, len(pending), 1000):
-                    self.client.log_batch(self.run_id, metrics=pending[i : i + 1000])
+                    self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, step)
+                                                                for k, v, ts, step in pending[i : i + 1000]])
                     sent = i + 1000
                 if self._unsent_since is not None:
                     _log.warning("tracking store reachable again: %d buffered metric values sent", len(pending))
                     self._unsent_since = None
                 return True
             except Exception as exc:
-                with self._lock:
-                    self._pending = pending[sent:] + self._pending  # keep order, lose nothing
+                self._buffer.put_back(pending[sent:])
                 self._next_try = time.monotonic() + 3.0
                 if self._unsent_since is None:
                     self._unsent_since = time.monotonic()
@@ -151,15 +144,13 @@ class TrackedRun:
             self.client.log_artifact(self.run_id, str(Path(tmp) / name), folder or None)
 
     def metric_keys(self) -> list[str]:
-        if self._kept is not None:
-            with self._lock:
-                return sorted(self._kept)
+        if self._buffer.kept is not None:
+            return self._buffer.keys()
         return sorted(self.client.get_run(self.run_id).data.metrics)
 
     def history(self, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
-        if self._kept is not None:
-            with self._lock:
-                return {k: list(self._kept.get(k, [])) for k in keys}
+        if self._buffer.kept is not None:
+            return self._buffer.history(keys)
         return {k: [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, k)] for k in keys}
 
     def log_model(self, model, rows, registered_name: str | None, card: dict) -> ModelRecord:
@@ -183,6 +174,10 @@ class TrackedRun:
             )
         version = getattr(info, "registered_model_version", None)
         return ModelRecord(info.model_uri, registered_name, str(version) if version is not None else None)
+
+    def log_model_later(self, model, rows, registered_name: str | None, card: dict) -> Future[ModelRecord]:
+        """Exported now, in this process (`exports_here`)."""
+        return done(self.log_model(model, rows, registered_name, card))
 
     def log_pickled_model(self, model, registered_name: str | None, metadata: dict) -> ModelRecord:
         """A torch module MLflow pickles whole (not exported: a GAN's generator is not its forward),
@@ -265,7 +260,7 @@ class Tracker:
         """FINISHED on success; KILLED on Ctrl-C/SIGTERM; FAILED on any error. What was logged stays."""
         run_id = self.create(run_name, tags)
         run = TrackedRun(self.client, run_id, self.experiment_id(), self.experiment, self.uri)
-        with self._ending(run):
+        with ending(lambda status: self.finish(run, status)):
             yield run
 
     @contextmanager
@@ -273,20 +268,11 @@ class Tracker:
         """Continue an existing run (resume): RUNNING again, then FINISHED/FAILED/KILLED as usual."""
         run = attach_run(self.uri, run_id)
         self.client.update_run(run_id, status="RUNNING")
-        with self._ending(run):
+        with ending(lambda status: self.finish(run, status)):
             yield run
 
-    @contextmanager
-    def _ending(self, run: TrackedRun) -> Iterator[None]:
-        status = "FAILED"
-        try:
-            yield
-            status = "FINISHED"
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        finally:
-            self.finish(run, status)
+    def close(self) -> None:
+        """Nothing to let go of: the client holds no process."""
 
     def finish(self, run: TrackedRun, status: str) -> None:
         """Send what is buffered, then end the run FINISHED, FAILED or KILLED."""
@@ -298,3 +284,10 @@ class Tracker:
 
     def get_run(self, run_id: str):
         return self.client.get_run(run_id)
+
+
+if TYPE_CHECKING:   # held to the declared protocols by the type checker (tests/unit/test_types.py)
+    from orchestrator.tracking import protocol
+
+    def _declared(run: TrackedRun, tracker: Tracker) -> tuple[protocol.Run, protocol.Tracker]:
+        return run, tracker

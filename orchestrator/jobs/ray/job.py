@@ -127,7 +127,7 @@ class RayJob(JobKind):
     def run(self, ctx: Context) -> Outcome:
         if ctx.job.tracking.enabled:
             # a run that logs its model later exports it in its tracking process, not here
-            _warm_up_reporting(ctx.job, export=getattr(ctx.run, "log_model_later", None) is None)
+            _warm_up_reporting(ctx.job, export=ctx.run.exports_here)
         outcome = run_ray(ctx.job, ctx.plan, ctx.run, ctx.launched.session, ctx.start, ctx.resume)
         ctx.launched.stop_soon()
         return outcome
