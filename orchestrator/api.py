@@ -69,20 +69,28 @@ def validate(job: Job, overrides: list[str] | None = None, data: bool = True) ->
     return spec
 
 
-def run(job: Job, overrides: list[str] | None = None) -> RunResult:
-    """Run a job as `consortium run` does (tracked in MLflow, model registered) and return its result."""
+def run(job: Job, overrides: list[str] | None = None, listeners: list | None = None) -> RunResult:
+    """Run a job as `consortium run` does (tracked in MLflow, model registered) and return its result.
+
+    `listeners`: objects with a `round_end(end)` method (`orchestrator.jobs.federated.listeners`),
+    called at the end of every round of a federated job in this process, round 0 included, after
+    the round's metrics are logged: `end.round`, `end.metrics`, `end.arrays` (the global model),
+    `end.stop = True` to stop after this round."""
     spec = load(job, overrides)
     from orchestrator.jobs.runtime import prepare_environment
 
     prepare_environment()
     if spec.kind == "federated" and spec.federated.engine == "deployment":
+        if listeners:
+            raise UserError("listeners", ["round-end listeners run in this process; in Flower's deployment engine the "
+                                          "rounds run in the SuperLink's ServerApp process: use another engine"])
         from orchestrator.federation.submit import run_deployed
 
         result = run_deployed(spec, say=lambda line: None)
     else:
         from orchestrator.jobs.runner import run_job
 
-        result = run_job(spec)
+        result = run_job(spec, listeners=listeners)
     history = dict(result.history)
     if not history and spec.tracking.enabled:
         from orchestrator.tracking.runs import pooled_history

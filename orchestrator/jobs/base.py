@@ -19,9 +19,10 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from orchestrator.jobs.plan import DataPlan
+    from orchestrator.core.dataplan import DataPlan
     from orchestrator.jobs.transfer import Start
     from orchestrator.spec.job import JobSpec
+    from orchestrator.tracking.protocol import Run, Tracker
 
 
 @dataclass
@@ -61,12 +62,13 @@ class Launched:
 class Context:
     job: JobSpec
     plan: DataPlan
-    run: Any                                      # TrackedRun or MemoryRun
-    tracker: Any
+    run: Run
+    tracker: Tracker
     launched: Launched
     start: Start | None = None                    # transfer learning: the source weights
     resume: bool = False
     on_epoch: Callable[[int, dict], None] | None = None   # sees every epoch's metrics (a sweep's trials)
+    listeners: list = field(default_factory=list)   # federated: the job's own round-end listeners (jobs.federated.listeners)
 
 
 class JobKind(ABC):

@@ -10,10 +10,12 @@ import numpy as np
 from orchestrator.jobs import capture
 from orchestrator.jobs.base import Context, JobKind, Launched
 from orchestrator.jobs.kinds import kind_of
-from orchestrator.jobs.plan import DataPlan, plan_data
+from orchestrator.core.dataplan import DataPlan
+from orchestrator.jobs.plan import plan_data
 from orchestrator.jobs.runtime import git_commit, prepare_environment
 from orchestrator.spec.job import JobSpec
 from orchestrator.spec.loading import dump_yaml, flatten
+from orchestrator.tracking.protocol import Run, Tracker
 
 
 @dataclass
@@ -33,8 +35,10 @@ class JobResult:
     previous_run: str | None = None        # the same job's run before this one ("": none; None: not looked up)
 
 
-def run_job(job: JobSpec, plan: DataPlan | None = None, resume_run_id: str | None = None) -> JobResult:
-    """Run `job`; with `resume_run_id`, continue that run from its last checkpoint instead."""
+def run_job(job: JobSpec, plan: DataPlan | None = None, resume_run_id: str | None = None,
+            listeners: list | None = None) -> JobResult:
+    """Run `job`; with `resume_run_id`, continue that run from its last checkpoint instead.
+    `listeners`: a federated job's own round-end listeners (`jobs.federated.listeners.RoundListener`)."""
     prepare_environment()
     kind = kind_of(job.kind)
     from orchestrator.tracking import remote
@@ -54,11 +58,12 @@ def run_job(job: JobSpec, plan: DataPlan | None = None, resume_run_id: str | Non
             tracker.open()         # the store opens (a new one: its schema is made) while the job trains
         tracker = tracker or open_tracker(job)
         start = resolve(job, tracker.uri)  # a wrong model.init_from: exit 2, no run
-        return execute(job, plan, tracker, kind=kind, launched=launched, resume_run_id=resume_run_id, start=start)
+        return execute(job, plan, tracker, kind=kind, launched=launched, resume_run_id=resume_run_id, start=start,
+                       listeners=listeners)
     finally:
         if launched is not None:
             launched.stop()
-        if hasattr(tracker, "close"):
+        if tracker is not None:
             tracker.close()
 
 
@@ -73,9 +78,10 @@ def open_tracker(job: JobSpec):
     return Tracker(job.tracking.uri, job.tracking.experiment)
 
 
-def execute(job: JobSpec, plan: DataPlan, tracker, *, kind: JobKind | None = None, launched: Launched | None = None,
+def execute(job: JobSpec, plan: DataPlan, tracker: Tracker, *, kind: JobKind | None = None, launched: Launched | None = None,
             resume_run_id: str | None = None, start=None, tags: dict | None = None, params: dict | None = None,
-            on_epoch=None, report: bool = True, register: bool = True, attach_run_id: str | None = None) -> JobResult:
+            on_epoch=None, report: bool = True, register: bool = True, attach_run_id: str | None = None,
+            listeners: list | None = None) -> JobResult:
     """The run's lifecycle around `kind.run`. A sweep's trials come through here too (`tags` names
     their parent run, `on_epoch(run_id, epoch, metrics)` reports to Ray Tune, no figures, nothing
     registered). `attach_run_id`: record into a run another process opened and left empty (a job
@@ -88,21 +94,20 @@ def execute(job: JobSpec, plan: DataPlan, tracker, *, kind: JobKind | None = Non
                 **about.tags, **(tags or {})}
     if start is not None:
         all_tags.update(start.tags)
-    if resume_run_id or attach_run_id:
-        opened = tracker.reopen(resume_run_id or attach_run_id)
-    else:
-        opened = tracker.run(about.run_name, all_tags)
+    existing = resume_run_id or attach_run_id
+    opened = tracker.reopen(existing) if existing else tracker.run(about.run_name, all_tags)
     with opened as run:
         try:
             if attach_run_id:
                 run.set_tags({**all_tags, "mlflow.runName": f"{about.run_name}-{attach_run_id[:6]}"})
-            if kind.logs_here and not (resume_run_id or attach_run_id) and hasattr(run, "keep_history"):
+            if kind.logs_here and not (resume_run_id or attach_run_id):
                 run.keep_history()
             if not resume_run_id:
                 run.log_params({**flatten(job.model_dump(mode="json")), **plan.notes, **about.params, **(params or {})})
                 run.log_text(dump_yaml(job), "config/resolved.yaml")
             epoch_hook = None if on_epoch is None else (lambda epoch, metrics: on_epoch(run.run_id, epoch, metrics))
-            ctx = Context(job, plan, run, tracker, launched or Launched(), start, bool(resume_run_id), epoch_hook)
+            ctx = Context(job, plan, run, tracker, launched or Launched(), start, bool(resume_run_id), epoch_hook,
+                          list(listeners or []))
             outcome = kind.run(ctx)
             wall = time.perf_counter() - t0
             run.log_metrics({"time/wall_s": wall, "time/first_round_s": outcome.first_round_s or 0.0}, 0)
@@ -115,7 +120,7 @@ def execute(job: JobSpec, plan: DataPlan, tracker, *, kind: JobKind | None = Non
                                model_uri=outcome.model_uri, registered=outcome.registered,
                                round_ends_s=[v for _, v in sorted(run.history(["time/round_end_s"])["time/round_end_s"])]
                                if job.by_hospital else [], crossval=outcome.crossval,
-                               previous_run=getattr(run, "previous_run", None))
+                               previous_run=run.previous_run)
             if not job.tracking.enabled:  # the in-memory run is all there is: keep its history
                 result.history = run.history([k for k in run.metric_keys() if not k.startswith(("hospital_", "time/"))])
             if record is not None:
@@ -125,10 +130,10 @@ def execute(job: JobSpec, plan: DataPlan, tracker, *, kind: JobKind | None = Non
     return result
 
 
-def report_and_log_model(job: JobSpec, plan: DataPlan, run, outcome, report: bool, register: bool):
+def report_and_log_model(job: JobSpec, plan: DataPlan, run: Run, outcome, report: bool, register: bool):
     """The figures, the explanations and the model of a tracked run; the model's record, or None.
     A run whose writes go to a tracking process exports the model there while this one draws."""
-    if not getattr(run, "answers_here", False):
+    if not run.answers_here:
         from orchestrator.tracking.stores import RETRY_S
 
         run.flush(wait=RETRY_S)  # every metric is in the store before the report reads them back
@@ -136,8 +141,8 @@ def report_and_log_model(job: JobSpec, plan: DataPlan, run, outcome, report: boo
     if job.tracking.log_model:
         args = (outcome.model, input_example(plan), job.tracking.register_model if register else None,
                 model_card(plan, job, outcome.model))
-        later = getattr(run, "log_model_later", None)
-        logging_model = later(*args) if later is not None else None
+        if not run.exports_here:   # exported elsewhere while this process draws the report
+            logging_model = run.log_model_later(*args)
     if report:
         from orchestrator.tracking.explain import explain_run
         from orchestrator.tracking.report import log_report

@@ -26,8 +26,8 @@ def run_federated(ctx: Context) -> Outcome:
         run.log_params(notes)
     ckpt_dir = resumed_checkpoint_dir(run) if ctx.resume else new_checkpoint_dir()
     rounds = Rounds(job, plan, run, model, ckpt_dir,
-                    copied=set(start.weights) if start is not None and start.weights is not None else set())
-    rounds.on_round = ctx.on_epoch
+                    copied=set(start.weights) if start is not None and start.weights is not None else set(),
+                    on_round=ctx.on_epoch, extra_listeners=list(ctx.listeners))
     if ctx.resume and (last := load_last_round(ckpt_dir)) is not None:
         rounds.done, rounds.saved_model, rounds.saved_strategy = last
     engine, reason = choose_engine(job)

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -26,10 +25,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from orchestrator.core.arrays import to_torch_state
 from orchestrator.core.models import standardizer
-from orchestrator.core.protocol import CLASS_WEIGHTS, JOB, SCHEMA, STATE_DIR, UNIFORM_WEIGHT, from_state, to_state
+from orchestrator.core.protocol import CLASS_WEIGHTS, JOB, SCHEMA, STATE_DIR, UNIFORM_WEIGHT, from_state
 from orchestrator.core.training import Objective, balanced_weights, evaluate, tensors
+from orchestrator.jobs.federated import listeners
 from orchestrator.jobs.federated.census import census, wait_for_nodes
-from orchestrator.jobs.federated.checkpoints import RoundWriter, save_round
+from orchestrator.jobs.federated.checkpoints import RoundWriter
+from orchestrator.jobs.federated.listeners import RoundEnd, RoundListener
 from orchestrator.jobs.federated.rounds import RoundLogger
 from orchestrator.jobs.federated.stopping import BestRound, StopRounds
 from orchestrator.jobs import progress
@@ -37,8 +38,9 @@ from strategies.base import evaluates_in, sample_size
 from strategies.registry import build_strategy
 
 if TYPE_CHECKING:
-    from orchestrator.jobs.plan import DataPlan
+    from orchestrator.core.dataplan import DataPlan
     from orchestrator.spec.job import JobSpec
+    from orchestrator.tracking.protocol import Run
 
 
 @contextmanager
@@ -61,7 +63,7 @@ class Rounds:
 
     job: JobSpec
     plan: DataPlan
-    run: Any                                   # TrackedRun / MemoryRun
+    run: Run
     model: torch.nn.Module
     ckpt_dir: Path
     copied: set[str] = field(default_factory=set)   # layers taken from a source model (transfer)
@@ -74,66 +76,42 @@ class Rounds:
     attributions: tuple | None = None          # (mean |attribution| per input, rows, hospitals), hospital-side
     best: BestRound | None = None              # the best round so far (early stopping, cross-site validation)
     final_metrics: dict = field(default_factory=dict)   # early stopping: the restored round's metrics
-    on_round: Any = None                       # (round, metrics) after each round: a sweep's trial reports it
+    on_round: Callable[[int, dict], Any] | None = None   # (round, metrics) after each round: a sweep's trial
+    extra_listeners: list[RoundListener] = field(default_factory=list)   # the job's own (orchestrator.run)
     crossval: dict | None = None               # federated.crossval: {site: {model: {metric: value}}}
+    stopped_arrays: Any = None                 # the global model of the round a listener stopped at
 
     def __post_init__(self):
         self.logger = RoundLogger(self.run, dict(zip(self.plan.pids(), self.plan.hospitals)),
                                   self.plan.num_classes)
         self.writer = RoundWriter()
-        self.strategy = None
-        self._t0 = time.perf_counter()
+        self.strategy: Any = None
         central = self.plan.central
         # a GAN has no classifier to score centrally: its worth is measured at the end (synthetic)
         self._central = tensors(central.X_test, central.y_test) if central and self.job.model.name != "gan" else None
         self.best = BestRound.of(self.job, central is not None)
+        self.listeners: list[RoundListener] = [*listeners.standard(self, self.on_round), *self.extra_listeners]
 
     def central_eval(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Called by Flower at the very end of every round."""
+        """Called by Flower at the very end of every round: the global model on the server's
+        held-out rows, then the round's end to every listener (`listeners`)."""
         server_round += self.done
         if server_round == self.done and self.done > 0:
             return None  # a resumed run: round `done` was evaluated before the interruption
-        res = None
-        metrics: dict[str, float] = {}
         fed = self.job.federated
-        evaluated = server_round == 0 or evaluates_in(server_round, fed.evaluate_every, fed.rounds)
-        if self._central is not None and evaluated:
+        end = RoundEnd(server_round, fed.rounds, arrays,
+                       evaluated=server_round == 0 or evaluates_in(server_round, fed.evaluate_every, fed.rounds))
+        res = None
+        if self._central is not None and end.evaluated:
             self.model.load_state_dict(to_torch_state(arrays))
             objective = Objective.of(self.job, self.plan.num_classes, None, self.model)
             r = {k: v for k, v in evaluate(self.model, *self._central, objective).items() if k != "num_examples"}
-            metrics.update({f"central/{k}": v for k, v in r.items()})
+            end.metrics.update({f"central/{k}": v for k, v in r.items()})
             res = MetricRecord({k: float(v) for k, v in r.items() if not np.isnan(v)})
-        strategy = self.strategy
-        if server_round > 0:
-            metrics["time/round_end_s"] = time.perf_counter() - self._t0
-            if self.first_round_s is None:
-                self.first_round_s = time.perf_counter() - self._t0
-                self.first_round_at = time.time()
-            if strategy is not None and hasattr(strategy, "epsilon"):
-                metrics["dp/epsilon"] = strategy.epsilon()
-        run = self.run
-        run.log_metrics(metrics, server_round)
-        stop = self.best is not None and evaluated and server_round > 0 and self.best.see(server_round, run.last,
-                                                                                           arrays)
-        if server_round > 0:
-            last = run.last
-            progress.step("round", server_round, fed.rounds, last, answered=int(last.get("train/hospitals", 0)),
-                          failed=int(last.get("train/failures", 0)))
-            if fed.engine == "deployment":
-                self._progress(server_round)
-            if self.on_round is not None:
-                self.on_round(server_round, {k: v for k, v in last.items() if not k.startswith("hospital_")})
-        if server_round > 0 and strategy is not None:
-            # Flower evaluates centrally last: the round is over. Its metrics reach the store
-            # first, then the checkpoint, so a run killed in between redoes the round. Both on
-            # the writer thread, while the next round trains.
-            snapshot = to_state(arrays), {a: {k: np.array(v) for k, v in d.items()}
-                                          for a, d in strategy.checkpoint_state().items()}
-            ckpt_dir = self.ckpt_dir
-            self.writer.submit(lambda: (run.flush(), save_round(ckpt_dir, server_round, *snapshot)))
-        else:
-            self.writer.submit(run.flush)
-        if stop:
+        for listener in self.listeners:
+            listener.round_end(end)
+        if end.stop:   # early stopping or a job's own listener: the model of this round is the final one
+            self.stopped_arrays = arrays
             raise StopRounds(server_round)
         return res
 
@@ -161,15 +139,6 @@ class Rounds:
         models.update(personal)
         names = dict(zip(self.plan.pids(), self.plan.hospitals))
         self.crossval = from_grid(grid, nodes, config, models, names, self.job.federated.round_timeout_s)
-
-    def _progress(self, server_round: int) -> None:
-        """Deployment: one line per round in the ServerApp's log, which `consortium run` streams."""
-        last = self.run.last
-        shown = [f"{k} {last[k]:.4f}" for k in ("eval/accuracy", "eval/f1", "eval/mse", "eval/r2", "eval/loss")
-                 if k in last][:2]
-        print(f"[consortium] round {server_round}/{self.job.federated.rounds}: {', '.join(shown)}; "
-              f"{int(last.get('eval/hospitals', 0))} hospitals answered, "
-              f"{int(last.get('train/failures', 0))} failed training", flush=True)
 
     def config(self) -> ConfigRecord:
         """What every message tells the hospitals: the job, the agreed schema, where state lives."""
@@ -231,7 +200,7 @@ class Rounds:
                                        timeout=fed.round_timeout_s, train_config=config,
                                        evaluate_config=ConfigRecord(dict(config)), evaluate_fn=self.central_eval).arrays
         except StopRounds:
-            final = self.best.last_arrays
+            final = self.stopped_arrays
         if fed.early_stopping is not None:
             final, self.final_metrics = self.best.finish(self.run, final)
         model.load_state_dict(final.to_torch_state_dict())
