@@ -115,7 +115,7 @@ def run_deployed_job(job, debug: bool, json_out: bool, quiet: bool = False) -> N
 
 
 def execute(job, plan, debug: bool, resume_run_id: str | None = None, json_out: bool = False, start=None) -> None:
-    from orchestrator.jobs.runtime import stop_on_sigterm
+    from orchestrator.process import stop_on_sigterm
 
     stop_on_sigterm()
     try:
@@ -126,7 +126,7 @@ def execute(job, plan, debug: bool, resume_run_id: str | None = None, json_out: 
         end_progress()
         fail_user(exc)
     except KeyboardInterrupt:
-        from orchestrator.jobs.runtime import quiet_after_interrupt
+        from orchestrator.process import quiet_after_interrupt
 
         quiet_after_interrupt()
         end_progress()   # the capture stays on: dying threads of the runtime say nothing here

@@ -8,7 +8,7 @@ import numpy as np
 
 from orchestrator.jobs import progress
 from orchestrator.jobs.base import Context, Description, JobKind, Outcome
-from orchestrator.jobs.plan import DataPlan
+from orchestrator.core.dataplan import DataPlan
 from orchestrator.spec.job import JobSpec
 from orchestrator.core.training import (
     EarlyStopping,

@@ -6,43 +6,16 @@ server may see: the schema, hospital names and sizes, and the central held-out s
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from orchestrator.core.partitioning import PartitionError
 from orchestrator.spec.job import JobSpec
 from orchestrator.spec.model import SEQUENCE_MODELS
 from orchestrator.core.data import Schema, Split, Table, load_source
+from orchestrator.core.dataplan import DataPlan
 from orchestrator.core.splits import hospital_name, impute_split, own_split, pool_and_central, pool_partition
 from orchestrator.spec.errors import DataError
 from orchestrator.core.models import image_side
-
-
-@dataclass
-class DataPlan:
-    schema: Schema
-    hospitals: list[str]                  # names, in partition-id order
-    hospital_sizes: list[int]             # rows each hospital holds (train + test)
-    central: Split | None                 # server-side held-out set (single-source data), imputed
-    centralized: Split | None = None      # pooled train/test for kind: centralized, imputed
-    notes: dict = field(default_factory=dict)
-    partition_ids: list[int] | None = None  # of each hospital, where not 0..n-1 (a deployment missing one)
-
-    def pids(self) -> list[int]:
-        return self.partition_ids if self.partition_ids is not None else list(range(len(self.hospitals)))
-
-    @property
-    def num_features(self) -> int:
-        return len(self.schema.features)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.schema.classes)
-
-    @property
-    def regression(self) -> bool:
-        return self.schema.regression
 
 
 def load_tables(job: JobSpec) -> tuple[list[Table], Schema]:

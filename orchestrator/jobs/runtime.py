@@ -4,10 +4,11 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import signal
 import threading
 import tempfile
 from pathlib import Path
+
+from orchestrator.process import stop_on_sigterm
 
 
 def consortium_home() -> Path:
@@ -45,24 +46,6 @@ def prepare_environment() -> None:
         os.environ.setdefault(k, v)
     Path(os.environ["FLWR_HOME"]).mkdir(parents=True, exist_ok=True)
     Path(os.environ["RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)
-
-
-def _stop(signum, frame):
-    # Quiet first: Flower's own interrupt handling stops the simulation's actors at once, and its
-    # threads log each in-flight message's failure before our handler further up would run.
-    quiet_after_interrupt()
-    raise KeyboardInterrupt
-
-
-def stop_on_sigterm() -> None:
-    """SIGTERM ends a job like Ctrl-C does: the run is marked KILLED and keeps what it logged; for
-    both, the console goes quiet the moment the signal arrives (one line of ours, no traceback).
-
-    Called again after ray.init(), which installs a handler of its own that aborts the process.
-    """
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
 
 
 def leave_submission_dir() -> None:
@@ -114,18 +97,6 @@ def quiet_flower(verbose: bool) -> None:
     logger.setLevel(logging.INFO if capture.active() else logging.WARNING)
     if not any(isinstance(f, _DropDeprecationNotices) for f in logger.filters):
         logger.addFilter(_DropDeprecationNotices())
-
-
-def quiet_after_interrupt() -> None:
-    """Ctrl-C / SIGTERM: the job ends with one line of ours. As the runtime goes, Flower's threads
-    log each in-flight message's failure with a traceback and dying threads print theirs: from here
-    on, neither reaches the console (the run is already being marked KILLED)."""
-    import sys
-
-    for name in ("flwr", "ray", "ray.train", "ray.tune"):
-        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
-    threading.excepthook = lambda args: None
-    sys.unraisablehook = lambda unraisable: None
 
 
 class EarlyRuntime:

@@ -101,7 +101,8 @@ def run_sweep(ctx: Context) -> Outcome:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from orchestrator.jobs.ray.session import worker_env
-    from orchestrator.jobs.runtime import consortium_home, ray_init_args, stop_on_sigterm
+    from orchestrator.jobs.runtime import consortium_home, ray_init_args
+    from orchestrator.process import stop_on_sigterm
 
     job, parent, tracker = ctx.job, ctx.run, ctx.tracker
     spec = job.sweep

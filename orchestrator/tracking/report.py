@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from orchestrator.spec.job import JobSpec
-from orchestrator.jobs.plan import DataPlan
+from orchestrator.core.dataplan import DataPlan
 
 
 def _confusion(job: JobSpec, plan: DataPlan, outcome) -> tuple[np.ndarray | None, str]:

@@ -90,7 +90,7 @@ def scoring_app(model_uri: str, tracking_uri: str):
 
 
 def serve(model_uri: str, tracking_uri: str | None, host: str, port: int, log=print) -> None:
-    from orchestrator.jobs.runtime import stop_on_sigterm
+    from orchestrator.process import stop_on_sigterm
     from orchestrator.tracking.store import resolve_uri
     from orchestrator.tracking.ui import _port_free, stop, wait_healthy
 

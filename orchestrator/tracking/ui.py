@@ -71,7 +71,7 @@ def stop(proc: subprocess.Popen) -> None:
 def serve(tracking_uri: str | None, port: int, log=print, log_file: Path | None = None) -> None:
     from orchestrator.tracking.store import resolve_uri
 
-    from orchestrator.jobs.runtime import stop_on_sigterm
+    from orchestrator.process import stop_on_sigterm
 
     uri = resolve_uri(tracking_uri)
     stop_on_sigterm()  # `kill` stops the server it started too, like Ctrl-C
@@ -193,7 +193,7 @@ def start_server(backend: str, artifacts: str, host: str, port: int, workers: in
 
 def serve_tracking(backend: str | None, artifacts: str, host: str, port: int, workers: int,
                    allowed_hosts: str | None = None, log_file: Path | None = None, log=print) -> None:
-    from orchestrator.jobs.runtime import stop_on_sigterm
+    from orchestrator.process import stop_on_sigterm
 
     backend = backend or f"sqlite:///{Path.cwd() / 'mlruns.db'}"
     check_backend(backend)

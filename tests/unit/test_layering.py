@@ -4,7 +4,8 @@
   core        plain torch/numpy shared by every runner and every hospital
   clients/    the hospital: may import only the spec and the core (what a SuperNode ships)
   strategies/ may import only the spec and the core; never the file system's MLflow or Ray
-  tracking/   the only package that imports mlflow;  jobs/ray/  the only one that imports ray.train
+  tracking/   the only package that imports mlflow, and nothing of jobs/;  jobs/ray/  the only one that
+              imports ray.train
 and no import cycle between first-party modules.
 """
 from __future__ import annotations
@@ -77,6 +78,14 @@ def test_the_spec_and_the_core_know_nothing_of_the_layers_above():
     spec_third_party = {_top(i) for m, imports in GRAPH.items() if m.startswith("orchestrator.spec")
                         for i in imports if not _first_party(i)}
     assert not spec_third_party & {"torch", "flwr", "numpy"}, spec_third_party
+
+
+def test_tracking_imports_nothing_from_the_jobs_it_records():
+    # tracking/ records what any job reports through its declared protocol (tracking.protocol): it
+    # reads the plan from core and meets signals through orchestrator.process, never jobs/
+    bad = [f"{m} imports {i}" for m, imports in GRAPH.items() if m.startswith("orchestrator.tracking")
+           for i in imports if i.startswith("orchestrator.jobs")]
+    assert not bad, bad
 
 
 def test_no_import_cycle_between_first_party_modules():

@@ -18,7 +18,8 @@ from flwr.clientapp import ClientApp
 
 from orchestrator.core.protocol import NUM_PARTITIONS, PARTITION_ID
 from orchestrator.jobs.federated import server_app
-from orchestrator.jobs.runtime import EarlyRuntime, quiet_after_interrupt, ray_init_args, start_simulation_runtime
+from orchestrator.jobs.runtime import EarlyRuntime, ray_init_args, start_simulation_runtime
+from orchestrator.process import quiet_after_interrupt
 
 
 def run_engine(engine: str, rounds: server_app.Rounds, client_app: ClientApp, num_clients: int,

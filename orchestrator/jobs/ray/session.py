@@ -8,7 +8,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.jobs.runtime import EarlyRuntime, consortium_home, ray_init_args, stop_on_sigterm
+from orchestrator.jobs.runtime import EarlyRuntime, consortium_home, ray_init_args
+from orchestrator.process import stop_on_sigterm
 from orchestrator.spec.errors import UserError
 from orchestrator.spec.job import JobSpec
 
