@@ -7,27 +7,67 @@ seeded run reproduce its metrics exactly. The listener is how the orchestrator h
 round (a strategy itself never touches the file system or MLflow).
 
 A strategy module declares `Options` (its YAML section, on `StrategyOptions`), `CLIENT_READS` (the
-protocol keys its hospitals read) and `build(options, **common)`, which imports Flower's class only
-then: the job spec gathers every strategy's options without loading Flower's server side.
+protocol keys its hospitals read), `DECLARED` (what it tells the rest of the job: `Declared`) and
+`build(options, **common)`, which imports Flower's class only then: the job spec gathers every
+strategy's options and requirements without loading Flower's server side. What a strategy can do
+beyond Flower's (`epsilon`, `replay`, `trainable`) is declared on `ObservedStrategy` with a default,
+so the round loop calls it without asking first.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from orchestrator.core.protocol import NUM_EXAMPLES, PARTITION_ID
-from orchestrator.spec.base import Spec
 
 PARTITION_KEY = PARTITION_ID
 
 
-class StrategyOptions(Spec):
-    """The `federated.strategy` section of one strategy; `name` tells the sections apart."""
+class StrategyOptions(BaseModel):
+    """The `federated.strategy` section of one strategy; `name` tells the sections apart. Configured
+    as every section of the job spec is (`orchestrator.spec.base.Spec`: a typo is an error), without
+    importing the spec, which imports the strategies' options."""
 
+    model_config = ConfigDict(extra="forbid", validate_default=True)
     name: str
+
+
+def _no_requirements(job: Any) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class Declared:
+    """What a strategy module tells the rest of the job about itself (its `DECLARED`)."""
+
+    # the new global model is the replies' weighted mean itself: what central DP clips and noises
+    # and what SecAgg+ sums masked (FedAvg; any other arithmetic would need the plain updates)
+    plain_average: bool = False
+    # the problems this strategy finds with the rest of a federated job (`job` is the JobSpec): one
+    # line each, "key: what is wrong and how to fix it", collected with the spec's own
+    requires: Callable[[Any], list[str]] = _no_requirements
+
+
+def corrected_steps(job: Any, name: str) -> list[str]:
+    """What a strategy that corrects or normalises each hospital's plain SGD steps (SCAFFOLD,
+    FedNova) needs of the job: plain SGD, and a local loop of its own."""
+    fed, problems = job.federated, []
+    if job.train.optimizer.name != "sgd":
+        problems.append(f"train.optimizer.name: {name} corrects plain SGD steps; set train.optimizer.name: sgd "
+                        f"(it is '{job.train.optimizer.name}')")
+    own = fed.personalize
+    if own is not None and own.stateful and fed.dp is None:
+        problems.append(f"federated.personalize.method: {own.method} changes each hospital's local training; "
+                        f"it does not combine with strategy {name} here (use finetune, or drop strategy {name})")
+    if job.model.name == "gan":
+        problems.append(f"model.name: gan does not combine with federated.strategy.name ({name}) here (the GAN "
+                        "trains its own alternating steps and has no classifier to score)")
+    return problems
 
 
 class NoUsableRepliesError(RuntimeError):
@@ -94,6 +134,10 @@ def evaluates_in(true_round: int, every: int, last_round: int) -> bool:
     return every <= 1 or true_round % every == 0 or true_round >= last_round
 
 
+# what ObservedStrategy takes at construction (the registry's `build_strategy` passes them all)
+OBSERVING = ("listener", "sampler", "accept_failures", "evaluate_every", "last_round", "num_clients", "trainable")
+
+
 class ObservedStrategy:
     """Mixin placed before a Flower strategy class (see `observed`)."""
 
@@ -103,8 +147,25 @@ class ObservedStrategy:
     accept_failures: bool = True
     evaluate_every: int = 1        # federated.evaluate_every: the hospitals evaluate every k rounds ...
     last_round: int = 0            # ... and always in the last one
+    num_clients: int = 1           # every hospital of the job (SCAFFOLD moves c by the sampled share)
+    trainable: list[str] | None = None   # the model's trainable parameters (None: every float array)
     # what a round checkpoint keeps besides the global model (e.g. FedAdam's moments)
     STATE_ATTRS: tuple[str, ...] = ()
+
+    def __init__(self, *args, listener: Listener | None = None, sampler: Sampler | None = None,
+                 accept_failures: bool = True, evaluate_every: int = 1, last_round: int = 0, num_clients: int = 1,
+                 trainable: list[str] | None = None, **kwargs):
+        self.listener, self.sampler, self.accept_failures = listener, sampler, accept_failures
+        self.evaluate_every, self.last_round, self.num_clients = evaluate_every, last_round, num_clients
+        self.trainable = trainable
+        super().__init__(*args, **kwargs)
+
+    def epsilon(self) -> float | None:
+        """The privacy spent so far (None: this strategy releases nothing it accounts for)."""
+        return None
+
+    def replay(self, rounds_done: int, sampled: int, num_clients: int) -> None:
+        """A resumed run: bring state the checkpoint does not hold (an accountant) up to `rounds_done`."""
 
     def _round(self, server_round: int) -> int:
         return server_round + self.round_offset

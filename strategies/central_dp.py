@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from orchestrator.core.protocol import UNIFORM_WEIGHT   # every hospital counts once: the noise's sensitivity
-from strategies.base import observed
+from strategies.base import OBSERVING, ObservedStrategy, observed
 
 
 def accountant(dp, num_clients: int):
@@ -42,20 +42,20 @@ def build(dp, *, num_clients: int, sampled: int, seed: int = 0, **fedavg_kwargs)
                                               **fedavg_kwargs)
 
 
-class CentralDPRounds:
+class CentralDPRounds(ObservedStrategy):
     """Clipping and noise act on the trainable parameters only: buffers the server set itself (the
     input scaling agreed in the census) are no hospital's update and must not be noised."""
 
     NAME = "CentralDP"
 
-    def __init__(self, dp, *, num_clients: int, sampled: int, seed: int = 0, **fedavg_kwargs):
+    def __init__(self, dp, *, num_clients: int, sampled: int, seed: int = 0, **kwargs):
         from flwr.serverapp.strategy import FedAvg
 
-        inner = FedAvg(weighted_by_key=UNIFORM_WEIGHT, **fedavg_kwargs)
+        ours = {k: kwargs.pop(k) for k in OBSERVING if k in kwargs}   # the wrapper's; the rest is the inner FedAvg's
+        inner = FedAvg(weighted_by_key=UNIFORM_WEIGHT, **kwargs)
         super().__init__(inner, dp.noise_multiplier, dp.clipping_norm, sampled,
-                         accountant=accountant(dp, num_clients))
+                         accountant=accountant(dp, num_clients), num_clients=num_clients, **ours)
         self.seed = seed
-        self.trainable: list[str] | None = None   # set by the orchestrator from the model
         self._full = None
 
     def _trainable(self, record):

@@ -5,9 +5,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from strategies.base import StrategyOptions, observed
+from strategies.base import Declared, StrategyOptions, observed
 
 CLIENT_READS: tuple[str, ...] = ()
+DECLARED = Declared()
 
 
 class Options(StrategyOptions):

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from strategies.base import StrategyOptions, observed
+from strategies.base import Declared, StrategyOptions, observed
 
 CLIENT_READS: tuple[str, ...] = ()
+DECLARED = Declared()
 
 
 class Options(StrategyOptions):

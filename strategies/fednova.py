@@ -12,9 +12,10 @@ from typing import Literal
 
 from orchestrator.core.protocol import LOCAL_STEPS, MOMENTUM, from_state, to_state
 from strategies import arithmetic
-from strategies.base import StrategyOptions, observed
+from strategies.base import Declared, StrategyOptions, corrected_steps, observed
 
 CLIENT_READS: tuple[str, ...] = ()   # every hospital always reports LOCAL_STEPS and MOMENTUM
+DECLARED = Declared(requires=lambda job: corrected_steps(job, "fednova"))
 
 
 class Options(StrategyOptions):

@@ -10,9 +10,10 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from orchestrator.core.protocol import PROXIMAL_MU
-from strategies.base import StrategyOptions, observed
+from strategies.base import Declared, StrategyOptions, observed
 
 CLIENT_READS: tuple[str, ...] = (PROXIMAL_MU,)
+DECLARED = Declared()
 
 
 class Options(StrategyOptions):

@@ -14,9 +14,10 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field
 
-from strategies.base import StrategyOptions, observed
+from strategies.base import Declared, StrategyOptions, observed
 
 CLIENT_READS: tuple[str, ...] = ()
+DECLARED = Declared()
 CONVERGENCE_DRILL = {"partition": "iid", "options": {"f": 2}}   # what tests/ train it on (see above)
 
 

@@ -5,10 +5,11 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from strategies.base import StrategyOptions, observed
+from strategies.base import Declared, StrategyOptions, observed
 from strategies.krum import KrumRounds
 
 CLIENT_READS: tuple[str, ...] = ()
+DECLARED = Declared()
 CONVERGENCE_DRILL = {"options": {"f": 2, "select": 5}}
 
 

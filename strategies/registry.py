@@ -1,7 +1,7 @@
 """Every strategy, one line each: YAML `federated.strategy.name` -> its module.
 
 A strategy module declares `Options` (its section of the YAML; the job spec's `federated.strategy`
-is the discriminated union of them all, on `name`), `CLIENT_READS` and `build`. Adding a strategy is
+is the discriminated union of them all, on `name`), `CLIENT_READS`, `DECLARED` and `build`. Adding a strategy is
 its file plus one line below; the tests run every strategy listed here.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from strategies import (
     scaffold,
     trimmed_mean,
 )
-from strategies.base import Listener, Sampler, sample_size
+from strategies.base import Declared, Listener, Sampler, sample_size
 
 MODULES = (fedavg, fedprox, fedadam, fedyogi, fedadagrad, fedmedian, trimmed_mean, krum, multi_krum, scaffold,
            fednova)
@@ -39,25 +39,24 @@ def owners(option: str) -> list[str]:
 def build_strategy(options, *, num_clients: int, fraction_fit: float, fraction_evaluate: float,
                    listener: Listener | None = None, seed: int = 0, nodes: list[int] | None = None,
                    min_fit: int = 1, accept_failures: bool = True, dp=None, evaluate_every: int = 1,
-                   last_round: int = 0):
+                   last_round: int = 0, trainable: list[str] | None = None):
     """`options` is the job's `federated.strategy` section; `nodes` the hospitals' node ids in
     partition order (sampling is ours, seeded: Flower is told every offered hospital takes part);
     `min_fit` the job's resolved `federated.min_fit_clients`; the hospitals evaluate every
-    `evaluate_every` rounds and in `last_round`."""
+    `evaluate_every` rounds and in `last_round`; `trainable` names the model's trainable parameters."""
     sampler = Sampler(nodes if nodes is not None else list(range(num_clients)), seed, fraction_fit,
                       fraction_evaluate, min_fit, min(min_fit, num_clients))
-    flower = dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1,
-                  min_available_nodes=1)
+    common = dict(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1,
+                  min_available_nodes=1, listener=listener, sampler=sampler, accept_failures=accept_failures,
+                  evaluate_every=evaluate_every, last_round=last_round, trainable=trainable)
     if dp is not None and dp.mode == "central":
         from strategies import central_dp
 
-        strategy = central_dp.build(dp, num_clients=num_clients, sampled=sample_size(num_clients, fraction_fit, min_fit),
-                                    seed=seed, **flower)
-    else:
-        strategy = STRATEGIES[options.name].build(options, **flower)
-    strategy.num_clients = num_clients   # SCAFFOLD moves c by the sampled share of all hospitals
-    strategy.sampler = sampler
-    strategy.listener = listener
-    strategy.accept_failures = accept_failures
-    strategy.evaluate_every, strategy.last_round = evaluate_every, last_round
-    return strategy
+        return central_dp.build(dp, num_clients=num_clients, sampled=sample_size(num_clients, fraction_fit, min_fit),
+                                seed=seed, **common)
+    return STRATEGIES[options.name].build(options, num_clients=num_clients, **common)
+
+
+def declared(name: str) -> Declared:
+    """What strategy `name` declares about itself (`strategies.base.Declared`)."""
+    return STRATEGIES[name].DECLARED

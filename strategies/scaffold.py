@@ -15,9 +15,19 @@ from pydantic import Field
 
 from orchestrator.core.protocol import CONTROL, CONTROL_DELTA, from_state, to_state
 from strategies import arithmetic
-from strategies.base import StrategyOptions, observed
+from strategies.base import Declared, ObservedStrategy, StrategyOptions, corrected_steps, observed
 
 CLIENT_READS: tuple[str, ...] = (CONTROL,)   # the hospital answers with CONTROL_DELTA
+
+
+def _requires(job) -> list[str]:
+    problems = corrected_steps(job, "scaffold")
+    if job.federated.dp is not None and job.federated.dp.mode == "local":
+        problems.append("federated.dp: local DP-SGD does not combine with scaffold's corrected gradients")
+    return problems
+
+
+DECLARED = Declared(requires=_requires)
 
 
 class Options(StrategyOptions):
@@ -25,7 +35,7 @@ class Options(StrategyOptions):
     server_lr: Annotated[float, Field(gt=0.0, description="the server's step (eta_g)")] = 1.0
 
 
-class ScaffoldRounds:
+class ScaffoldRounds(ObservedStrategy):
     NAME = "Scaffold"
     STATE_ATTRS = ("control",)
 
@@ -33,8 +43,6 @@ class ScaffoldRounds:
         super().__init__(**kwargs)
         self.server_lr = server_lr
         self.control: dict[str, np.ndarray] | None = None   # c, over the trainable parameters
-        self.trainable: list[str] | None = None             # set by the orchestrator from the model
-        self.num_clients = 1                                 # set by the registry
         self._x: dict[str, np.ndarray] | None = None
 
     def configure_train(self, server_round: int, arrays, config, grid):

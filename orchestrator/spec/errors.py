@@ -22,3 +22,12 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A data file or the data-dependent part of the spec cannot work."""
+
+
+class Problems(ValueError):
+    """Every problem the job spec's cross-section checks found, raised once (as torchtune's config
+    validation does): `spec.loading` reports each as a line of its own."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))

@@ -14,11 +14,13 @@ from pydantic import Field, model_validator
 from orchestrator.spec.base import Spec
 from orchestrator.spec.cluster import CheckpointSpec, RaySpec
 from orchestrator.spec.data import LABELLED_SOURCES, TABULAR_SOURCES, DataSpec
-from orchestrator.spec.engines import vectorized_refusal
+from orchestrator.spec.engines import refusal as engine_refusal
+from orchestrator.spec.errors import Problems
 from orchestrator.spec.federated import FederatedSpec
 from orchestrator.spec.model import SEQUENCE_MODELS, ModelSpec
 from orchestrator.spec.sweep import SweepSpec
 from orchestrator.spec.tracking import ExplainSpec, TrackingSpec
+from strategies.registry import declared
 from orchestrator.spec.train import HEAD_LOSS, LOSS_HEAD, TrainSpec
 
 JOB_KINDS = {
@@ -72,188 +74,189 @@ class JobSpec(Spec):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> JobSpec:
+        """Every check that spans sections; all problems found are raised at once (`Problems`)."""
+        problems: list[str] = []
         part = self.federated.partition.name
         if self.by_hospital:
             if part == "natural" and self.data.source != "csv":
-                raise ValueError(
-                    "federated.partition.name: 'natural' needs data.source 'csv' with data.path "
-                    "a directory holding one CSV per hospital"
-                )
+                problems.append("federated.partition.name: 'natural' needs data.source 'csv' with data.path "
+                                "a directory holding one CSV per hospital")
             if part != "natural" and self.federated.num_clients is None:
-                raise ValueError(f"federated.num_clients: required with partition '{part}'")
+                problems.append(f"federated.num_clients: required with partition '{part}'")
             if self.kind == "local":
-                _check_local(self)
+                problems += _check_local(self)
             else:
-                _check_federated(self)
+                problems += _check_federated(self)
         if self.model.name == "cnn" and self.data.source not in ("digits", "csv"):
-            raise ValueError("model.name: cnn needs image rows (data.source digits, or a csv of square images)")
+            problems.append("model.name: cnn needs image rows (data.source digits, or a csv of square images)")
         if self.train.loss is not None and LOSS_HEAD[self.train.loss] != self.model.head:
-            raise ValueError(f"train.loss: '{self.train.loss}' trains a {LOSS_HEAD[self.train.loss]} head, but "
-                             f"model.head is '{self.model.head}' (set model.head: {LOSS_HEAD[self.train.loss]})")
+            problems.append(f"train.loss: '{self.train.loss}' trains a {LOSS_HEAD[self.train.loss]} head, but "
+                            f"model.head is '{self.model.head}' (set model.head: {LOSS_HEAD[self.train.loss]})")
         regression_data = self.data.source == "diabetes"
         if regression_data and self.model.head != "linear":
-            raise ValueError("model.head: diabetes is a regression target: set model.head: linear")
+            problems.append("model.head: diabetes is a regression target: set model.head: linear")
         if self.data.source in LABELLED_SOURCES and self.model.head == "linear":
-            raise ValueError(f"model.head: linear is for regression, but {self.data.source} has class labels")
+            problems.append(f"model.head: linear is for regression, but {self.data.source} has class labels")
         if self.model.head == "linear":
             if self.train.class_weights is not None:
-                raise ValueError("train.class_weights: a regression (model.head linear) has no classes")
+                problems.append("train.class_weights: a regression (model.head linear) has no classes")
             if self.data.classes is not None:
-                raise ValueError("data.classes: a regression (model.head linear) has no classes")
+                problems.append("data.classes: a regression (model.head linear) has no classes")
             if self.by_hospital and part == "dirichlet":
-                raise ValueError("federated.partition.name: dirichlet skews class labels; a regression target "
-                                 "needs iid or natural")
+                problems.append("federated.partition.name: dirichlet skews class labels; a regression target "
+                                "needs iid or natural")
         if self.model.name == "gan":
-            _check_gan(self)
+            problems += _check_gan(self)
         if self.model.name in SEQUENCE_MODELS and self.data.source in TABULAR_SOURCES:
-            raise ValueError(f"model.name: {self.model.name} reads sequences (data.source sequences, or a csv of "
-                             f"steps x model.input_size columns)")
+            problems.append(f"model.name: {self.model.name} reads sequences (data.source sequences, or a csv of "
+                            f"steps x model.input_size columns)")
         if self.by_hospital and self.train.early_stopping.enabled:
-            raise ValueError(f"train.early_stopping: stops epochs of a centralized or ray job; a {self.kind} job "
-                             "runs federated.rounds rounds (federated.early_stopping stops the rounds)")
+            problems.append(f"train.early_stopping: stops epochs of a centralized or ray job; a {self.kind} job "
+                            "runs federated.rounds rounds (federated.early_stopping stops the rounds)")
         if self.kind == "sweep" and self.sweep is None:
-            raise ValueError("sweep: kind sweep needs a sweep section with the space to search")
+            problems.append("sweep: kind sweep needs a sweep section with the space to search")
         if self.kind != "sweep" and self.sweep is not None:
-            raise ValueError(f"sweep: only used with kind: sweep (kind is '{self.kind}')")
-        if self.sweep is not None:
-            _check_sweep_space(self)
+            problems.append(f"sweep: only used with kind: sweep (kind is '{self.kind}')")
+        if self.sweep is not None and not problems:   # each trial is validated whole: the job must be first
+            problems += _check_sweep_space(self)
+        if problems:
+            raise Problems(problems)
         return self
 
 
-def _check_gan(job: JobSpec) -> None:
+def _check_gan(job: JobSpec) -> list[str]:
     """model.name gan: a federated generator of labelled tabular rows, trained with FedAvg-family strategies."""
+    problems: list[str] = []
     fed = job.federated
     if job.kind != "federated":
-        raise ValueError(f"model.name: gan trains a generator over hospitals (kind federated); kind is '{job.kind}'")
+        problems.append(f"model.name: gan trains a generator over hospitals (kind federated); kind is '{job.kind}'")
     if job.model.head == "linear":
-        raise ValueError("model.name: gan generates rows conditioned on a class label; a regression target has none")
+        problems.append("model.name: gan generates rows conditioned on a class label; a regression target has none")
     taken = [k for k, v in (("federated.dp", fed.dp), ("federated.secagg", fed.secagg),
                             ("federated.personalize", fed.personalize), ("federated.early_stopping", fed.early_stopping),
                             ("model.init_from", job.model.init_from), ("model.freeze", job.model.freeze or None),
                             ("train.class_weights", job.train.class_weights)) if v is not None]
     if fed.crossval:
         taken.append("federated.crossval")
-    if fed.strategy.name in ("scaffold", "fednova"):
-        taken.append(f"federated.strategy.name ({fed.strategy.name})")
     if taken:
-        raise ValueError(f"model.name: gan does not combine with {taken[0]} here (the GAN trains its own "
-                         "alternating steps and has no classifier to score)")
+        problems.append(f"model.name: gan does not combine with {taken[0]} here (the GAN trains its own "
+                        "alternating steps and has no classifier to score)")
+    return problems
 
 
-def _check_local(job: JobSpec) -> None:
+def _check_local(job: JobSpec) -> list[str]:
     """kind local: every hospital trains alone in this process, on the shares a simulation gives it."""
+    problems: list[str] = []
     fed = job.federated
-    if fed.engine in ("deployment", "simulation"):
-        raise ValueError(f"federated.engine: kind local trains each hospital alone in this process; engine "
-                         f"'{fed.engine}' is for federated jobs (leave it auto)")
+    if (why := engine_refusal(job)) is not None:
+        problems.append(why)
     drills = [k for k in ("attack", "faults", "dp", "secagg", "personalize", "early_stopping")
               if getattr(fed, k) is not None]
     if drills:
-        raise ValueError(f"federated.{drills[0]}: a federated drill/privacy setting; kind local sends nothing "
-                         "anywhere (remove it, or use kind: federated)")
+        problems.append(f"federated.{drills[0]}: a federated drill/privacy setting; kind local sends nothing "
+                        "anywhere (remove it, or use kind: federated)")
+    return problems
 
 
-def _check_federated(job: JobSpec) -> None:
+def _check_federated(job: JobSpec) -> list[str]:
+    problems: list[str] = []
     fed, part = job.federated, job.federated.partition
     n = fed.num_clients
     if part.site_column is not None and part.name != "natural":
-        raise ValueError(f"federated.partition.site_column: only used with name natural (name is '{part.name}')")
+        problems.append(f"federated.partition.site_column: only used with name natural (name is '{part.name}')")
     if part.site_column is not None and part.site_column == job.data.target:
-        raise ValueError(f"federated.partition.site_column: '{part.site_column}' is the target column")
+        problems.append(f"federated.partition.site_column: '{part.site_column}' is the target column")
     if part.name in ("shards",) and job.model.head == "linear":
-        raise ValueError("federated.partition.name: shards splits by class label; a regression target needs "
-                         "iid, quantity or natural")
+        problems.append("federated.partition.name: shards splits by class label; a regression target needs "
+                        "iid, quantity or natural")
     for section in ("attack", "faults"):
         spec = getattr(fed, section)
         if spec is not None and n is not None:
             bad = [h for h in spec.hospitals if h >= n]
             if bad:
-                raise ValueError(f"federated.{section}.hospitals: {bad} out of range for {n} hospitals "
-                                 f"(partition ids 0..{n - 1})")
+                problems.append(f"federated.{section}.hospitals: {bad} out of range for {n} hospitals "
+                                f"(partition ids 0..{n - 1})")
         if spec is not None and fed.rounds and section == "faults":
             late = [r for r in spec.rounds if r > fed.rounds]
             if late:
-                raise ValueError(f"federated.faults.rounds: {late} beyond federated.rounds ({fed.rounds})")
+                problems.append(f"federated.faults.rounds: {late} beyond federated.rounds ({fed.rounds})")
     if n is not None:
         for key in ("min_fit_clients", "min_available_clients"):
             v = getattr(fed, key)
             if v is not None and v > n:
-                raise ValueError(f"federated.{key}: {v} is more than the {n} hospitals")
+                problems.append(f"federated.{key}: {v} is more than the {n} hospitals")
     if fed.engine == "deployment":
         if not fed.superlink:
-            raise ValueError("federated.superlink: engine deployment submits to a running SuperLink: set "
-                             "federated.superlink: HOST:PORT (or run `consortium federation poc CONFIG`)")
+            problems.append("federated.superlink: engine deployment submits to a running SuperLink: set "
+                            "federated.superlink: HOST:PORT (or run `consortium federation poc CONFIG`)")
         if not job.tracking.enabled:
-            raise ValueError("tracking.enabled: engine deployment records the run through MLflow (the ServerApp "
-                             "runs at the SuperLink): set tracking.enabled: true")
+            problems.append("tracking.enabled: engine deployment records the run through MLflow (the ServerApp "
+                            "runs at the SuperLink): set tracking.enabled: true")
         if not fed.insecure and not fed.root_certificates:
-            raise ValueError("federated.root_certificates: the consortium's CA certificate is needed to reach the "
-                             "SuperLink over TLS (or federated.insecure: true, for a test only)")
+            problems.append("federated.root_certificates: the consortium's CA certificate is needed to reach the "
+                            "SuperLink over TLS (or federated.insecure: true, for a test only)")
         if part.name != "natural" and job.data.source == "csv":
-            raise ValueError(f"federated.partition.name: '{part.name}' splits one shared file, which no real "
-                             "hospital holds; in a deployment each hospital reads its own CSV: use natural")
+            problems.append(f"federated.partition.name: '{part.name}' splits one shared file, which no real "
+                            "hospital holds; in a deployment each hospital reads its own CSV: use natural")
     elif fed.superlink or fed.root_certificates or fed.insecure:
-        raise ValueError(f"federated.superlink: only used with engine deployment (engine is '{fed.engine}')")
-    if fed.engine == "vectorized" and (refusal := vectorized_refusal(job)) is not None:
-        raise ValueError(f"federated.engine: vectorized {refusal}")
+        problems.append(f"federated.superlink: only used with engine deployment (engine is '{fed.engine}')")
+    if (why := engine_refusal(job)) is not None:   # what the named engine declares it cannot run
+        problems.append(why)
     name = fed.strategy.name
-    if name in ("scaffold", "fednova") and job.train.optimizer.name != "sgd":
-        raise ValueError(f"train.optimizer.name: {name} corrects plain SGD steps; set train.optimizer.name: sgd "
-                         f"(it is '{job.train.optimizer.name}')")
+    strategy = declared(name)
+    problems += strategy.requires(job)   # what the strategy itself needs of the job (its module says)
     own = fed.personalize
     if own is not None and own.method == "fedbn" and not job.model.batchnorm:
-        raise ValueError("federated.personalize.method: fedbn keeps batch-norm layers local; the model has none "
-                         "(set model.batchnorm: true)")
+        problems.append("federated.personalize.method: fedbn keeps batch-norm layers local; the model has none "
+                        "(set model.batchnorm: true)")
     if own is not None and own.method in ("fedper", "fedrep") and job.model.name == "logistic":
-        raise ValueError(f"federated.personalize.method: {own.method} shares the body and keeps the head; a "
-                         "logistic model is a head alone (use mlp, cnn or a sequence model)")
-    if own is not None and own.stateful and (fed.dp is not None or name in ("scaffold", "fednova")):
-        what = "federated.dp" if fed.dp is not None else f"strategy {name}"
-        raise ValueError(f"federated.personalize.method: {own.method} changes each hospital's local training; "
-                         f"it does not combine with {what} here (use finetune, or drop {what})")
+        problems.append(f"federated.personalize.method: {own.method} shares the body and keeps the head; a "
+                        "logistic model is a head alone (use mlp, cnn or a sequence model)")
+    if own is not None and own.stateful and fed.dp is not None:
+        problems.append(f"federated.personalize.method: {own.method} changes each hospital's local training; "
+                        "it does not combine with federated.dp here (use finetune, or drop federated.dp)")
     if fed.dp is not None and fed.personalize is not None and fed.personalize.share_models:
-        raise ValueError("federated.personalize.share_models: personal models are fine-tuned without DP noise; "
-                         "with federated.dp a hospital keeps its own (share_models: false, only metrics travel)")
+        problems.append("federated.personalize.share_models: personal models are fine-tuned without DP noise; "
+                        "with federated.dp a hospital keeps its own (share_models: false, only metrics travel)")
     if fed.dp is not None:
         if job.model.batchnorm:
-            raise ValueError("federated.dp: batch norm's running statistics are neither clipped nor noised; "
-                             "set model.batchnorm: false")
-        if fed.dp.mode == "central" and name != "fedavg":
-            raise ValueError(f"federated.dp: central DP clips and noises FedAvg's average; strategy is '{name}' "
-                             "(set federated.strategy.name: fedavg, or dp.mode: local)")
+            problems.append("federated.dp: batch norm's running statistics are neither clipped nor noised; "
+                            "set model.batchnorm: false")
+        if fed.dp.mode == "central" and not strategy.plain_average:
+            problems.append(f"federated.dp: central DP clips and noises FedAvg's average; strategy is '{name}' "
+                            "(set federated.strategy.name: fedavg, or dp.mode: local)")
         if fed.dp.mode == "local":
             if job.model.name not in ("mlp", "logistic", "cnn") or job.model.batchnorm:
-                raise ValueError("federated.dp: local DP-SGD needs per-example gradients: model.name mlp, logistic "
-                                 "or cnn without model.batchnorm")
-            if name == "scaffold":
-                raise ValueError("federated.dp: local DP-SGD does not combine with scaffold's corrected gradients")
+                problems.append("federated.dp: local DP-SGD needs per-example gradients: model.name mlp, logistic "
+                                "or cnn without model.batchnorm")
         if fed.secure:
-            raise ValueError("federated.dp: combine DP with secagg is not supported yet (choose one)")
+            problems.append("federated.dp: combine DP with secagg is not supported yet (choose one)")
     if fed.secure:
-        if name != "fedavg":
-            raise ValueError(f"federated.secagg: SecAgg+ sums masked updates, which only FedAvg can use; "
-                             f"strategy is '{name}'")
+        if not strategy.plain_average:
+            problems.append(f"federated.secagg: SecAgg+ sums masked updates, which only FedAvg can use; "
+                            f"strategy is '{name}'")
         if fed.secagg.reconstruction_threshold > fed.secagg.num_shares:
-            raise ValueError(f"federated.secagg.reconstruction_threshold: "
-                             f"{fed.secagg.reconstruction_threshold} is more than num_shares ({fed.secagg.num_shares})")
+            problems.append(f"federated.secagg.reconstruction_threshold: "
+                            f"{fed.secagg.reconstruction_threshold} is more than num_shares ({fed.secagg.num_shares})")
         if fed.attack is not None or fed.faults is not None:
-            raise ValueError("federated.secagg: attack and faults drills run without secure aggregation")
+            problems.append("federated.secagg: attack and faults drills run without secure aggregation")
         if fed.early_stopping is not None:
-            raise ValueError("federated.early_stopping: SecAgg+ rounds here run to federated.rounds; remove one")
+            problems.append("federated.early_stopping: SecAgg+ rounds here run to federated.rounds; remove one")
         if fed.personalize is not None:
-            raise ValueError("federated.personalize: SecAgg+ jobs here run their own ClientApp, which answers only "
-                             "masked training; personalize without secagg")
+            problems.append("federated.personalize: SecAgg+ jobs here run their own ClientApp, which answers only "
+                            "masked training; personalize without secagg")
         if fed.crossval:
-            raise ValueError("federated.crossval: SecAgg+ jobs here run their own ClientApp, which answers only "
-                             "masked training; run cross-site validation afterwards: consortium crossval MODEL_URI CONFIG")
+            problems.append("federated.crossval: SecAgg+ jobs here run their own ClientApp, which answers only "
+                            "masked training; run cross-site validation afterwards: consortium crossval MODEL_URI CONFIG")
         if fed.evaluate_every != 1:
-            raise ValueError("federated.evaluate_every: SecAgg+ rounds here evaluate every round; "
-                             "set federated.evaluate_every: 1")
+            problems.append("federated.evaluate_every: SecAgg+ rounds here evaluate every round; "
+                            "set federated.evaluate_every: 1")
         if fed.fraction_fit < 1.0:
-            raise ValueError("federated.secagg: SecAgg+ here masks every hospital's update each round; "
-                             "set federated.fraction_fit: 1.0")
+            problems.append("federated.secagg: SecAgg+ here masks every hospital's update each round; "
+                            "set federated.fraction_fit: 1.0")
         if n is not None and fed.secagg.num_shares > n:
-            raise ValueError(f"federated.secagg.num_shares: {fed.secagg.num_shares} is more than the {n} hospitals")
+            problems.append(f"federated.secagg.num_shares: {fed.secagg.num_shares} is more than the {n} hospitals")
+    return problems
 
 
 def trial_base(job: JobSpec) -> dict:
@@ -266,35 +269,40 @@ def trial_base(job: JobSpec) -> dict:
     return base
 
 
-def _check_sweep_space(job: JobSpec) -> None:
+def _check_sweep_space(job: JobSpec) -> list[str]:
     """Every value a sweep can pick must make a valid job (for a range: both ends)."""
     from pydantic import ValidationError
 
+    assert job.sweep is not None
     base = trial_base(job)
     if job.sweep.trial_kind == "federated":
         from orchestrator.spec.engines import choose_engine
 
         engine, reason = choose_engine(JobSpec.model_validate(base))
         if engine not in ("inline", "vectorized"):
-            raise ValueError(f"sweep.trial_kind: federated trials run in this process inside a Ray Tune trial "
-                             f"(federated.engine inline or vectorized); this job would run '{engine}' ({reason}), "
-                             "and Flower's simulation engine shuts Ray down, so it cannot run inside one")
+            return [f"sweep.trial_kind: federated trials run in this process inside a Ray Tune trial "
+                    f"(federated.engine inline or vectorized); this job would run '{engine}' ({reason}), "
+                    "and Flower's simulation engine shuts Ray down, so it cannot run inside one"]
+    problems: list[str] = []
     for key, values in job.sweep.space.items():
         if not re.match(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", key):
-            raise ValueError(f"sweep.space: '{key}' is not a dotted key such as train.optimizer.lr")
+            problems.append(f"sweep.space: '{key}' is not a dotted key such as train.optimizer.lr")
+            continue
         for value in values if isinstance(values, list) else [values["low"], values["high"]]:
             data = json.loads(json.dumps(base))
             node = data
             parts = key.split(".")
-            for part in parts[:-1]:
-                if not isinstance(node.get(part), dict):
-                    raise ValueError(f"sweep.space: '{key}' is not a key of the job")
-                node = node[part]
+            if any(not isinstance((node := node.get(part)), dict) for part in parts[:-1]):
+                problems.append(f"sweep.space: '{key}' is not a key of the job")
+                break
             node[parts[-1]] = value
             try:
                 JobSpec.model_validate(data)
             except ValidationError as exc:
                 err = exc.errors()[0]
                 where = ".".join(str(p) for p in err["loc"]) or key
-                msg = str(err.get("ctx", {}).get("error", err["msg"]))
-                raise ValueError(f"sweep.space: {key}={value!r} makes an invalid job: {where}: {msg}") from None
+                error = err.get("ctx", {}).get("error", err["msg"])
+                msg = error.problems[0] if isinstance(error, Problems) else str(error)
+                problems.append(f"sweep.space: {key}={value!r} makes an invalid job: {where}: {msg}")
+                break
+    return problems

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.spec.errors import ConfigError
+from orchestrator.spec.errors import ConfigError, Problems
 from orchestrator.spec.job import JobSpec
 from strategies.registry import STRATEGIES, owners
 
@@ -105,7 +105,15 @@ def validate(raw: dict[str, Any], source: str = "config") -> JobSpec:
 
 
 def problems_of(exc: ValidationError) -> list[str]:
-    return [_describe(err) for err in exc.errors()]
+    """One line per problem; the cross-section checks' `Problems` give one line each too."""
+    out = []
+    for err in exc.errors():
+        error = err.get("ctx", {}).get("error")
+        if err["type"] == "value_error" and isinstance(error, Problems):
+            out += [_describe({**err, "ctx": {"error": problem}}) for problem in error.problems]
+        else:
+            out.append(_describe(err))
+    return out
 
 
 def _describe(err: dict[str, Any]) -> str:

@@ -229,7 +229,7 @@ def test_an_interrupted_fedadam_run_resumes_with_its_server_moments(store, monke
     back from the round checkpoint, so the result equals an uninterrupted run's exactly."""
     import _thread
 
-    from orchestrator.jobs.federated import server_app as federated_job  # where rounds are checkpointed
+    from orchestrator.jobs.federated import listeners as federated_job  # where rounds are checkpointed
     from orchestrator.spec.loading import load_job
     from orchestrator.jobs.runner import run_job
 
@@ -264,7 +264,7 @@ def test_an_interrupted_personalized_run_resumes_with_each_hospitals_own_part(st
     personal metrics of an uninterrupted run, exactly."""
     import _thread
 
-    from orchestrator.jobs.federated import server_app as federated_job
+    from orchestrator.jobs.federated import listeners as federated_job
     from orchestrator.jobs.runner import run_job
     from orchestrator.spec.loading import load_job
 

@@ -52,6 +52,20 @@ def test_all_problems_are_reported_at_once_with_suggestions():
     assert "did you mean 'breast_cancer'?" in text
 
 
+def test_every_cross_section_problem_is_reported_at_once_with_the_strategys_own_requirements():
+    with pytest.raises(ConfigError) as info:
+        load_job(ROOT / "configs/hospitals_fedavg.yaml",
+                 ["federated.strategy.name=scaffold", "train.optimizer.name=adam", "federated.dp.mode=local",
+                  "model.head=linear", "train.class_weights=balanced"])
+    text = "\n".join(info.value.problems)
+    assert len(info.value.problems) >= 4, text
+    # SCAFFOLD's module says what it needs (strategies/scaffold.py), beside the spec's own checks
+    assert "train.optimizer.name: scaffold corrects plain SGD steps" in text
+    assert "federated.dp: local DP-SGD does not combine with scaffold's corrected gradients" in text
+    assert "train.class_weights: a regression (model.head linear) has no classes" in text
+    assert "model.head: linear is for regression, but breast_cancer has class labels" in text
+
+
 def test_params_are_the_resolved_config_flattened_with_dots():
     job = load_job(ROOT / "configs/hospitals_fedavg.yaml")
     params = flatten(job.model_dump(mode="json"))

@@ -28,6 +28,8 @@ def test_privacy_spend_is_logged_only_for_a_strategy_with_an_accountant():
     rounds = _rounds()
     end = RoundEnd(1, 2, [], True)
     listeners.PrivacySpend(rounds).round_end(end)
+    rounds.strategy = SimpleNamespace(epsilon=lambda: None)   # a strategy without an accountant
+    listeners.PrivacySpend(rounds).round_end(end)
     assert "dp/epsilon" not in end.metrics
     rounds.strategy = SimpleNamespace(epsilon=lambda: 1.5)
     listeners.PrivacySpend(rounds).round_end(end)

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 
+from orchestrator.core.protocol import to_state
 from orchestrator.jobs import progress
+from orchestrator.jobs.federated.checkpoints import save_round
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -76,15 +78,16 @@ class Timing:
 
 
 class PrivacySpend:
-    """dp/epsilon: the privacy spent so far, from a strategy with an accountant (declared `epsilon`)."""
+    """dp/epsilon: the privacy spent so far, from a strategy with an accountant (`epsilon()` not None)."""
 
     def __init__(self, rounds: Rounds):
         self.rounds = rounds
 
     def round_end(self, end: RoundEnd) -> None:
-        epsilon = getattr(self.rounds.strategy, "epsilon", None)
-        if end.round > 0 and epsilon is not None:
-            end.metrics["dp/epsilon"] = epsilon()
+        strategy = self.rounds.strategy
+        epsilon = strategy.epsilon() if strategy is not None and end.round > 0 else None
+        if epsilon is not None:
+            end.metrics["dp/epsilon"] = epsilon
 
 
 class LogMetrics:
@@ -159,9 +162,6 @@ class Checkpoint:
         self.rounds = rounds
 
     def round_end(self, end: RoundEnd) -> None:
-        from orchestrator.core.protocol import to_state
-        from orchestrator.jobs.federated.checkpoints import save_round
-
         rounds, run, strategy = self.rounds, self.rounds.run, self.rounds.strategy
         if end.round > 0 and strategy is not None:
             snapshot = to_state(end.arrays), {a: {k: np.array(v) for k, v in d.items()}

@@ -179,9 +179,8 @@ class Rounds:
                                   fraction_evaluate=fed.fraction_evaluate, listener=self.logger, seed=job.seed,
                                   nodes=found.nodes, min_fit=fed.min_fit(num_clients),
                                   accept_failures=fed.accept_failures, dp=fed.dp,
-                                  evaluate_every=fed.evaluate_every, last_round=fed.rounds)
-        if hasattr(strategy, "trainable"):
-            strategy.trainable = [k for k, p in model.named_parameters() if p.requires_grad]
+                                  evaluate_every=fed.evaluate_every, last_round=fed.rounds,
+                                  trainable=[k for k, p in model.named_parameters() if p.requires_grad])
         self.strategy = strategy
         initial = ArrayRecord(model.state_dict())
         if self.saved_model is not None:
@@ -189,9 +188,8 @@ class Rounds:
             model.load_state_dict(initial.to_torch_state_dict())
             strategy.load_checkpoint_state(self.saved_strategy)
             strategy.round_offset = self.done
-            if hasattr(strategy, "replay"):
-                strategy.replay(self.done, sample_size(num_clients, fed.fraction_fit, fed.min_fit(num_clients)),
-                                num_clients)
+            strategy.replay(self.done, sample_size(num_clients, fed.fraction_fit, fed.min_fit(num_clients)),
+                            num_clients)
         if fed.rounds - self.done <= 0:
             return
         try:
