@@ -1,15 +1,47 @@
-"""Which engine runs a federated job: `choose_engine`, and what the vectorized engine refuses.
+"""The engines a federated job can run in, each declaring what it runs: one entry per engine, as job
+kinds are one line each. `choose_engine` (for `federated.engine: auto`) and every refusal the spec
+makes ("cannot run SecAgg+: set federated.engine: simulation or inline") come from these entries;
+`jobs.federated.engines` holds the code that runs each.
 
-`federated.engine: auto` (the default) picks the fastest engine that runs the job: Flower's
-simulation engine when the job asks for what only Ray gives (hospitals in parallel processes, on
-GPUs, on a cluster, or stopped when too slow), else an in-process engine, which has no Ray start-up:
-the vectorized one, or the inline one where the vectorized one would not give the same metrics.
+`auto` (the default) picks the fastest engine that runs the job: an engine of `WHEN_NEEDED` whose
+`needed` says the job asks for what only it gives (hospitals in parallel processes, on GPUs, on a
+cluster, or stopped when too slow), else the first of `IN_PROCESS` that can run it and is not
+`avoided`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Callable
 
-def vectorized_refusal(job) -> str | None:
-    """Why the vectorized engine cannot run `job`, naming the engine that can; None when it can."""
+
+def _never(job: Any) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    summary: str
+    kinds: frozenset[str]                              # the job kinds it runs
+    cannot: Callable[[Any], str | None] = _never       # why it cannot run a job (naming one that can); None: it can
+    needed: Callable[[Any], str | None] = _never       # auto: why the job needs this engine; None: it does not
+    avoided: Callable[[Any], str | None] = _never      # auto: why not to pick it although it could run the job
+
+
+def _simulation_needed(job: Any) -> str | None:
+    fed = job.federated
+    if fed.parallel:
+        return "federated.parallel: true: a round's hospitals train in parallel, a Ray actor each"
+    if fed.client_resources.num_gpus > 0:
+        return "federated.client_resources.num_gpus > 0: hospitals train on GPUs, through Ray"
+    if job.ray.address:
+        return f"ray.address {job.ray.address}: hospitals run as actors on that Ray cluster"
+    if "round_timeout_s" in fed.model_fields_set:
+        return "federated.round_timeout_s: only the simulation engine stops a hospital that runs too long"
+    return None
+
+
+def _vectorized_cannot(job: Any) -> str | None:
     fed = job.federated
     if fed.secagg is not None and fed.secagg.enabled:
         return ("cannot run SecAgg+ (its protocol exchanges messages of its own with every hospital): "
@@ -28,24 +60,58 @@ def vectorized_refusal(job) -> str | None:
     return None
 
 
-def choose_engine(job) -> tuple[str, str]:
+def _vectorized_avoided(job: Any) -> str | None:
+    if job.model.dropout > 0:
+        return "model.dropout > 0: it would draw other dropout masks than each hospital's own seeded loop"
+    return None
+
+
+ENGINES = {e.name: e for e in (
+    Engine("simulation", "Flower's simulation engine: a Ray actor per hospital", frozenset({"federated"}),
+           needed=_simulation_needed),
+    Engine("inline", "in this process, the hospitals one after another", frozenset({"federated", "local"})),
+    Engine("vectorized", "in this process, a round's hospitals as one batched computation",
+           frozenset({"federated", "local"}), cannot=_vectorized_cannot, avoided=_vectorized_avoided),
+    Engine("deployment", "Flower's deployment engine: a running SuperLink and a SuperNode per hospital",
+           frozenset({"federated"})),
+)}
+WHEN_NEEDED = ("simulation",)            # auto picks these only for a job that needs them (Ray's start-up)
+IN_PROCESS = ("vectorized", "inline")    # else the first of these that runs the job
+
+
+def vectorized_refusal(job: Any) -> str | None:
+    """Why the vectorized engine cannot run `job`, naming the engine that can; None when it can."""
+    return ENGINES["vectorized"].cannot(job)
+
+
+def refusal(job: Any) -> str | None:
+    """Why the engine `job` names cannot run it ("federated.engine: ..."); None when it can (or auto)."""
+    engine = ENGINES.get(job.federated.engine)
+    if engine is None:
+        return None
+    if job.kind not in engine.kinds:
+        return (f"federated.engine: kind {job.kind} trains each hospital alone in this process; engine "
+                f"'{engine.name}' is for federated jobs (leave it auto)")
+    why = engine.cannot(job)
+    return f"federated.engine: {engine.name} {why}" if why is not None else None
+
+
+def choose_engine(job: Any) -> tuple[str, str]:
     """(the engine that runs `job`, why): `federated.engine` unless it is auto."""
     fed = job.federated
     if fed.engine != "auto":
         return fed.engine, "federated.engine set in the config"
-    if fed.parallel:
-        return "simulation", "federated.parallel: true: a round's hospitals train in parallel, a Ray actor each"
-    if fed.client_resources.num_gpus > 0:
-        return "simulation", "federated.client_resources.num_gpus > 0: hospitals train on GPUs, through Ray"
-    if job.ray.address:
-        return "simulation", f"ray.address {job.ray.address}: hospitals run as actors on that Ray cluster"
-    if "round_timeout_s" in fed.model_fields_set:
-        return "simulation", "federated.round_timeout_s: only the simulation engine stops a hospital that runs too long"
-    refusal = vectorized_refusal(job)
-    if refusal is None and job.model.dropout > 0:
-        refusal = "model.dropout > 0: it would draw other dropout masks than each hospital's own seeded loop"
-    if refusal is not None:
-        return "inline", ("one machine serves this job: hospitals in this process one after another, no Ray "
-                          f"start-up (not vectorized: {refusal.split(':')[0]})")
-    return "vectorized", ("one machine serves this job: the round's hospitals train in this process as one "
-                          "batched computation, no Ray start-up")
+    for name in WHEN_NEEDED:
+        if (reason := ENGINES[name].needed(job)) is not None:
+            return name, reason
+    passed_over: list[tuple[str, str]] = []
+    for name in IN_PROCESS:
+        engine = ENGINES[name]
+        why_not = engine.cannot(job) or engine.avoided(job)
+        if why_not is None:
+            how = ("the round's hospitals train in this process as one batched computation, no Ray start-up"
+                   if name == "vectorized" else "hospitals in this process one after another, no Ray start-up")
+            skipped = "".join(f" (not {n}: {w.split(':')[0]})" for n, w in passed_over)
+            return name, f"one machine serves this job: {how}{skipped}"
+        passed_over.append((name, why_not))
+    raise AssertionError("the inline engine runs every job")   # pragma: no cover

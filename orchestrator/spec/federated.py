@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from orchestrator.spec.base import Spec
+from orchestrator.spec.engines import ENGINES
 from strategies.registry import StrategyOptions
 
 
@@ -115,7 +116,7 @@ class FederatedSpec(Spec):
         "< 1: hospitals sampled per round, reproducibly from the seed"))] = 1.0
     fraction_evaluate: Annotated[float, Field(gt=0.0, le=1.0, description="hospitals evaluated per round")] = 1.0
     client_resources: ClientResources = Field(default_factory=ClientResources)
-    engine: Literal["auto", "simulation", "inline", "vectorized", "deployment"] = Field("auto", description=(
+    engine: Literal[("auto", *ENGINES)] = Field("auto", description=(  # type: ignore[valid-type]
         "auto: the fastest engine that runs this job (the run's params federated.engine_ran and "
         "federated.engine_reason say which and why) | simulation: Flower's simulation engine (a Ray actor "
         "per hospital) | inline: the same ClientApp called in this process one hospital after another, "

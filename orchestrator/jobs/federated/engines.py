@@ -24,20 +24,29 @@ from orchestrator.process import quiet_after_interrupt
 
 def run_engine(engine: str, rounds: server_app.Rounds, client_app: ClientApp, num_clients: int,
                runtime: EarlyRuntime | None = None, deployed=None) -> None:
-    """Run `rounds` to the end in `engine` with `num_clients` hospitals running `client_app`
-    (deployment: on the SuperNodes of `deployed`, a `deployed.Deployed`)."""
-    if engine == "deployment":
-        rounds.main(deployed.grid, deployed.context)
-        return
-    with server_app.bound(rounds):
-        if engine in ("inline", "vectorized"):
+    """Run `rounds` to the end in `engine` (one of `spec.engines.ENGINES`) with `num_clients`
+    hospitals running `client_app` (deployment: on the SuperNodes of `deployed`, a `deployed.Deployed`)."""
+    if engine not in RUNNERS:
+        raise ValueError(f"federated.engine: no runner for engine {engine!r} (spec.engines.ENGINES declares it)")
+    RUNNERS[engine](rounds, client_app, num_clients, runtime, deployed)
+
+
+def _deployment(rounds, client_app, num_clients, runtime, deployed) -> None:
+    rounds.main(deployed.grid, deployed.context)
+
+
+def _in_process(vectorized: bool):
+    def run(rounds, client_app, num_clients, runtime, deployed) -> None:
+        with server_app.bound(rounds):
             if runtime is not None:
                 runtime.stop()
-            _inline(client_app, num_clients, vectorized=engine == "vectorized")
-        elif engine == "simulation":
-            _simulation(client_app, num_clients, rounds.job, runtime)
-        else:
-            raise ValueError(f"federated.engine: unknown engine {engine!r}")
+            _inline(client_app, num_clients, vectorized=vectorized)
+    return run
+
+
+def _simulated(rounds, client_app, num_clients, runtime, deployed) -> None:
+    with server_app.bound(rounds):
+        _simulation(client_app, num_clients, rounds.job, runtime)
 
 
 def _inline(client_app: ClientApp, num_clients: int, vectorized: bool = False) -> None:
@@ -69,3 +78,7 @@ def _simulation(client_app: ClientApp, num_clients: int, job, runtime: EarlyRunt
         raise
     finally:
         runtime.stop()
+
+
+RUNNERS = {"simulation": _simulated, "inline": _in_process(False), "vectorized": _in_process(True),
+           "deployment": _deployment}   # one per engine that spec.engines.ENGINES declares
