@@ -4,9 +4,18 @@
 # a real PostgreSQL (Debian's postgresql) and the browser test of the MLflow UI (Debian's chromium);
 # all three are installed here when missing.
 # Screenshots of the UI land in tests/artifacts/.
+#   bash scripts/test.sh --fast   the fast tier while working: tests/unit (the spec, the layering and
+#                                 type checks, strategies, training, listeners; about 2 minutes), no
+#                                 servers, nothing installed beyond the venv
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+if [ "${1:-}" = "--fast" ]; then
+  shift
+  export MLFLOW_DISABLE_TELEMETRY=true FLWR_TELEMETRY_ENABLED=0 RAY_USAGE_STATS_ENABLED=0
+  unset MLFLOW_TRACKING_URI
+  exec .venv/bin/python -m pytest -q --durations=5 tests/unit "$@"
+fi
 if ! command -v chromium >/dev/null 2>&1; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive

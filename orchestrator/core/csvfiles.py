@@ -173,10 +173,3 @@ def frame_to_table(df, target: str, schema: Schema, name: str) -> Table:
         raise DataError(name, [f"data.target: labels {unknown} are not among the agreed classes {list(schema.classes)}"])
     y = np.asarray([index[lab] for lab in labels], dtype=np.int64)
     return Table(X, y, name)
-
-
-def read_table(path: Path, spec: DataSpec, schema: Schema | None = None, regression: bool = False
-               ) -> tuple[Table, Schema]:
-    df = read_frame(path, spec)
-    schema = schema or csv_schema([df], spec.target, [path], regression, spec.max_categories)
-    return frame_to_table(df, spec.target, schema, path.stem), schema

@@ -7,7 +7,6 @@ starts, so a bad value is a user error (exit 2) with nothing recorded.
 """
 from __future__ import annotations
 
-import itertools
 import json
 
 from orchestrator.jobs import progress
@@ -39,12 +38,6 @@ def base_of(job: JobSpec) -> dict:
 def steps_of(job: JobSpec) -> int:
     """What a trial reports once per: epochs, or rounds for federated and local trials."""
     return job.federated.rounds if job.sweep.trial_kind in ("federated", "local") else job.train.epochs
-
-
-def grid_points(job: JobSpec) -> list[dict]:
-    space = job.sweep.space
-    keys = list(space)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(space[k] for k in keys))]
 
 
 def _trial(config: dict) -> None:
