@@ -1,6 +1,6 @@
 """`tracking.enabled: false`: the run's metrics kept in memory only, MLflow never imported.
 
-For dry runs and for measuring what tracking costs (bench/tracking_overhead.py). The job's final
+For dry runs and for measuring what tracking costs (bench/federated_overhead.py). The job's final
 metrics are still printed; nothing is written, no plots are drawn, no model is logged.
 """
 from __future__ import annotations

@@ -8,7 +8,7 @@ every message and the server gets a copy of every reply: nothing is shared by re
 
 What it gives up: hospitals train one after another (no parallelism), a hospital cannot time out,
 and nothing isolates a hospital's process. `engine: auto` (the default) picks it, or the
-vectorized engine built on it, when one machine's cores serve the job (`spec.federated.choose_engine`).
+vectorized engine built on it, when one machine's cores serve the job (`spec.engines.choose_engine`).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ ClientApp one hospital at a time, as in the inline engine.
 
 A hospital's SCAFFOLD control variate c_i is a row of one stacked array per parameter (and, with a
 state dir, a file per hospital as the ClientApp writes it, so a run resumes in either engine).
-What this engine cannot run is refused when the job is validated (`spec.federated.vectorized_refusal`).
+What this engine cannot run it declares in `spec.engines.ENGINES`, and the job is refused when validated.
 """
 from __future__ import annotations
 
