@@ -81,10 +81,21 @@ def ours(trial):
     return {site: _consortium_predict(trial, site) for site in SITES}
 
 
-def test_pyfunc_load_model_predicts_each_hospitals_raw_file_as_consortium_predict_does(trial, ours, monkeypatch):
+@pytest.fixture
+def at_trial_store(trial, monkeypatch):
+    """MLflow's loaders look the model up in the trial's store: set for this process (another test's
+    in-process job may have set MLflow's global tracking URI, which outranks the environment)."""
     import mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", trial["uri"])
+    mlflow.set_tracking_uri(trial["uri"])
+    yield
+    mlflow.set_tracking_uri(None)
+
+
+def test_pyfunc_load_model_predicts_each_hospitals_raw_file_as_consortium_predict_does(trial, ours, at_trial_store):
+    import mlflow
+
     model = mlflow.pyfunc.load_model(trial["model"])
     for site in SITES:
         raw = pd.read_csv(trial["dir"] / f"{site}_rows.csv")
@@ -94,11 +105,10 @@ def test_pyfunc_load_model_predicts_each_hospitals_raw_file_as_consortium_predic
     _same(ours["rural"], model.predict(pd.DataFrame(records.to_dict(orient="records"))))
 
 
-def test_text_in_a_number_column_is_refused_naming_the_column(trial, monkeypatch):
+def test_text_in_a_number_column_is_refused_naming_the_column(trial, at_trial_store):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", trial["uri"])
     model = mlflow.pyfunc.load_model(trial["model"])
     bad = trial["exports"]["older"].head(3).astype(object)
     bad.loc[1, "tsize"] = "large"
@@ -112,10 +122,9 @@ def test_text_in_a_number_column_is_refused_naming_the_column(trial, monkeypatch
     assert out.returncode == 2 and "column 'tsize', row 3: 'large' is not a number" in out.stderr, out.stderr
 
 
-def test_mlflow_models_predict_in_the_local_environment_answers_the_same(trial, ours, monkeypatch):
+def test_mlflow_models_predict_in_the_local_environment_answers_the_same(trial, ours, at_trial_store):
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", trial["uri"])
     out = trial["dir"] / "models_predict.json"
     mlflow.models.predict(trial["model"], input_data=trial["exports"]["rural"], env_manager="local",
                           output_path=str(out))
