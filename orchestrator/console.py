@@ -1,15 +1,9 @@
-"""What a job says on the console: its summary, its errors, its exit code (shared by every command).
-
-Exit codes: 0 done; 2 a mistake in the YAML, an override or the data (nothing started);
-1 a job that failed after it started (its MLflow run is marked FAILED, what was logged is kept);
-130 interrupted (run marked KILLED).
-"""
+"""What Consortium prints: a job's summary, a user's mistake (exit 2), and the streams they go to.
+It only prints: when to print, and what runs meanwhile, is the command layer's (`orchestrator.cli`)."""
 from __future__ import annotations
 
 import os
-import re
 import sys
-import traceback
 
 import typer
 from rich.console import Console
@@ -26,10 +20,8 @@ class _Console:
         self.stderr = stderr
 
     def stream(self):
-        if self.stderr:
-            from orchestrator.jobs.capture import terminal
-
-            return terminal()
+        if self.stderr:   # while the libraries' output is captured (jobs.capture), still the terminal
+            return getattr(sys.stderr, "terminal", None) or sys.stderr
         return sys.stdout
 
     def print(self, *args, **kwargs) -> None:
@@ -48,143 +40,19 @@ def fail_user(exc: UserError) -> None:
     raise typer.Exit(2)
 
 
-def load(config: str, overrides: list[str] | None):
-    from orchestrator.spec.loading import load_job
-
-    return load_job(config, overrides or [])
-
-
-def start_console(quiet: bool = False, verbose: bool = False, json_out: bool = False) -> None:
-    """What a job may say on this console: the libraries' output to the run's logs/console.txt
-    (also here with --verbose), progress live in a terminal, plain in a pipe, none with --quiet."""
-    from orchestrator.jobs import capture, progress
-    from orchestrator.jobs.runtime import consortium_home
-
-    verbose = verbose or os.environ.get("CONSORTIUM_VERBOSE") == "1"
-    if verbose:
-        os.environ["CONSORTIUM_VERBOSE"] = "1"
-    if capture.start(consortium_home(), verbose) is not None:
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO")   # into the file, not onto the console
-    from orchestrator.display import LiveProgress, PlainProgress
-
-    if quiet:
-        progress.listen(None)
-    elif sys.stdout.isatty() and not json_out:
-        progress.listen(LiveProgress())
-    else:
-        progress.listen(PlainProgress())
-
-
-def end_progress() -> None:
-    """The live display gives the terminal back (before any message of ours)."""
-    from orchestrator.jobs import progress
-
-    progress.end()
-    progress.listen(None)
-
-
-def stop_console() -> None:
-    from orchestrator.jobs import capture
-
-    end_progress()
-    capture.stop()
-
-
-DEPLOYED_ROUND = re.compile(r"^round (\d+)/(\d+): (.*)$")
-
-
-def run_deployed_job(job, debug: bool, json_out: bool, quiet: bool = False) -> None:
-    """federated.engine: deployment: submit to the SuperLink, stream its rounds, exit with its outcome."""
-    from orchestrator.federation.submit import run_deployed
-    from orchestrator.jobs import progress
-
-    if not quiet:
-        out.print(f"[bold]consortium[/] federated job [cyan]{job.name}[/] -> SuperLink {job.federated.superlink} ...",
-                  highlight=False)
-
-    def say(line: str) -> None:
-        m = DEPLOYED_ROUND.match(line)
-        if m and progress.listening():   # the ServerApp's round line: a progress step here
-            if int(m.group(1)) == 1:
-                progress.begin("round", int(m.group(2)), job.name)
-            progress.step("round", int(m.group(1)), int(m.group(2)), note=m.group(3))
-        elif not quiet:
-            out.print(f"  {line}", highlight=False)
-
-    execute(job, None, debug, json_out=json_out, start=lambda: run_deployed(job, say=say))
-
-
-def execute(job, plan, debug: bool, resume_run_id: str | None = None, json_out: bool = False, start=None) -> None:
-    from orchestrator.process import stop_on_sigterm
-
-    stop_on_sigterm()
-    try:
-        from orchestrator.jobs.runner import run_job
-
-        result = start() if start else run_job(job, plan, resume_run_id=resume_run_id)
-    except UserError as exc:
-        end_progress()
-        fail_user(exc)
-    except KeyboardInterrupt:
-        from orchestrator.process import quiet_after_interrupt
-
-        quiet_after_interrupt()
-        end_progress()   # the capture stays on: dying threads of the runtime say nothing here
-        err.print("[bold red]consortium:[/] interrupted; the MLflow run is marked KILLED, what was logged is kept")
-        exit_interrupted()
-    except Exception as exc:  # a failure after the run started: report it, keep the record
-        end_progress()
-        if debug:
-            traceback.print_exc(file=err.stream())
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        cause = exc.__cause__ or exc.__context__
-        extra = f" (caused by {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''})" if cause else ""
-        recorded = ("  the MLflow run stays RUNNING: nothing was left to end it" if getattr(exc, "run_left_open", False)
-                    else "  the MLflow run is marked FAILED and keeps what was logged (logs/console.txt: what the "
-                         "libraries said)")
-        err.print(f"[bold red]consortium:[/] job '{job.name}' failed: {type(exc).__name__}: {first}{extra}\n"
-                  f"{recorded}; rerun with --debug for the traceback",
-                  highlight=False, markup=True, soft_wrap=True)
-        raise typer.Exit(1)
-    end_progress()
-    print_result(result, job)   # still captured: what MLflow says while the summary reads the store
-    if json_out:
-        import dataclasses
-        import json
-
-        print(json.dumps(dataclasses.asdict(result)))
-    stop_console()
-
-
-BEFORE_EXIT: list = []  # e.g. `federation poc` stopping the SuperLink and SuperNodes it started
-
-
-def exit_interrupted() -> None:
-    """Exit 130 now. The run is already marked KILLED and its metrics flushed; a simulation's
-    server thread may still be waiting on hospitals that are gone, and must not hold the exit."""
-    import threading
-
-    for stop in BEFORE_EXIT:
-        stop()
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(130)
-    raise typer.Exit(130)
-
-
 SCOPE_ROWS = {"central": "the server's held-out rows", "eval": "the hospitals' / test rows",
               "site_mean": "mean over hospitals, each counts once",
               "val": "validation rows", "personal": "personal models, each at its own hospital",
               "personal_site_mean": "personal models, mean over hospitals"}
 
 
-def print_result(result, job=None) -> None:
+def print_result(result, job=None, tables: tuple = ()) -> None:
     """The headline first (accuracy/F1/AUROC or MSE/R², central and federated), then where the run
-    is and the exact commands that come next; every other metric is in --json and in MLflow."""
+    is and the exact commands that come next; every other metric is in --json and in MLflow.
+    `tables`: more to show after the headline (a cross-site validation's matrix)."""
     from rich import box
 
-    from orchestrator.jobs.progress import headline
+    from orchestrator.core.metrics import headline
 
     final = dict(result.final)
     prefix = ""
@@ -206,10 +74,8 @@ def print_result(result, job=None) -> None:
         real = final.get("tstr/real_accuracy")
         out.print(f"synthetic   train on synthetic, test on real: accuracy {final['tstr/synthetic_accuracy']:.4f}"
                   + (f" (the same classifier on real rows: {real:.4f})" if real is not None else ""), highlight=False)
-    if getattr(result, "crossval", None):
-        from orchestrator.jobs.crossval import table as crossval_table
-
-        out.print(crossval_table(result.crossval))
+    for extra in tables:
+        out.print(extra)
     rest = [k for k in result.final if k not in keys and not k.endswith(("/failures", "/hospitals"))
             and not k.startswith(("time/", "ray/", "hospital_", "crossval/", "tstr/"))]
     if rest:

@@ -9,6 +9,8 @@ regression sums, and the server computes the consortium's metrics from their tot
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 REGRESSION = ("mse", "mae", "r2")
@@ -108,3 +110,18 @@ def site_mean(results: list[dict[str, float]], skip: tuple[str, ...] = ("num_exa
         if values:
             out[key] = float(math.fsum(values) / len(values))
     return out
+
+
+# The metrics a person looks at first, in order: what the summary leads with, what progress shows.
+HEADLINE_CLASSIFICATION = ("accuracy", "f1", "auroc")
+HEADLINE_REGRESSION = ("mse", "r2")
+HEADLINE_SCOPES = ("central", "eval", "site_mean", "val", "personal", "personal_site_mean")
+
+
+def headline(metrics: dict[str, float], limit: int | None = None) -> list[str]:
+    """The headline keys present in `metrics`: accuracy/F1/AUROC (or MSE/R²) on the server's held-out
+    rows (`central/`), then over the hospitals' or the test rows (`eval/`), then validation."""
+    names = HEADLINE_CLASSIFICATION if any(k.endswith("/accuracy") for k in metrics) else HEADLINE_REGRESSION
+    keys = [f"{scope}/{name}" for scope in HEADLINE_SCOPES for name in names if f"{scope}/{name}" in metrics]
+    keys = [k for k in keys if not (isinstance(metrics[k], float) and math.isnan(metrics[k]))]
+    return keys[:limit] if limit else keys

@@ -25,8 +25,11 @@ if TYPE_CHECKING:
 
 
 class _Tee(io.TextIOBase):
-    def __init__(self, *streams):
+    """sys.stderr while capturing; `terminal` is where our own messages still reach the person."""
+
+    def __init__(self, *streams, terminal=None):
         self.streams = [s for s in streams if s is not None]
+        self.terminal = terminal
 
     def write(self, text: str) -> int:
         for s in self.streams:
@@ -69,7 +72,7 @@ class Capture:
         self._terminal = os.fdopen(os.dup(self._saved_fd), "w", buffering=1, encoding="utf-8", errors="replace")
         if not self.verbose:
             os.dup2(self.file.fileno(), 2)
-        sys.stderr = _Tee(self.file, self._terminal if self.verbose else None)
+        sys.stderr = _Tee(self.file, self._terminal if self.verbose else None, terminal=self._terminal)
         logging.captureWarnings(True)
         # Consortium's own warnings (a tracking store that is away, a checkpoint that failed) are for
         # the person at the terminal; the file keeps them too.

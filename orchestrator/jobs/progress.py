@@ -7,24 +7,10 @@ Steps may come from another thread (Flower's server runs in one).
 """
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import dataclass, field
 
-# The metrics a person looks at first, in order: what the summary leads with, what progress shows.
-CLASSIFICATION = ("accuracy", "f1", "auroc")
-REGRESSION = ("mse", "r2")
-SCOPES = ("central", "eval", "site_mean", "val", "personal", "personal_site_mean")
-
-
-def headline(metrics: dict[str, float], limit: int | None = None) -> list[str]:
-    """The headline keys present in `metrics`: accuracy/F1/AUROC (or MSE/R²) on the server's held-out
-    rows (`central/`), then over the hospitals' or the test rows (`eval/`), then validation."""
-    names = CLASSIFICATION if any(k.endswith("/accuracy") for k in metrics) else REGRESSION
-    keys = [f"{scope}/{name}" for scope in SCOPES for name in names if f"{scope}/{name}" in metrics]
-    keys = [k for k in keys if not (isinstance(metrics[k], float) and math.isnan(metrics[k]))]
-    return keys[:limit] if limit else keys
-
+from orchestrator.core.metrics import headline
 
 @dataclass
 class Step:

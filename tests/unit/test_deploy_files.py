@@ -47,7 +47,7 @@ def check_consortium_command(args: list[str], where: str) -> list[str]:
     """Parse it; a `run`/`validate`/`submit` command's job (with its overrides) must validate."""
     path, params = parse_cli(args)
     if path and path[0] in ("run", "validate", "submit"):
-        from orchestrator.console import load
+        from orchestrator.cli.session import load
 
         job = load(str(ROOT / params["config"]), params.get("overrides"))
         assert job.name, where

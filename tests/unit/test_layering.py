@@ -138,6 +138,15 @@ def _package(module: str) -> str:
     return ".".join(parts[:2])
 
 
+def test_the_console_only_prints_and_every_command_is_in_the_command_layer():
+    # console.py prints (summaries, a user's mistake); running jobs around it is orchestrator.cli's
+    bad = [i for i in GRAPH["orchestrator.console"] if i.startswith(("orchestrator.jobs", "orchestrator.federation"))]
+    assert not bad, bad
+    commands = [m for m, p in MODULES.items() if "typer" in {_top(i) for i in GRAPH[m]}
+                and not m.startswith("orchestrator.cli") and m != "orchestrator.console"]
+    assert not commands, commands   # every Typer command module lives in orchestrator/cli/
+
+
 def test_the_layers_below_the_commands_form_no_package_cycle():
     # spec <- core <- strategies, clients <- tracking <- jobs: each package imports only those before
     # it (the spec reads the strategies' option models, and no strategy reads the spec back)

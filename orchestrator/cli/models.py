@@ -7,12 +7,15 @@ from typing import Optional
 
 import typer
 
-from orchestrator.console import fail_user, load, out, start_console
+from orchestrator.cli.app import app
+from orchestrator.cli.session import load, start_console, stop_console
+from orchestrator.console import fail_user, out
 from orchestrator.spec.errors import UserError
 
 OVERRIDES_HELP = "Dotted overrides with YAML values, e.g. model.hidden=[32] tracking.uri=..."
 
 
+@app.command()
 def crossval(model_uri: str = typer.Argument(..., help="A logged model: models:/NAME/VERSION or runs:/RUN_ID/model"),
              config: str = typer.Argument(..., help="The federated (or local) job whose hospitals score it"),
              overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
@@ -29,7 +32,6 @@ def crossval(model_uri: str = typer.Argument(..., help="A logged model: models:/
         matrix, run_id = crossval_model(job, [model_uri, *(also or [])], log=log)
     except UserError as exc:
         fail_user(exc)
-    from orchestrator.console import stop_console
 
     out.print(table(matrix))
     if run_id:
@@ -43,6 +45,7 @@ def crossval(model_uri: str = typer.Argument(..., help="A logged model: models:/
 
 
 
+@app.command()
 def sample(model_uri: str = typer.Argument(..., help="A registered generator: models:/NAME/VERSION (model.name: gan)"),
            output: Path = typer.Argument(..., help="The CSV to write"),
            rows: int = typer.Option(1000, "--rows", min=1, help="How many rows"),
@@ -56,7 +59,6 @@ def sample(model_uri: str = typer.Argument(..., help="A registered generator: mo
         frame = sample_rows(tracking_uri, model_uri, rows, seed)
     except UserError as exc:
         fail_user(exc)
-    from orchestrator.console import stop_console
 
     frame.to_csv(output, index=False)
     stop_console()

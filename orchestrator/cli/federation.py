@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from orchestrator.cli.app import app
+
 fed_app = typer.Typer(no_args_is_help=True, help="A real federation: Flower SuperLink and SuperNodes with TLS and "
                                                  "authenticated hospitals.")
 
@@ -165,21 +167,25 @@ def poc(config: str = typer.Argument(..., help="Job YAML file"),
         json_out: bool = typer.Option(False, "--json", help="Also print the result as one JSON line.")) -> None:
     """Start a SuperLink and one SuperNode per hospital here (TLS, authenticated), run the job
     through them, print the summary, and stop everything."""
-    from orchestrator import console
+    from orchestrator.cli import session
+    from orchestrator.console import fail_user
     from orchestrator.federation.poc import local_federation, poc_job
     from orchestrator.spec.errors import UserError
 
     try:
-        job = console.load(config, overrides)
+        job = session.load(config, overrides)
         if job.kind != "federated":
             raise UserError(config, [f"kind: federation poc runs federated jobs (kind is '{job.kind}')"])
         from orchestrator.jobs.runtime import prepare_environment
 
         prepare_environment()
         with local_federation(job) as fed:
-            console.BEFORE_EXIT.append(fed.stop)  # Ctrl-C: stopped before the process exits
             _say(f"consortium federation poc: SuperLink {fed.link.address} (TLS, authenticated), "
                  f"{len(fed.hospitals)} SuperNodes: {', '.join(h.name for h in fed.hospitals)}")
-            console.run_deployed_job(poc_job(job, fed), debug, json_out)
+            # Ctrl-C: the SuperLink and SuperNodes are stopped before the process exits
+            session.run_deployed_job(poc_job(job, fed), debug, json_out, on_interrupt=fed.stop)
     except UserError as exc:
-        console.fail_user(exc)
+        fail_user(exc)
+
+
+app.add_typer(fed_app, name="federation")
