@@ -28,7 +28,7 @@ class MemoryRun:
 
     def __init__(self) -> None:
         self.run_id = f"untracked-{uuid.uuid4().hex[:12]}"
-        self._buffer = MetricBuffer()
+        self._buffer = MetricBuffer(sends=False)   # nowhere to send them: only the history is kept
         self._buffer.keep()
 
     @property
@@ -40,7 +40,6 @@ class MemoryRun:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self._buffer.add(metrics, step)
-        self._buffer.take()   # nowhere to send them: only the history is kept
 
     def flush(self, wait: float = 0.0) -> bool:
         return True

@@ -114,7 +114,8 @@ class MetricBuffer:
     """Metric values waiting to be sent, the latest of each, and (once `keep()`) every value logged:
     thread-safe, since Flower's server and Ray's epoch inbox log from threads of their own."""
 
-    def __init__(self) -> None:
+    def __init__(self, sends: bool = True) -> None:
+        self.sends = sends   # False: nothing is sent anywhere (tracking off), only `last` and the history
         self.lock = threading.Lock()
         self.pending: Values = []
         self.last: dict[str, float] = {}
@@ -128,7 +129,8 @@ class MetricBuffer:
         with self.lock:
             for k, v in metrics.items():
                 v = float(v)
-                self.pending.append((k, v, ts, step))
+                if self.sends:
+                    self.pending.append((k, v, ts, step))
                 self.last[k] = v
                 if self.kept is not None:
                     self.kept.setdefault(k, []).append((step, v))
