@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from clients import controls, personal
+from clients import kept, personal
 from clients.hospitals import hospital_share
 from orchestrator.core import metrics as M
 from orchestrator.core import protocol as P
@@ -25,6 +25,7 @@ from orchestrator.core.models import build_model, standardizer
 from orchestrator.core.splits import column_fill, fill
 from orchestrator.core.training import Objective, confusion_of, scored, tensors, train_epochs
 from orchestrator.spec.job import JobSpec
+from strategies.registry import hospital_hook
 
 PARTITION_KEY = P.PARTITION_ID
 
@@ -141,15 +142,8 @@ def train(message: Message, context: Context) -> Message:
         loss, steps = privacy.dp_sgd(model, X, y, h.job, seed, objective, **schedule)
         metrics[P.DP_EPSILON] = privacy.epsilon(fed.dp.noise_multiplier, len(y), h.job.train.batch_size, epochs,
                                                 server_round, fed.dp.delta)
-    elif P.CONTROL in message.content:  # SCAFFOLD
-        loss, steps, extra[P.CONTROL_DELTA] = _scaffold_train(h, model, X, y, message, context, seed, objective,
-                                                              schedule)
-    else:
-        stats: dict = {}
-        loss = train_epochs(model, X, y, h.job.train, epochs, seed=seed,
-                            proximal_mu=float(config.get(P.PROXIMAL_MU, 0.0)),  # set by FedProx
-                            objective=objective, stats=stats, **schedule)
-        steps = stats.get("steps", 0)
+    else:   # the strategy's hospital half adds its terms (FedProx, SCAFFOLD) to the plain local loop
+        loss, steps = _train_with_hook(h, model, X, y, message, context, seed, objective, schedule, metrics, extra)
     if how in personal.LOCAL_PARTS:
         personal.keep(h, model, context, message, server_round)
     return train_reply(h, message, start, model.state_dict(), loss, steps, metrics, extra)
@@ -158,7 +152,7 @@ def train(message: Message, context: Context) -> Message:
 def train_reply(h: Hospital, message: Message, start: dict, state: dict, loss: float, steps: int,
                 metrics: dict, extra: dict) -> Message:
     """What a hospital sends back after training: its weights (poisoned in an attack drill), its
-    row count, loss and steps (FedNova's norms), and `extra` records (SCAFFOLD's control delta)."""
+    row count, loss and steps (FedNova's norms), and `extra` records (a strategy hook's)."""
     fed = h.job.federated
     if fed.attack is not None and h.partition_id in fed.attack.hospitals:
         from clients.updates import poison
@@ -174,28 +168,41 @@ def train_reply(h: Hospital, message: Message, start: dict, state: dict, loss: f
     return Message(content=content, reply_to=message)
 
 
-def _scaffold_train(h: Hospital, model: torch.nn.Module, X, y, message: Message, context: Context, seed: int,
-                    objective, schedule: dict) -> tuple[float, int, ArrayRecord]:
-    """Local SGD with gradients corrected by c - c_i; returns (loss, steps, c_i+ - c_i).
-
-    c_i lives in this hospital's Flower Context.state between rounds and, when the server names a
-    `state-dir`, in a file of its own per round, so a resumed run finds the c_i it had."""
-    from clients.updates import scaffold_client_control
-
-    server_round = int(message.content[P.CONFIG][P.SERVER_ROUND])
-    c = P.to_state(message.content[P.CONTROL])
-    c_i = controls.load(h.partition_id, context, message, server_round) or {k: np.zeros_like(v) for k, v in c.items()}
-    params = dict(model.named_parameters())
-    correction = [torch.from_numpy(c[k] - c_i[k]) if k in c else torch.zeros_like(p)
-                  for k, p in params.items() if p.requires_grad]
-    x = {k: params[k].detach().numpy().copy() for k in c}
+def _train_with_hook(h: Hospital, model: torch.nn.Module, X, y, message: Message, context: Context, seed: int,
+                     objective: Objective, schedule: dict, metrics: dict, extra: dict) -> tuple[float, int]:
+    """Local epochs with what the job's strategy adds at a hospital (`strategies.hospital`): its
+    local terms, then its extra records and metrics into the reply and its kept state into this
+    hospital's `clients.kept` (the vectorized engine calls the same hook for every hospital)."""
+    hook = hospital_hook(h.job.federated.strategy.name)
+    content = message.content
     stats: dict = {}
+    if not hook.active(content):
+        loss = train_epochs(model, X, y, h.job.train, h.job.train.epochs, seed=seed, objective=objective,
+                            stats=stats, **schedule)
+        return loss, stats.get("steps", 0)
+    server_round = int(content[P.CONFIG][P.SERVER_ROUND])
+    before = kept.load(hook.keeps, h.partition_id, context, message, server_round) if hook.keeps else None
+    sent = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    local = hook.local(content, before, sent)
     loss = train_epochs(model, X, y, h.job.train, h.job.train.epochs, seed=seed, objective=objective,
-                        correction=correction, stats=stats, **schedule)
-    y_state = {k: params[k].detach().numpy().copy() for k in c}
-    c_new = scaffold_client_control(c_i, c, x, y_state, stats.get("lr_sum", 0.0))
-    controls.save(h.partition_id, context, message, server_round, c_new)
-    return loss, stats.get("steps", 0), P.from_state({k: c_new[k] - c_i[k] for k in c})
+                        proximal_mu=local.proximal_mu, correction=gradient_terms(model, local.correction),
+                        stats=stats, **schedule)
+    trained = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    reply = hook.reply(content, before, sent, trained, stats.get("lr_sum", 0.0))
+    extra.update(reply.records)
+    metrics.update(reply.metrics)
+    if hook.keeps and reply.kept is not None:
+        kept.save(hook.keeps, h.partition_id, context, message, server_round, reply.kept)
+    return loss, stats.get("steps", 0)
+
+
+def gradient_terms(model: torch.nn.Module, correction: dict | None) -> list[torch.Tensor] | None:
+    """A hook's gradient correction as `train_epoch` takes it: one tensor per trainable parameter
+    (zeros for those it does not name)."""
+    if correction is None:
+        return None
+    return [torch.from_numpy(correction[k]) if k in correction else torch.zeros_like(p)
+            for k, p in model.named_parameters() if p.requires_grad]
 
 
 def evaluate(message: Message, context: Context) -> Message:

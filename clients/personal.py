@@ -11,7 +11,7 @@ hospital's own rows only; it never leaves the hospital unless the job says hospi
             the global weights w: loss_i(v) + lambda/2 ||v - w||^2
 
 The stateful methods keep their part in the hospital's Flower Context and, when a state-dir is
-known, in a file per round (`clients.controls`), so a resumed run finds it.
+known, in a file per round (`clients.kept`), so a resumed run finds it.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import copy
 import torch
 from torch import nn
 
-from clients import controls
+from clients import kept
 from orchestrator.core.models import standardizer, train_mode
 from orchestrator.core.training import make_optimizer, set_lr, shuffled_batches, train_epoch, train_epochs
 
@@ -45,11 +45,11 @@ def local_keys(model: nn.Module, how: str) -> list[str]:
 
 
 def _state(h, context, message, server_round: int) -> dict | None:
-    return controls.load(h.partition_id, context, message, server_round, key=KEY)
+    return kept.load(KEY, h.partition_id, context, message, server_round)
 
 
 def _save(h, context, message, server_round: int, state: dict) -> None:
-    controls.save(h.partition_id, context, message, server_round, state, key=KEY)
+    kept.save(KEY, h.partition_id, context, message, server_round, state)
 
 
 def restore(h, model: nn.Module, context, message, server_round: int) -> None:

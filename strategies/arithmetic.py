@@ -1,11 +1,11 @@
-"""The server-side aggregation arithmetic Consortium writes itself, as pure functions on named numpy arrays.
+"""The update arithmetic Consortium writes itself, as pure functions on named numpy arrays.
 
 No Flower, no torch: `tests/unit/test_arithmetic.py` checks each against hand-computed results.
 A "state" maps parameter names to arrays. Integer arrays (e.g. batch norm's step counter) are not
 averaged: the first state's value is kept.
 
 - SCAFFOLD (Karimireddy et al., 2020, option II): the server moves x and c by the sampled hospitals'
-  deltas (the hospitals' side is `clients.updates.scaffold_client_control`).
+  deltas; a hospital's new control variate is the mean of its local gradients.
 - FedNova (Wang et al., 2020): hospitals that take different numbers of local steps are averaged
   on normalised updates, so a hospital with more rows does not drag the model towards its optimum.
 """
@@ -44,6 +44,13 @@ def scaffold_server(x: State, ys: Sequence[State], control_deltas: Sequence[Stat
     share = len(control_deltas) / num_clients
     new_c = {k: (c[k] + share * np.mean([d[k] for d in control_deltas], axis=0)).astype(c[k].dtype) for k in c}
     return new_x, new_c
+
+
+def scaffold_client_control(c_i: State, c: State, x: State, y: State, lr_sum: float) -> State:
+    """c_i+ = c_i - c + (x - y) / (sum of the local steps' learning rates): the mean local gradient."""
+    if lr_sum <= 0:
+        return {k: v.copy() for k, v in c_i.items()}
+    return {k: (c_i[k] - c[k] + (x[k] - y[k]) / lr_sum).astype(c_i[k].dtype) for k in c_i}
 
 
 def fednova_norm(steps: int, momentum: float = 0.0) -> float:

@@ -6,8 +6,8 @@ which vary run to run; a `Sampler` seeded by (seed, round) and replies sorted by
 seeded run reproduce its metrics exactly. The listener is how the orchestrator hears about each
 round (a strategy itself never touches the file system or MLflow).
 
-A strategy module declares `Options` (its YAML section, on `StrategyOptions`), `CLIENT_READS` (the
-protocol keys its hospitals read), `DECLARED` (what it tells the rest of the job: `Declared`) and
+A strategy module declares `Options` (its YAML section, on `StrategyOptions`), `DECLARED` (what it
+tells the rest of the job, its hospital half included: `Declared`, `strategies.hospital`) and
 `build(options, **common)`, which imports Flower's class only then: the job spec gathers every
 strategy's options and requirements without loading Flower's server side. What a strategy can do
 beyond Flower's (`epsilon`, `replay`, `trainable`) is declared on `ObservedStrategy` with a default,
@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from orchestrator.core.protocol import NUM_EXAMPLES, PARTITION_ID
+from strategies.hospital import NOTHING, HospitalHook
 
 PARTITION_KEY = PARTITION_ID
 
@@ -51,6 +52,8 @@ class Declared:
     # the problems this strategy finds with the rest of a federated job (`job` is the JobSpec): one
     # line each, "key: what is wrong and how to fix it", collected with the spec's own
     requires: Callable[[Any], list[str]] = _no_requirements
+    # what it adds at each hospital: local terms, extra reply records, state kept between rounds
+    hospital: HospitalHook = NOTHING
 
 
 def corrected_steps(job: Any, name: str) -> list[str]:

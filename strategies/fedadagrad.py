@@ -7,7 +7,6 @@ from pydantic import Field
 
 from strategies.base import Declared, StrategyOptions, observed
 
-CLIENT_READS: tuple[str, ...] = ()
 DECLARED = Declared()
 
 

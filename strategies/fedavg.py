@@ -5,7 +5,6 @@ from typing import Literal
 
 from strategies.base import Declared, StrategyOptions, observed
 
-CLIENT_READS: tuple[str, ...] = ()
 DECLARED = Declared(plain_average=True)   # central DP and SecAgg+ wrap exactly this mean
 
 

@@ -14,7 +14,7 @@ from orchestrator.core.protocol import LOCAL_STEPS, MOMENTUM, from_state, to_sta
 from strategies import arithmetic
 from strategies.base import Declared, StrategyOptions, corrected_steps, observed
 
-CLIENT_READS: tuple[str, ...] = ()   # every hospital always reports LOCAL_STEPS and MOMENTUM
+# every hospital always reports LOCAL_STEPS and MOMENTUM: FedNova needs no hospital hook
 DECLARED = Declared(requires=lambda job: corrected_steps(job, "fednova"))
 
 

@@ -16,7 +16,6 @@ from pydantic import Field
 
 from strategies.base import Declared, StrategyOptions, observed
 
-CLIENT_READS: tuple[str, ...] = ()
 DECLARED = Declared()
 CONVERGENCE_DRILL = {"partition": "iid", "options": {"f": 2}}   # what tests/ train it on (see above)
 

@@ -8,7 +8,6 @@ from pydantic import Field
 from strategies.base import Declared, StrategyOptions, observed
 from strategies.krum import KrumRounds
 
-CLIENT_READS: tuple[str, ...] = ()
 DECLARED = Declared()
 CONVERGENCE_DRILL = {"options": {"f": 2, "select": 5}}
 

@@ -1,34 +1,38 @@
 """Every strategy, one line each: YAML `federated.strategy.name` -> its module.
 
 A strategy module declares `Options` (its section of the YAML; the job spec's `federated.strategy`
-is the discriminated union of them all, on `name`), `CLIENT_READS`, `DECLARED` and `build`. Adding a strategy is
-its file plus one line below; the tests run every strategy listed here.
+is the discriminated union of them all, on `name`), `DECLARED` (its hospital half included) and
+`build`. Adding a strategy is its file plus one line in NAMES; the tests run every strategy listed.
 """
 from __future__ import annotations
 
-from typing import Annotated, Union
+import importlib
+from typing import TYPE_CHECKING, Annotated, Union
 
 from pydantic import Field
 
-from strategies import (
-    fedadagrad,
-    fedadam,
-    fedavg,
-    fedmedian,
-    fednova,
-    fedprox,
-    fedyogi,
-    krum,
-    multi_krum,
-    scaffold,
-    trimmed_mean,
-)
 from strategies.base import Declared, Listener, Sampler, sample_size
+from strategies.hospital import HospitalHook
 
-MODULES = (fedavg, fedprox, fedadam, fedyogi, fedadagrad, fedmedian, trimmed_mean, krum, multi_krum, scaffold,
-           fednova)
+NAMES = (   # one line per strategy: its module strategies/<name>.py
+    "fedavg",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "fedmedian",
+    "trimmed_mean",
+    "krum",
+    "multi_krum",
+    "scaffold",
+    "fednova",
+)
+MODULES = tuple(importlib.import_module(f"strategies.{name}") for name in NAMES)
 STRATEGIES = {m.Options.model_fields["name"].default: m for m in MODULES}
-StrategyOptions = Annotated[Union[tuple(m.Options for m in MODULES)], Field(discriminator="name")]
+if TYPE_CHECKING:   # to a type checker: any strategy's options (the union is built at import)
+    from strategies.base import StrategyOptions
+else:
+    StrategyOptions = Annotated[Union[tuple(m.Options for m in MODULES)], Field(discriminator="name")]
 
 
 def owners(option: str) -> list[str]:
@@ -60,3 +64,8 @@ def build_strategy(options, *, num_clients: int, fraction_fit: float, fraction_e
 def declared(name: str) -> Declared:
     """What strategy `name` declares about itself (`strategies.base.Declared`)."""
     return STRATEGIES[name].DECLARED
+
+
+def hospital_hook(name: str) -> HospitalHook:
+    """Strategy `name`'s hospital half (`strategies.hospital`)."""
+    return STRATEGIES[name].DECLARED.hospital

@@ -1,9 +1,9 @@
 """SCAFFOLD (Karimireddy et al., 2020): control variates correct each hospital's drift under label skew.
 
 Flower has no SCAFFOLD; this builds it on Flower's FedAvg message flow. Every train message carries
-the server's control variate `c` (record `protocol.CONTROL`); a hospital keeps its own `c_i` in its
-Flower `Context.state` across rounds, trains with gradients corrected by c - c_i and replies with
-its weights and `c_i+ - c_i` (record `protocol.CONTROL_DELTA`). The arithmetic is `strategies.arithmetic`.
+the server's control variate `c` (record `protocol.CONTROL`); a hospital keeps its own `c_i` across
+rounds (`Hospital.keeps`), trains with gradients corrected by c - c_i and replies with its weights
+and `c_i+ - c_i` (record `protocol.CONTROL_DELTA`). The arithmetic is `strategies.arithmetic`.
 """
 from __future__ import annotations
 
@@ -16,8 +16,31 @@ from pydantic import Field
 from orchestrator.core.protocol import CONTROL, CONTROL_DELTA, from_state, to_state
 from strategies import arithmetic
 from strategies.base import Declared, ObservedStrategy, StrategyOptions, corrected_steps, observed
+from strategies.hospital import HospitalHook, Local, Reply
 
-CLIENT_READS: tuple[str, ...] = (CONTROL,)   # the hospital answers with CONTROL_DELTA
+
+class Hospital(HospitalHook):
+    """Local SGD with gradients corrected by c - c_i; the reply carries c_i+ - c_i, and c_i+ is kept."""
+
+    reads = (CONTROL,)
+    keeps = "scaffold.c_i"
+
+    def active(self, content) -> bool:
+        return CONTROL in content
+
+    def _c(self, content, kept):
+        c = to_state(content[CONTROL])
+        return c, (kept or {k: np.zeros_like(v) for k, v in c.items()})
+
+    def local(self, content, kept, sent) -> Local:
+        c, c_i = self._c(content, kept)
+        return Local(correction={k: c[k] - c_i[k] for k in c})
+
+    def reply(self, content, kept, sent, trained, lr_sum) -> Reply:
+        c, c_i = self._c(content, kept)
+        c_new = arithmetic.scaffold_client_control(c_i, c, {k: sent[k] for k in c}, {k: trained[k] for k in c},
+                                                   lr_sum)
+        return Reply(records={CONTROL_DELTA: from_state({k: c_new[k] - c_i[k] for k in c})}, kept=c_new)
 
 
 def _requires(job) -> list[str]:
@@ -27,7 +50,7 @@ def _requires(job) -> list[str]:
     return problems
 
 
-DECLARED = Declared(requires=_requires)
+DECLARED = Declared(requires=_requires, hospital=Hospital())
 
 
 class Options(StrategyOptions):

@@ -1,7 +1,7 @@
 """Every name the server and the hospitals exchange, in one place, and record <-> array conversion.
 
 Both sides import these constants; a key misspelt on one side is then an import error, not a
-strategy silently switched off. A strategy module lists the keys its hospitals read (CLIENT_READS).
+strategy silently switched off. A strategy's hospital hook lists the keys it reads (`strategies.hospital`).
 """
 from __future__ import annotations
 

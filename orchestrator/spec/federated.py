@@ -110,8 +110,9 @@ class FederatedSpec(Spec):
         "hospitals; null with partition natural: one hospital per CSV file (or site)"))
     rounds: Annotated[int, Field(ge=1, description="federated rounds")] = 20
     partition: PartitionSpec = Field(default_factory=PartitionSpec)
-    strategy: StrategyOptions = Field(default_factory=lambda: {"name": "fedavg"}, description=(
-        "name and that strategy's own options; see the strategies table"))
+    strategy: StrategyOptions = Field(  # type: ignore[assignment]  # a dict: pydantic validates it
+        default_factory=lambda: {"name": "fedavg"},
+        description="name and that strategy's own options; see the strategies table")
     fraction_fit: Annotated[float, Field(gt=0.0, le=1.0, description=(
         "< 1: hospitals sampled per round, reproducibly from the seed"))] = 1.0
     fraction_evaluate: Annotated[float, Field(gt=0.0, le=1.0, description="hospitals evaluated per round")] = 1.0

@@ -21,7 +21,7 @@ def test_weighted_mean_weights_by_rows_and_keeps_integer_counters():
 
 def test_scaffold_client_control_is_the_mean_local_gradient():
     # c_i+ = c_i - c + (x - y) / sum(lr): 0.5 - 1 + (2 - 1.5) / 0.25 = 1.5
-    out = U.scaffold_client_control(s(w=[0.5]), s(w=[1.0]), s(w=[2.0]), s(w=[1.5]), lr_sum=0.25)
+    out = A.scaffold_client_control(s(w=[0.5]), s(w=[1.0]), s(w=[2.0]), s(w=[1.5]), lr_sum=0.25)
     np.testing.assert_allclose(out["w"], [1.5])
 
 

@@ -17,6 +17,7 @@ from orchestrator.spec.model import ModelSpec
 from orchestrator.spec.train import TrainSpec
 from strategies import fedavg
 from strategies.base import NoUsableRepliesError, ObservedStrategy
+from strategies.hospital import HospitalHook
 from strategies.registry import MODULES, STRATEGIES, build_strategy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,10 +37,12 @@ def test_every_strategy_name_builds_from_yaml(name):
                                                  fraction_evaluate=1.0))  # one class per strategy
 
 
-def test_every_strategy_module_declares_its_options_keys_and_builder():
+def test_every_strategy_module_declares_its_options_hospital_half_and_builder():
     for module in MODULES:
-        assert {"Options", "CLIENT_READS", "build"} <= set(vars(module)), module.__name__
-        assert all(isinstance(k, str) and k for k in module.CLIENT_READS)
+        assert {"Options", "DECLARED", "build"} <= set(vars(module)), module.__name__
+        hook = module.DECLARED.hospital
+        assert isinstance(hook, HospitalHook) and all(isinstance(k, str) and k for k in hook.reads)
+        assert module.__name__ == f"strategies.{module.Options.model_fields['name'].default}"
         for name, field in module.Options.model_fields.items():
             assert name == "name" or field.description, f"{module.__name__}.Options.{name} has no description"
 

@@ -9,8 +9,10 @@ handlers build (`clients.handlers.train_reply` / `evaluation_reply`), so the sam
 objects aggregate them and the same logging records them; census and attribution queries go to the
 ClientApp one hospital at a time, as in the inline engine.
 
-A hospital's SCAFFOLD control variate c_i is a row of one stacked array per parameter (and, with a
-state dir, a file per hospital as the ClientApp writes it, so a run resumes in either engine).
+The job's strategy's hospital half (`strategies.hospital`) is called once per hospital, as the
+ClientApp calls it, and its gradient corrections are stacked; what a hospital keeps between rounds
+lives in this grid (and, with a state dir, in a file per hospital as the ClientApp writes it, so a
+run resumes in either engine).
 What this engine cannot run it declares in `spec.engines.ENGINES`, and the job is refused when validated.
 """
 from __future__ import annotations
@@ -21,13 +23,13 @@ import numpy as np
 import torch
 from flwr.app import Message
 
-from clients import controls, handlers
-from clients.updates import scaffold_client_control
+from clients import handlers, kept
 from orchestrator.core import protocol as P
 from orchestrator.core.arrays import to_torch_state
 from orchestrator.core.models import standardizer
 from orchestrator.core.stacked import Block, scored_stacked, train_stacked
 from orchestrator.jobs.federated.inline import InlineGrid, crashed, unavailable
+from strategies.registry import hospital_hook
 
 
 class VectorizedGrid(InlineGrid):
@@ -37,8 +39,7 @@ class VectorizedGrid(InlineGrid):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.controls: dict[str, np.ndarray] = {}   # SCAFFOLD: name -> (hospitals, *shape)
-        self.has_control: np.ndarray | None = None   # which rows hold a hospital's c_i
+        self.kept: dict[int, dict[str, np.ndarray]] = {}   # what each hospital keeps for its strategy
         self._model: torch.nn.Module | None = None   # the global model, built once, reloaded per message
 
     def _global_model(self, h: handlers.Hospital, msg: Message) -> torch.nn.Module:
@@ -103,50 +104,49 @@ class VectorizedGrid(InlineGrid):
         block = Block.of([h.tensors(mean)[:2] for _, _, h in ready])
         plans = [handlers.local_plan(h, server_round) for _, _, h in ready]
         start = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        scaffold = P.CONTROL in content
-        c = c_i = correction = None
-        if scaffold:
-            c = P.to_state(content[P.CONTROL])
-            c_i = self._load_controls(ready, server_round, c)
-            correction = {n: torch.from_numpy(c[n][None] - c_i[n]) for n in c}
+        hook = hospital_hook(job.federated.strategy.name)
+        hooked = hook.active(content)
+        sent = {n: v.numpy() for n, v in start.items()}   # the same for every hospital of the round
+        before = [self._kept(hook.keeps, msg, context, h, server_round) for msg, context, h in ready] if hooked else []
+        locals_ = [hook.local(content, b, sent) for b in before]
+        mu = {local.proximal_mu for local in locals_} or {0.0}
+        if len(mu) > 1:
+            raise ValueError(f"the vectorized engine takes one proximal mu per round; the hospitals' hooks gave {mu}")
+        corrections = [local.correction for local in locals_]
+        correction = None
+        if corrections and corrections[0] is not None:
+            correction = {n: torch.from_numpy(np.stack([c[n] for c in corrections])) for n in corrections[0]}
         result = train_stacked(model, block, job.train, job.train.epochs, [seed for seed, _ in plans],
                                handlers._objective(h0, model, first), **plans[0][1],
-                               proximal_mu=float(content[P.CONFIG].get(P.PROXIMAL_MU, 0.0)), correction=correction)
+                               proximal_mu=mu.pop(), correction=correction)
         replies = {}
-        x = {n: start[n].numpy() for n in c} if scaffold else {}   # the global model's, for every c_i+
         for k, (msg, context, h) in enumerate(ready):
             state = {n: result.params[n][k] if n in result.params else v for n, v in start.items()}
-            extra = {}
-            if scaffold:
-                mine = {n: c_i[n][k] for n in c}
-                y = {n: result.params[n][k].numpy() for n in c}
-                c_new = scaffold_client_control(mine, c, x, y, result.lr_sums[k])
-                self._save_control(msg, context, h, server_round, c_new)
-                extra[P.CONTROL_DELTA] = P.from_state({n: c_new[n] - mine[n] for n in c})
+            extra: dict = {}
+            metrics: dict = {}
+            if hooked:
+                reply = hook.reply(content, before[k], sent, {n: v.detach().numpy() for n, v in state.items()},
+                                   result.lr_sums[k])
+                extra.update(reply.records)
+                metrics.update(reply.metrics)
+                if hook.keeps and reply.kept is not None:
+                    self.kept[h.partition_id] = reply.kept
+                    kept.save(hook.keeps, h.partition_id, context, msg, server_round, reply.kept, in_context=False)
             replies[msg.metadata.message_id] = handlers.train_reply(h, msg, start, state, result.losses[k],
-                                                                    result.steps[k], {}, extra)
+                                                                    result.steps[k], metrics, extra)
         return replies
 
-    def _load_controls(self, ready: list, server_round: int, c: dict) -> dict[str, np.ndarray]:
-        """Each hospital's c_i as rows (K, *shape): from this grid's rows, else a file a previous run
-        left in the state dir (resume), else zeros."""
-        if self.has_control is None:
-            self.has_control = np.zeros(len(self.contexts), dtype=bool)
-            self.controls = {n: np.zeros((len(self.contexts), *v.shape), dtype=v.dtype) for n, v in c.items()}
-        rows = np.array([h.partition_id for _, _, h in ready])
-        for msg, context, h in ready:
-            if not self.has_control[h.partition_id]:
-                saved = controls.load(h.partition_id, context, msg, server_round)
-                if saved is not None:
-                    for n in c:
-                        self.controls[n][h.partition_id] = saved[n]
-                self.has_control[h.partition_id] = True
-        return {n: self.controls[n][rows] for n in c}
-
-    def _save_control(self, msg: Message, context, h, server_round: int, c_new: dict) -> None:
-        for n, v in c_new.items():
-            self.controls[n][h.partition_id] = v
-        controls.save(h.partition_id, context, msg, server_round, c_new, in_context=False)
+    def _kept(self, key: str | None, msg: Message, context, h, server_round: int) -> dict | None:
+        """What hospital `h` keeps for its strategy: from this grid, else a file a previous run left
+        in the state dir (resume), else nothing yet."""
+        if key is None:
+            return None
+        if h.partition_id not in self.kept:
+            saved = kept.load(key, h.partition_id, context, msg, server_round)
+            if saved is None:
+                return None
+            self.kept[h.partition_id] = saved
+        return self.kept[h.partition_id]
 
     def _evaluate(self, group: list[Message]) -> dict[str, Message]:
         replies: dict[str, Message] = {}
