@@ -15,32 +15,16 @@ raises its exception, with its MLflow run marked FAILED and what was logged kept
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
 from orchestrator.spec.errors import ConfigError, DataError, UserError  # noqa: F401 - re-exported
+from orchestrator.jobs.lifecycle import NewRun, RunResult
 from orchestrator.spec.job import JobSpec
 
 __all__ = ["run", "validate", "load", "RunResult", "UserError", "ConfigError", "DataError"]
 
 Job = Union[str, Path, dict, JobSpec]
-
-
-@dataclass
-class RunResult:
-    run_id: str
-    experiment: str
-    tracking_uri: str
-    final: dict[str, float]
-    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # per round / epoch
-    model_uri: str | None = None
-    registered: str | None = None        # models:/NAME/VERSION
-    wall_s: float = 0.0
-
-    def values(self, key: str) -> list[float]:
-        """One metric's values in step order (e.g. to plot `eval/accuracy` per round)."""
-        return [v for _, v in sorted(self.history.get(key, []))]
 
 
 def load(job: Job, overrides: list[str] | None = None) -> JobSpec:
@@ -90,11 +74,9 @@ def run(job: Job, overrides: list[str] | None = None, listeners: list | None = N
     else:
         from orchestrator.jobs.runner import run_job
 
-        result = run_job(spec, listeners=listeners)
-    history = dict(result.history)
-    if not history and spec.tracking.enabled:
+        result = run_job(spec, NewRun(listeners=tuple(listeners or ())))
+    if not result.history and spec.tracking.enabled:
         from orchestrator.tracking.runs import pooled_history
 
-        history = pooled_history(result.tracking_uri, result.run_id)
-    return RunResult(result.run_id, result.experiment, result.tracking_uri, dict(result.final), history,
-                     result.model_uri, result.registered, result.wall_s)
+        result.history = pooled_history(result.tracking_uri, result.run_id)
+    return result

@@ -88,9 +88,10 @@ def execute(job, plan, debug: bool, resume_run_id: str | None = None, json_out: 
 
     stop_on_sigterm()
     try:
+        from orchestrator.jobs.lifecycle import Resume
         from orchestrator.jobs.runner import run_job
 
-        result = start() if start else run_job(job, plan, resume_run_id=resume_run_id)
+        result = start() if start else run_job(job, Resume(resume_run_id) if resume_run_id else None, plan)
     except UserError as exc:
         end_progress()
         fail_user(exc)

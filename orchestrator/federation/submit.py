@@ -54,8 +54,8 @@ def _toml_overrides(path: Path, values: dict[str, str]) -> Path:
 
 
 def run_deployed(job, say=print):
-    """Submit `job`, stream its progress through `say`, return its JobResult (raise on failure)."""
-    from orchestrator.jobs.runner import JobResult
+    """Submit `job`, stream its progress through `say`, return its RunResult (raise on failure)."""
+    from orchestrator.jobs.lifecycle import RunResult
     from orchestrator.jobs.runtime import git_commit
     from orchestrator.spec.errors import UserError
     from orchestrator.tracking.store import Tracker
@@ -115,7 +115,7 @@ def run_deployed(job, say=print):
     after = ("time/wall_s", "time/first_round_s", "time/log_model_s")  # logged by the runner, not the rounds
     final = {k: v for k, v in info.data.metrics.items() if "/" in k and not k.startswith("hospital_") and k not in after}
     registered = tags.get("registered_model")
-    return JobResult(run, job.tracking.experiment, info.info.experiment_id, job.tracking.uri, final=final,
+    return RunResult(run, job.tracking.experiment, job.tracking.uri, experiment_id=info.info.experiment_id, final=final,
                      model_uri=f"runs:/{run}/model" if job.tracking.log_model else None, registered=registered,
                      wall_s=time.perf_counter() - t0)
 

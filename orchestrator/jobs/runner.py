@@ -3,13 +3,13 @@ train, then report, log and register the model. Kinds live in their own modules 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from orchestrator.jobs import capture
 from orchestrator.jobs.base import Context, JobKind, Launched
 from orchestrator.jobs.kinds import kind_of
+from orchestrator.jobs.lifecycle import Attach, NewRun, Request, Resume, RunResult, Trial
 from orchestrator.core.dataplan import DataPlan
 from orchestrator.jobs.plan import plan_data
 from orchestrator.jobs.runtime import git_commit, prepare_environment
@@ -18,27 +18,9 @@ from orchestrator.spec.loading import dump_yaml, flatten
 from orchestrator.tracking.protocol import Run, Tracker
 
 
-@dataclass
-class JobResult:
-    run_id: str
-    experiment: str
-    experiment_id: str
-    tracking_uri: str
-    final: dict[str, float] = field(default_factory=dict)
-    model_uri: str | None = None
-    registered: str | None = None          # models:/NAME/VERSION
-    wall_s: float = 0.0
-    first_round_at: float | None = None    # time.time() when the first round/epoch ended
-    round_ends_s: list[float] = field(default_factory=list)  # federated: seconds from start, per round
-    history: dict = field(default_factory=dict)  # tracking off: the pooled metrics per round/epoch
-    crossval: dict | None = None           # federated.crossval: {site: {model: {metric: value}}}
-    previous_run: str | None = None        # the same job's run before this one ("": none; None: not looked up)
-
-
-def run_job(job: JobSpec, plan: DataPlan | None = None, resume_run_id: str | None = None,
-            listeners: list | None = None) -> JobResult:
-    """Run `job`; with `resume_run_id`, continue that run from its last checkpoint instead.
-    `listeners`: a federated job's own round-end listeners (`jobs.federated.listeners.RoundListener`)."""
+def run_job(job: JobSpec, request: NewRun | Resume | None = None, plan: DataPlan | None = None) -> RunResult:
+    """Run `job` as `request` asks (`jobs.lifecycle`): a new run by default, or `Resume(run_id)`, which
+    continues that run from its last checkpoint."""
     prepare_environment()
     kind = kind_of(job.kind)
     from orchestrator.tracking import remote
@@ -58,8 +40,7 @@ def run_job(job: JobSpec, plan: DataPlan | None = None, resume_run_id: str | Non
             tracker.open()         # the store opens (a new one: its schema is made) while the job trains
         tracker = tracker or open_tracker(job)
         start = resolve(job, tracker.uri)  # a wrong model.init_from: exit 2, no run
-        return execute(job, plan, tracker, kind=kind, launched=launched, resume_run_id=resume_run_id, start=start,
-                       listeners=listeners)
+        return execute(job, plan, tracker, request or NewRun(), kind=kind, launched=launched, start=start)
     finally:
         if launched is not None:
             launched.stop()
@@ -78,20 +59,21 @@ def open_tracker(job: JobSpec):
     return Tracker(job.tracking.uri, job.tracking.experiment)
 
 
-def execute(job: JobSpec, plan: DataPlan, tracker: Tracker, *, kind: JobKind | None = None, launched: Launched | None = None,
-            resume_run_id: str | None = None, start=None, tags: dict | None = None, params: dict | None = None,
-            on_epoch=None, report: bool = True, register: bool = True, attach_run_id: str | None = None,
-            listeners: list | None = None) -> JobResult:
-    """The run's lifecycle around `kind.run`. A sweep's trials come through here too (`tags` names
-    their parent run, `on_epoch(run_id, epoch, metrics)` reports to Ray Tune, no figures, nothing
-    registered). `attach_run_id`: record into a run another process opened and left empty (a job
-    submitted to Flower's deployment engine: `consortium run` opened it, the ServerApp fills it)."""
+def execute(job: JobSpec, plan: DataPlan, tracker: Tracker, request: Request, *, kind: JobKind | None = None,
+            launched: Launched | None = None, start=None) -> RunResult:
+    """The run's lifecycle around `kind.run`, as `request` asks (`jobs.lifecycle`: a new run, a
+    resumed one, a sweep's trial, or a deployed job's run another process opened). `start`: where
+    the model starts (`jobs.transfer.resolve`)."""
+    trial = request if isinstance(request, Trial) else None
+    resume_run_id = request.run_id if isinstance(request, Resume) else None
+    attach_run_id = request.run_id if isinstance(request, Attach) else None
+    listeners = list(request.listeners) if isinstance(request, NewRun) else []
     kind = kind or kind_of(job.kind)
     t0 = time.perf_counter()
     about = kind.describe(job, plan)
     all_tags = {"kind": job.kind, "dataset": job.data.path or job.data.source, "job": job.name,
                 "git_commit": git_commit(), "model": job.model.name, "mlflow.note.content": about.text,
-                **about.tags, **(tags or {})}
+                **about.tags, **(trial.parent_tags if trial else {})}
     if start is not None:
         all_tags.update(start.tags)
     existing = resume_run_id or attach_run_id
@@ -103,19 +85,21 @@ def execute(job: JobSpec, plan: DataPlan, tracker: Tracker, *, kind: JobKind | N
             if kind.logs_here and not (resume_run_id or attach_run_id):
                 run.keep_history()
             if not resume_run_id:
-                run.log_params({**flatten(job.model_dump(mode="json")), **plan.notes, **about.params, **(params or {})})
+                run.log_params({**flatten(job.model_dump(mode="json")), **plan.notes, **about.params,
+                                **(trial.params if trial else {})})
                 run.log_text(dump_yaml(job), "config/resolved.yaml")
-            epoch_hook = None if on_epoch is None else (lambda epoch, metrics: on_epoch(run.run_id, epoch, metrics))
+            epoch_hook = None if trial is None else (lambda epoch, metrics: trial.on_epoch(run.run_id, epoch, metrics))
             ctx = Context(job, plan, run, tracker, launched or Launched(), start, bool(resume_run_id), epoch_hook,
-                          list(listeners or []))
+                          listeners)
             outcome = kind.run(ctx)
             wall = time.perf_counter() - t0
             run.log_metrics({"time/wall_s": wall, "time/first_round_s": outcome.first_round_s or 0.0}, 0)
             record = None
             if job.tracking.enabled and outcome.model is not None:
-                record = report_and_log_model(job, plan, run, outcome, report, register)
+                record = report_and_log_model(job, plan, run, outcome, report=trial is None, register=trial is None)
             # the run's id is read only now: a tracking process may have been opening the store till now
-            result = JobResult(run.run_id, run.experiment, run.experiment_id, tracker.uri, final=dict(outcome.final),
+            result = RunResult(run.run_id, run.experiment, tracker.uri, experiment_id=run.experiment_id,
+                               final=dict(outcome.final),
                                wall_s=wall, first_round_at=outcome.first_round_at,
                                model_uri=outcome.model_uri, registered=outcome.registered,
                                round_ends_s=[v for _, v in sorted(run.history(["time/round_end_s"])["time/round_end_s"])]

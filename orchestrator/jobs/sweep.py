@@ -46,6 +46,7 @@ def _trial(config: dict) -> None:
     from ray import tune
 
     from orchestrator.jobs.plan import plan_data
+    from orchestrator.jobs.lifecycle import Trial
     from orchestrator.jobs.runner import execute
     from orchestrator.tracking.store import Tracker
 
@@ -63,9 +64,9 @@ def _trial(config: dict) -> None:
         last.clear()
         last.update({**metrics, "epoch": epoch, "run_id": run_id})
 
-    result = execute(job, plan_data(job), tracker, tags={"mlflow.parentRunId": config["__parent"], TRIAL_TAG: label},
-                     params={f"sweep.{k}": v for k, v in overrides.items()}, on_epoch=report, report=False,
-                     register=False)
+    trial = Trial(parent_tags={"mlflow.parentRunId": config["__parent"], TRIAL_TAG: label},
+                  params={f"sweep.{k}": v for k, v in overrides.items()}, on_epoch=report)
+    result = execute(job, plan_data(job), tracker, trial)
     tracker.client.set_tag(result.run_id, "sweep.model_uri", result.model_uri or "")
     tracker.client.set_tag(result.run_id, "sweep.completed", "true")
     tune.report({**last, **{k: v for k, v in result.final.items()

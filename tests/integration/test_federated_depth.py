@@ -231,6 +231,7 @@ def test_an_interrupted_fedadam_run_resumes_with_its_server_moments(store, monke
 
     from orchestrator.jobs.federated import listeners as federated_job  # where rounds are checkpointed
     from orchestrator.spec.loading import load_job
+    from orchestrator.jobs.lifecycle import Resume
     from orchestrator.jobs.runner import run_job
 
     args = ["federated.strategy.name=fedadam", "federated.rounds=8"]
@@ -251,7 +252,7 @@ def test_an_interrupted_fedadam_run_resumes_with_its_server_moments(store, monke
     monkeypatch.setattr(federated_job, "save_round", save)
 
     job = load_job(CONFIGS / "hospitals_fedavg.yaml", [f"tracking.uri={store}", "federated.engine=inline", *QUICK, *args])
-    resumed = run_job(job, resume_run_id=killed.info.run_id)
+    resumed = run_job(job, Resume(killed.info.run_id))
     assert resumed.run_id == killed.info.run_id and client.get_run(resumed.run_id).info.status == "FINISHED"
     assert sorted(history(store, resumed.run_id, "central/loss")) == list(range(0, 9))
     assert scores(resumed.final) == scores(run(store, *args).final)
@@ -265,6 +266,7 @@ def test_an_interrupted_personalized_run_resumes_with_each_hospitals_own_part(st
     import _thread
 
     from orchestrator.jobs.federated import listeners as federated_job
+    from orchestrator.jobs.lifecycle import Resume
     from orchestrator.jobs.runner import run_job
     from orchestrator.spec.loading import load_job
 
@@ -284,7 +286,7 @@ def test_an_interrupted_personalized_run_resumes_with_each_hospitals_own_part(st
     (killed,) = client.search_runs([client.get_experiment_by_name("consortium").experiment_id])
     assert killed.info.status == "KILLED"
     job = load_job(CONFIGS / "hospitals_fedavg.yaml", [f"tracking.uri={store}", "federated.engine=inline", *QUICK, *args])
-    resumed = run_job(job, resume_run_id=killed.info.run_id)
+    resumed = run_job(job, Resume(killed.info.run_id))
     assert sorted(history(store, resumed.run_id, "personal/accuracy")) == list(range(1, 7))
     plain = run(store, *args).final
     for key in ("personal/accuracy", "personal/loss", "personal_site_mean/accuracy", "eval/loss"):

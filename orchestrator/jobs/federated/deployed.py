@@ -62,14 +62,14 @@ def serve(grid: Grid, context: Context) -> None:
     from orchestrator.jobs.federated.census import describe_census
     from orchestrator.jobs.kinds import kind_of
     from orchestrator.jobs.plan import plan_from_census
+    from orchestrator.jobs.lifecycle import Attach
     from orchestrator.jobs.runner import execute, open_tracker
 
     tracker = open_tracker(job)
     try:
         nodes = wait_for_hospitals(grid, job)
         plan = plan_from_census(job, describe_census(grid, nodes, job_json, job.federated.round_timeout_s))
-        execute(job, plan, tracker, kind=kind_of("federated"), launched=Deployed(grid, context),
-                attach_run_id=run_id)
+        execute(job, plan, tracker, Attach(run_id), kind=kind_of("federated"), launched=Deployed(grid, context))
     except BaseException as exc:
         record_failure(tracker, run_id, exc)
         raise
