@@ -16,11 +16,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from clients import kept, personal
 from clients.hospitals import hospital_share
+from orchestrator.adapters.flower import Records, metric_record, to_torch_state
 from orchestrator.core import metrics as M
 from orchestrator.core import protocol as P
-from orchestrator.core.arrays import to_torch_state
 from orchestrator.core.data import Schema, Split
-from orchestrator.core.records import Records, metric_record
 from orchestrator.core.models import build_model, standardizer
 from orchestrator.core.splits import column_fill, fill
 from orchestrator.core.training import Objective, confusion_of, scored, tensors, train_epochs

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from clients import kept
-from orchestrator.core.models import standardizer, train_mode
-from orchestrator.core.training import make_optimizer, set_lr, shuffled_batches, train_epoch, train_epochs
+from orchestrator.core.models import BATCH_NORMS, standardizer, train_mode
+from orchestrator.core.training import train_epochs
 
 KEY = "personal"
 LOCAL_PARTS = ("fedper", "fedrep", "fedbn")      # part of the model stays local
@@ -40,7 +40,7 @@ def local_keys(model: nn.Module, how: str) -> list[str]:
         return [k for k in model.state_dict() if k.startswith("head.")]
     if how == "fedbn":
         return [f"{name}.{k}" if name else k for name, m in model.named_modules()
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) for k in m.state_dict()]
+                if isinstance(m, BATCH_NORMS) for k in m.state_dict()]
     return []
 
 
@@ -94,18 +94,10 @@ def train_ditto(h, global_model: nn.Module, X, y, context, message, server_round
     own = _state(h, context, message, server_round)
     if own:
         personal.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in own.items()})
-    anchor = [p.detach().clone() for p in global_model.parameters() if p.requires_grad]
-    train = h.job.train
-    opt = make_optimizer(personal.parameters(), train.optimizer)
-    gen = torch.Generator().manual_seed(seed + 7_919)
-    torch.manual_seed(seed + 7_919)   # dropout masks: the same in a resumed run
-    from orchestrator.core.training import lr_factor
-
-    for epoch in range(train.epochs):
-        set_lr(opt, train.optimizer.lr, lr_factor(train.schedule, schedule["epoch_offset"] + epoch,
-                                                  schedule["total_epochs"]))
-        train_epoch(personal, opt, objective, X, y, shuffled_batches(len(y), train.batch_size, gen),
-                    proximal=(spec.lam, anchor), grad_clip=train.grad_clip)
+    anchor = [p.detach() for p in global_model.parameters() if p.requires_grad]
+    # its own seed (also the dropout masks'), so a resumed run draws the same batches
+    train_epochs(personal, X, y, h.job.train, h.job.train.epochs, seed=seed + 7_919, objective=objective,
+                 proximal_mu=spec.lam, proximal_to=anchor, **schedule)
     _save(h, context, message, server_round, {k: v.detach().cpu().numpy().copy()
                                               for k, v in personal.state_dict().items()})
 

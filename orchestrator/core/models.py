@@ -17,6 +17,8 @@ from torch import nn
 
 from orchestrator.spec.model import ModelSpec
 
+# batch norm's public classes (their common base, torch's `_BatchNorm`, is private)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
 
 
@@ -189,7 +191,7 @@ def train_mode(model: nn.Module) -> None:
     """model.train(), except that batch norm inside frozen layers keeps its running statistics."""
     model.train()
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+        if isinstance(m, BATCH_NORMS) and not any(p.requires_grad for p in m.parameters()):
             m.eval()
 
 

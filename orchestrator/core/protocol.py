@@ -46,7 +46,7 @@ PERSONAL_SUMS = "personal-sums"        # its confusion counts / regression sums
 
 def to_state(record) -> dict[str, np.ndarray]:
     """A Flower ArrayRecord as named numpy arrays, for the arithmetic hospitals and strategies do."""
-    from orchestrator.core.arrays import to_numpy
+    from orchestrator.adapters.flower import to_numpy
 
     return {k: to_numpy(v) for k, v in record.items()}
 
@@ -54,11 +54,11 @@ def to_state(record) -> dict[str, np.ndarray]:
 def from_state(state: dict):
     """Named numpy arrays or torch tensors as a Flower ArrayRecord: byte for byte what
     `ArrayRecord(state)` makes (each array's .npy serialization, as `np.save` writes it), its
-    arrays `orchestrator.core.arrays.Array`s: the .npy header made once per dtype and shape, and
+    arrays `orchestrator.adapters.flower.Array`s: the .npy header made once per dtype and shape, and
     read back without parsing it (a round's replies carry the same few shapes from every hospital)."""
     from flwr.app import ArrayRecord
 
-    from orchestrator.core.arrays import Array
+    from orchestrator.adapters.flower import Array
 
     record = ArrayRecord()   # filled item by item: ArrayRecord(dict) would rebuild each as Flower's Array
     for k, v in state.items():

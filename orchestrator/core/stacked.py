@@ -11,7 +11,8 @@ longest hospital's, padded rows carry weight 0, and a step with no row of a hosp
 hospital's parameters and optimizer state as they were (FedJAX's ClientBlock, in PyTorch).
 
 The optimizers are torch's own update rules (SGD with momentum/nesterov, Adam, AdamW, RMSprop, with
-weight decay) written over stacked tensors; FedProx's proximal term, SCAFFOLD's correction and
+weight decay, their constants from `core.training`) written over stacked tensors, because torch's
+keep one step count per tensor and each hospital here steps its own number of times; FedProx's proximal term, SCAFFOLD's correction and
 gradient-norm clipping act per hospital, as in `train_epoch`. Random layers (dropout) draw
 different masks per hospital (`randomness="different"`), from torch's global generator seeded
 with the first hospital's seed: the same distribution as the per-hospital loop, not the same masks. Batch norm is not supported (a step's
@@ -29,7 +30,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from orchestrator.core.models import Destandardize, Net, Standardize
-from orchestrator.core.training import Objective, lr_factor
+from orchestrator.core.training import ADAM_BETAS, ADAM_EPS, RMSPROP_ALPHA, RMSPROP_EPS, Objective, lr_factor
 from orchestrator.spec.train import OptimizerSpec, TrainSpec
 
 Stacked = dict[str, torch.Tensor]   # parameter name -> (K, *shape)
@@ -144,7 +145,7 @@ class StackedOptimizer:
                     g = g + s.momentum * buf if s.nesterov else buf
                 new = p - lr * g
             elif s.name in ("adam", "adamw"):
-                b1, b2, eps = 0.9, 0.999, 1e-8
+                (b1, b2), eps = ADAM_BETAS, ADAM_EPS
                 base = p * (1 - lr * s.weight_decay) if s.name == "adamw" and s.weight_decay else p
                 m = torch.where(on, self.m[n] + (1 - b1) * (g - self.m[n]), self.m[n])
                 v = torch.where(on, b2 * self.v[n] + (1 - b2) * g * g, self.v[n])
@@ -154,7 +155,7 @@ class StackedOptimizer:
                 denom = v.sqrt() / (1 - b2**t).sqrt() + eps
                 new = base - step_size * m / denom
             else:  # rmsprop
-                alpha, eps = 0.99, 1e-8
+                alpha, eps = RMSPROP_ALPHA, RMSPROP_EPS
                 sq = torch.where(on, alpha * self.v[n] + (1 - alpha) * g * g, self.v[n])
                 self.v[n] = sq
                 avg = sq.sqrt() + eps

@@ -1,4 +1,16 @@
-"""The one training loop, shared by the centralized runner, the Flower hospitals and the Ray workers.
+"""The training loop: one step (`train_epoch`: loss, proximal term, clipping, correction, step) and
+its epochs (`train_epochs`: seeded shuffling, the lr schedule, steps and their lr summed).
+
+Who runs what. The centralized runner, a hospital's local epochs (plain, FedProx, SCAFFOLD: the
+strategy's hook), FedRep's and Ditto's personal epochs and fine-tuning call `train_epochs`. Three
+loops are built from the same parts and differ where they must:
+- `jobs/ray/worker.py`: one epoch of `train_epoch` per DDP worker over its shard of every batch,
+  with mixed precision, per-rank dropout seeds, reduced metrics and checkpoints between epochs;
+- `clients/privacy.py`: Opacus' DP-SGD owns the batches (Poisson sampling, empty batches) and the
+  optimizer (per-example clipping and noise), so only `make_optimizer` and the schedule are shared;
+- `core/stacked.py`: many hospitals' epochs at once; torch's optimizers keep one step count per
+  tensor, and a stacked tensor holds K hospitals that step a different number of times, so it
+  writes the same update rules per hospital with the constants below (`ADAM_BETAS`, ...).
 
 Registries for what YAML names: optimizers (`make_optimizer`), losses and heads (`Objective`),
 learning-rate schedules (`lr_factor`), early stopping (`EarlyStopping`); metrics live in metrics.py.
@@ -17,15 +29,23 @@ from torch import nn
 from orchestrator.core import metrics as M
 from orchestrator.spec.train import HEAD_LOSS, EarlyStoppingSpec, OptimizerSpec, ScheduleSpec, TrainSpec
 
+# The update rules' constants (torch's defaults; tests/unit/test_stacked.py checks they still are):
+# the per-hospital optimizers and the stacked ones (core.stacked) both read them here.
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+RMSPROP_ALPHA, RMSPROP_EPS = 0.99, 1e-8
+
+
 def make_optimizer(params, spec: OptimizerSpec) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]  # frozen layers (model.freeze) stay as they are
     if spec.name == "sgd":
         return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
                                weight_decay=spec.weight_decay)
     if spec.name in ("adam", "adamw"):
-        return (torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW)(params, lr=spec.lr, weight_decay=spec.weight_decay)
+        return (torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW)(
+            params, lr=spec.lr, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=spec.weight_decay)
     if spec.name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+        return torch.optim.RMSprop(params, lr=spec.lr, alpha=RMSPROP_ALPHA, eps=RMSPROP_EPS, momentum=spec.momentum,
+                                   weight_decay=spec.weight_decay)
     raise ValueError(f"train.optimizer.name: unknown optimizer {spec.name!r}")
 
 
@@ -140,13 +160,13 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn, X: torch.
     global gradient norm of every step. `correction` (one tensor per trainable parameter) is added
     to every step's gradient: SCAFFOLD's control-variate correction c - c_i.
     """
-    from orchestrator.core.models import train_mode
+    from orchestrator.core.models import BATCH_NORMS, train_mode
 
     train_mode(model)
     total, seen = 0.0, 0
     params = [p for p in model.parameters() if p.requires_grad]
     for idx in batches:
-        if len(idx) < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        if len(idx) < 2 and any(isinstance(m, BATCH_NORMS) for m in model.modules()):
             continue  # batch norm cannot normalise a batch of one
         opt.zero_grad(set_to_none=True)
         if autocast_dtype is not None:
@@ -186,24 +206,27 @@ def set_lr(opt: torch.optim.Optimizer, base_lr: float, factor: float) -> float:
 def train_epochs(model: nn.Module, X: torch.Tensor, y: torch.Tensor, spec: TrainSpec, epochs: int,
                  seed: int, on_epoch=None, proximal_mu: float = 0.0, objective: Objective | None = None,
                  epoch_offset: int = 0, total_epochs: int | None = None,
-                 correction: list[torch.Tensor] | None = None, stats: dict | None = None) -> float:
+                 correction: list[torch.Tensor] | None = None, stats: dict | None = None,
+                 proximal_to: list[torch.Tensor] | None = None) -> float:
     """Minibatch training; returns the mean loss of the last epoch.
 
     `on_epoch(epoch, loss)` runs after every epoch and may return True to stop (early stopping).
     The learning rate follows train.schedule at global epoch `epoch_offset + e` of `total_epochs`
     (a federated hospital trains epochs `(round-1)*E ...` of `rounds*E`). With `proximal_mu` > 0
-    (FedProx) every step is pulled towards the weights the model started with. `stats`, if given,
+    (FedProx) every step is pulled towards the weights the model started with, or towards
+    `proximal_to` (one tensor per trainable parameter: Ditto's global weights). `stats`, if given,
     receives `steps` (optimizer steps taken) and `lr_sum` (their learning rates summed).
     """
     gen = torch.Generator().manual_seed(seed)
     torch.default_generator.manual_seed(seed)  # dropout masks; torch.manual_seed also seeds every
-    if X.is_cuda:                              # accelerator (0.14 ms a call on a machine with none)
+    if X.is_cuda:                              # accelerator, at a cost per call even on a machine with none
         torch.cuda.manual_seed(seed)
     opt = make_optimizer(model.parameters(), spec.optimizer)
     loss_fn = objective or Objective("softmax", "cross_entropy", 0)
     proximal = None
     if proximal_mu > 0:
-        proximal = (proximal_mu, [p.detach().clone() for p in model.parameters() if p.requires_grad])
+        anchor = proximal_to if proximal_to is not None else [p.detach() for p in model.parameters() if p.requires_grad]
+        proximal = (proximal_mu, [a.clone() for a in anchor])
     total_epochs = total_epochs or epochs
     last = float("nan")
     steps, lr_sum = 0, 0.0

@@ -63,12 +63,9 @@ def leave_submission_dir() -> None:
 
 def ray_init_args() -> dict:
     """A local Ray runtime pinned to the loopback address, sized to this machine."""
-    import sys
+    from orchestrator.adapters.ray import cluster_addressing
 
-    constants = sys.modules.get("ray._private.ray_constants")
-    if constants is not None:  # ray imported before prepare_environment(): same effect as the env var
-        constants.ENABLE_RAY_CLUSTER = False
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # inherited by the runtime's processes
+    cluster_addressing(False)   # also when ray was imported before prepare_environment()
     return {
         "num_cpus": os.cpu_count() or 1,
         "include_dashboard": False,
@@ -176,9 +173,9 @@ def start_simulation_runtime(address: str | None = None) -> EarlyRuntime:
     if address is not None:
         # `ray.address`: the hospitals' actors on an existing cluster's nodes (Flower sizes its
         # pool per node). Flower's ray.shutdown() at the end only disconnects this driver.
-        from ray._private import ray_constants
+        from orchestrator.adapters.ray import cluster_addressing
 
-        ray_constants.ENABLE_RAY_CLUSTER = True   # the cluster's nodes reach each other by address
+        cluster_addressing(True)   # the cluster's nodes reach each other by address
         return EarlyRuntime({"address": address, "logging_level": "ERROR", "log_to_driver": False})
     return EarlyRuntime(ray_init_args())
 

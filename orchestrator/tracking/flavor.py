@@ -68,7 +68,8 @@ def save_model(path, mlflow_model, pytorch_model, card: dict, signature=None, in
     signature, the example as a table of named columns, this module as the python_function loader
     and the card in the model's metadata."""
     import mlflow.pytorch
-    from mlflow.models.utils import _save_example
+
+    from orchestrator.adapters.mlflow import save_example
 
     tensor_example = model_inputs(card, input_example)
     mlflow.pytorch.save_model(pytorch_model, path, mlflow_model=mlflow_model, input_example=tensor_example,
@@ -76,7 +77,7 @@ def save_model(path, mlflow_model, pytorch_model, card: dict, signature=None, in
     for name in ("input_example.json", "serving_input_example.json"):
         Path(path, name).unlink(missing_ok=True)
     mlflow_model.signature = signature
-    _save_example(mlflow_model, input_example, path)
+    save_example(mlflow_model, input_example, path)
     mlflow_model.flavors["python_function"]["loader_module"] = __name__
     mlflow_model.metadata = {**(mlflow_model.metadata or {}), CARD_KEY: card}
     mlflow_model.save(os.path.join(path, "MLmodel"))

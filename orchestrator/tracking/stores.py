@@ -116,7 +116,9 @@ def first_touch(uri: str):
                 raise UserError(f"tracking.uri {uri}", [f"cannot open the MLflow store: "
                                                         f"{str(exc).strip().splitlines()[0][:300]}"]) from None
             attempt += 1
-            _forget_engines(uri)
+            from orchestrator.adapters.mlflow import forget_engines
+
+            forget_engines(uri)   # MLflow's cached engine of the failed attempt: retry from a clean one
             time.sleep(delay)   # another process is creating the schema: let it finish
             delay = min(delay * 2, 2.0)
             if attempt >= 3 and ("out-of-date database schema" in str(exc) or "_alembic_tmp_" in str(exc)):
@@ -185,24 +187,13 @@ def _keep_template(db: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _forget_engines(uri: str) -> None:
-    """MLflow keeps one engine per URI for the life of the process, also after its store failed to
-    open: drop it, so that a retry starts from a clean connection."""
-    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    for store in (SqlAlchemyStore, RegistryStore):
-        engine = store._engine_map.pop(uri, None)
-        if engine is not None:
-            engine.dispose()
-
-
 def _finish_migration(uri: str) -> None:
     """Bring a half-migrated SQLite store to MLflow's current schema (a migration that died left it)."""
     import sqlalchemy
-    from mlflow.store.db.utils import _upgrade_db
 
-    _forget_engines(uri)   # this process's failed attempt still holds the file through MLflow's cached engine
+    from orchestrator.adapters.mlflow import forget_engines, upgrade_db
+
+    forget_engines(uri)   # this process's failed attempt still holds the file through MLflow's cached engine
     engine = sqlalchemy.create_engine(uri)
     try:
         with engine.begin() as conn:
@@ -210,7 +201,7 @@ def _finish_migration(uri: str) -> None:
                                         "AND name LIKE '\\_alembic\\_tmp\\_%' ESCAPE '\\'").fetchall()
             for (name,) in left:   # fetched first: a DROP while the SELECT is open is 'table is locked'
                 conn.exec_driver_sql(f'DROP TABLE "{name}"')
-        _upgrade_db(engine)
+        upgrade_db(engine)
     except Exception:  # noqa: BLE001 - someone else is migrating after all: the caller tries again
         pass
     finally:

@@ -66,6 +66,17 @@ def test_every_cross_section_problem_is_reported_at_once_with_the_strategys_own_
     assert "model.head: linear is for regression, but breast_cancer has class labels" in text
 
 
+@pytest.mark.parametrize("overrides, says", [
+    (["federated.dp.mode=local"], "federated.dp: local DP-SGD trains without fedprox's proximal term"),
+    (["federated.personalize.method=fedrep"], "federated.personalize.method: fedrep trains its own loop without "
+                                              "fedprox's proximal term"),
+])
+def test_fedprox_refuses_a_local_loop_that_would_drop_its_term(overrides, says):
+    with pytest.raises(ConfigError) as info:
+        load_job(ROOT / "configs/hospitals_fedavg.yaml", ["federated.strategy.name=fedprox", *overrides])
+    assert any(p.startswith(says) for p in info.value.problems), info.value.problems
+
+
 def test_params_are_the_resolved_config_flattened_with_dots():
     job = load_job(ROOT / "configs/hospitals_fedavg.yaml")
     params = flatten(job.model_dump(mode="json"))

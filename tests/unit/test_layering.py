@@ -4,13 +4,15 @@
   core        plain torch/numpy shared by every runner and every hospital
   clients/    the hospital: may import only the spec, the core and the strategies' hospital halves
   strategies/ may import only the spec and the core; never the file system's MLflow or Ray
-  tracking/   the only package that imports mlflow, and nothing of jobs/;  jobs/ray/  the only one that
-              imports ray.train
+  tracking/   the only package that imports mlflow (besides its adapter), and nothing of jobs/;
+              jobs/ray/  the only one that imports ray.train
+  adapters/   the only modules that use a third-party library's private API, one per library
 and no import cycle between first-party modules.
 """
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,8 +57,10 @@ def _top(name: str) -> str:
 
 @pytest.mark.parametrize("package", ["clients", "strategies"])
 def test_hospitals_and_strategies_import_only_the_spec_and_the_core(package):
-    # a hospital also runs its strategy's hospital half (strategies/*.py, `DECLARED.hospital`)
-    allowed = ("orchestrator.spec", "orchestrator.core", package) + (("strategies",) if package == "clients" else ())
+    # a hospital also runs its strategy's hospital half (strategies/*.py, `DECLARED.hospital`), and
+    # reads and writes Flower's records through the wire's adapter
+    allowed = ("orchestrator.spec", "orchestrator.core", package) + (
+        ("strategies", "orchestrator.adapters.flower") if package == "clients" else ())
     bad = [f"{m} imports {i}" for m, imports in GRAPH.items() if _top(m) == package for i in imports
            if (_first_party(i) and not i.startswith(allowed))
            or _top(i) in ("mlflow", "ray", "typer", "matplotlib", "rich")]
@@ -65,7 +69,8 @@ def test_hospitals_and_strategies_import_only_the_spec_and_the_core(package):
 
 def test_only_tracking_imports_mlflow_and_only_the_ray_jobs_import_ray_train():
     mlflow = [m for m, imports in GRAPH.items() if any(_top(i) == "mlflow" for i in imports)]
-    assert mlflow and all(m.startswith("orchestrator.tracking") for m in mlflow), mlflow
+    assert mlflow and all(m.startswith("orchestrator.tracking") or m == "orchestrator.adapters.mlflow"
+                          for m in mlflow), mlflow
     train = [m for m, imports in GRAPH.items() if any(i.startswith("ray.train") for i in imports)]
     assert train and all(m.startswith("orchestrator.jobs.ray") for m in train), train
 
@@ -126,7 +131,7 @@ def test_no_import_cycle_between_first_party_modules():
 # The wire: the message keys and record conversions the server and the hospitals share. Every side
 # imports them and they import nothing first-party beyond themselves, so they are a room of their own
 # in the package graph (strategies read the keys; the spec reads the strategies' options).
-WIRE = {"orchestrator.core.protocol", "orchestrator.core.arrays"}
+WIRE = {"orchestrator.core.protocol", "orchestrator.adapters.flower"}
 
 
 def _package(module: str) -> str:
@@ -220,3 +225,62 @@ def test_every_declared_engine_has_a_runner():
 
     assert set(RUNNERS) == set(ENGINES)
     assert set(FederatedSpec.model_fields["engine"].annotation.__args__) == {"auto", *ENGINES}
+
+
+# What counts as a library's private API: a module path or a name with a leading underscore
+# (`ray._private...`, `from flwr... import _SyncedDict`, also as a string for sys.modules), an
+# underscored attribute of an imported name (`TaskIdentity._run_id`), another object's `__dict__`
+# (writing a field behind its setter), and a class that takes on another's `__qualname__`.
+THIRD_PARTY = ("flwr", "ray", "mlflow", "torch", "opacus", "monai", "pydantic", "typer", "numpy", "pandas",
+               "sklearn", "rich", "grpc", "sqlalchemy", "alembic", "yaml")
+_PRIVATE_PATH = re.compile(r"^(%s)(\.\w+)*\._\w" % "|".join(THIRD_PARTY))
+
+
+def private_uses(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    imported, out = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if _top(a.name) in THIRD_PARTY:
+                    imported.add((a.asname or a.name).split(".")[0])
+                    if "._" in a.name:
+                        out.append(f"{node.lineno}: import {a.name}")
+        elif isinstance(node, ast.ImportFrom) and node.module and _top(node.module) in THIRD_PARTY:
+            for a in node.names:
+                imported.add(a.asname or a.name)
+                if "._" in f".{node.module}" or (a.name.startswith("_") and not a.name.startswith("__")):
+                    out.append(f"{node.lineno}: from {node.module} import {a.name}")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and _PRIVATE_PATH.match(node.value):
+            out.append(f"{node.lineno}: {node.value!r}")
+        elif isinstance(node, ast.Attribute):
+            root = node.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            mine = isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
+            if node.attr == "__dict__" and not mine:
+                out.append(f"{node.lineno}: {ast.unparse(node)}")
+            elif node.attr == "__qualname__" and isinstance(node.ctx, ast.Store):
+                out.append(f"{node.lineno}: {ast.unparse(node)} = ...")
+            elif (node.attr.startswith("_") and not node.attr.startswith("__") and isinstance(root, ast.Name)
+                  and root.id in imported):
+                out.append(f"{node.lineno}: {ast.unparse(node)}")
+    return out
+
+
+def test_private_third_party_api_is_used_only_in_the_adapters():
+    found = {name: private_uses(path) for name, path in MODULES.items()}
+    outside = {m: uses for m, uses in found.items() if uses and not m.startswith("orchestrator.adapters.")}
+    assert not outside, outside   # move it into orchestrator/adapters/<library>.py
+    assert found["orchestrator.adapters.flower"] and found["orchestrator.adapters.ray"]   # the scan finds them
+
+
+def test_the_scan_for_private_api_finds_each_kind_of_use(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import sys\nfrom flwr.supercore.task_identity import TaskIdentity\n"
+                     "from mlflow.models.utils import _save_example\nimport torch.export._trace\n"
+                     "sys.modules.get('ray._private.ray_constants')\nTaskIdentity._run_id = 3\n"
+                     "msg.metadata.__dict__['_run_id'] = 1\nclass A: pass\nA.__qualname__ = 'B'\n"
+                     "self.__dict__['x'] = 1\nTaskIdentity.run_id = 2\n")
+    assert sorted(int(u.split(":")[0]) for u in private_uses(probe)) == [3, 4, 5, 6, 7, 9]

@@ -1,4 +1,4 @@
-"""core.records and core.arrays.to_numpy: Flower's records as the replies carry them, made and read
+"""adapters.flower's records and to_numpy: Flower's records as the replies carry them, made and read
 cheaply, equal to Flower's own in content, views, checks, pickling and deflate/inflate."""
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 
-from orchestrator.core.arrays import to_numpy, to_torch_state
-from orchestrator.core.records import Records, metric_record
+from orchestrator.adapters.flower import Records, metric_record, to_numpy, to_torch_state
 
 
 def test_a_metric_record_is_flowers_and_flower_still_checks_what_it_cannot_vouch_for():

@@ -173,3 +173,16 @@ def test_hospitals_scored_together_equal_each_scored_alone(head, loss, classes, 
             assert np.allclose(summed, M.regression_sums(y.numpy(), out[:, 0].numpy()))
         else:
             assert np.array_equal(summed, confusion_of(out, y, max(classes, 2), objective))
+
+
+def test_the_update_rules_constants_are_still_torchs_defaults():
+    """core.stacked writes torch's update rules per hospital with the constants core.training names:
+    they must stay torch's defaults, or the stacked optimizers and torch's would drift apart."""
+    import inspect
+
+    from orchestrator.core import training as T
+
+    adam = inspect.signature(torch.optim.Adam).parameters
+    rmsprop = inspect.signature(torch.optim.RMSprop).parameters
+    assert (T.ADAM_BETAS, T.ADAM_EPS) == (adam["betas"].default, adam["eps"].default)
+    assert (T.RMSPROP_ALPHA, T.RMSPROP_EPS) == (rmsprop["alpha"].default, rmsprop["eps"].default)

@@ -50,12 +50,13 @@ def _simulated(rounds, client_app, num_clients, runtime, deployed) -> None:
 
 
 def _inline(client_app: ClientApp, num_clients: int, vectorized: bool = False) -> None:
-    from orchestrator.jobs.federated.inline import InlineGrid, server_identity
+    from orchestrator.adapters.flower import server_identity
+    from orchestrator.jobs.federated.inline import SERVER_NODE_ID, InlineGrid
 
     if vectorized:
         from orchestrator.jobs.federated.vectorized import VectorizedGrid as InlineGrid  # noqa: N814
     grid = InlineGrid(client_app, [{PARTITION_ID: i, NUM_PARTITIONS: num_clients} for i in range(num_clients)])
-    with server_identity(grid.run.run_id):
+    with server_identity(grid.run.run_id, SERVER_NODE_ID):
         server_app.app(grid, Context(run_id=grid.run.run_id, node_id=1, node_config={}, state=RecordDict(),
                                      run_config={}))
 

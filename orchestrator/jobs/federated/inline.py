@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import copy
 import traceback
-import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
+
+from orchestrator.adapters.flower import copy_metadata, stamp
 
 SERVER_NODE_ID = 1
 
@@ -65,10 +64,7 @@ class InlineGrid(Grid):
         return ids
 
     def _stamp(self, msg: Message) -> None:
-        """What Flower's grid sets on a message it sends: its id, run and sender."""
-        msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-        msg.metadata.__dict__["_run_id"] = self._run.run_id
-        msg.metadata.__dict__["_src_node_id"] = SERVER_NODE_ID
+        stamp(msg, self._run.run_id, SERVER_NODE_ID)
 
     def _deliver(self, msg: Message) -> Message:
         context = self.contexts.get(msg.metadata.dst_node_id)
@@ -77,7 +73,7 @@ class InlineGrid(Grid):
         copied = copy.deepcopy if self.copies else (lambda record: record)
         own = Message(copied(msg.content), msg.metadata.dst_node_id, msg.metadata.message_type,
                       group_id=msg.metadata.group_id)
-        own.metadata.__dict__.update({k: v for k, v in msg.metadata.__dict__.items() if k != "_content"})
+        copy_metadata(own, msg)
         try:
             reply = self.client_app(own, context)
         except Exception as exc:  # the hospital crashed: the server sees an error reply, as in simulation
@@ -101,15 +97,3 @@ def crashed(msg: Message, exc: Exception) -> Message:
     """The error reply a hospital that raised `exc` on `msg` sends, as in Flower's simulation."""
     reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
     return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=msg)
-
-
-@contextmanager
-def server_identity(run_id: int) -> Iterator[None]:
-    """Messages take their run and sender from the identity of the task that makes them; Flower sets
-    it in its own ServerApp process, the inline engine sets it for the duration of the job."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SERVER_NODE_ID
-    try:
-        yield
-    finally:
-        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved

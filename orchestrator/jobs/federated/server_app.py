@@ -23,7 +23,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from orchestrator.core.arrays import to_torch_state
+from orchestrator.adapters.flower import to_torch_state
 from orchestrator.core.models import standardizer
 from orchestrator.core.protocol import CLASS_WEIGHTS, JOB, SCHEMA, STATE_DIR, UNIFORM_WEIGHT, from_state
 from orchestrator.core.training import Objective, balanced_weights, evaluate, tensors
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 def frozen_heap():
     """What the job holds before its rounds (the hospitals' rows and state, in the in-process engines)
     kept out of the garbage collector's full collections while they run: each one walks every
-    object (10 000 hospitals: ~30 ms a round). Unfrozen after, so nothing stays uncollectable."""
+    object (bench/README.md, "figures behind the code"). Unfrozen after, so nothing stays uncollectable."""
     import gc
 
     gc.freeze()

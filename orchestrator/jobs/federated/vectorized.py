@@ -25,7 +25,7 @@ from flwr.app import Message
 
 from clients import handlers, kept
 from orchestrator.core import protocol as P
-from orchestrator.core.arrays import to_torch_state
+from orchestrator.adapters.flower import to_torch_state
 from orchestrator.core.models import standardizer
 from orchestrator.core.stacked import Block, scored_stacked, train_stacked
 from orchestrator.jobs.federated.inline import InlineGrid, crashed, unavailable
@@ -34,7 +34,7 @@ from strategies.registry import hospital_hook
 
 class VectorizedGrid(InlineGrid):
     # the census and attribution queries the ClientApp answers one by one read their message and
-    # build a new reply: no copies (a census of 100 000 hospitals spent a third of its time on them)
+    # build a new reply: no copies (bench/README.md, "figures behind the code")
     copies = False
 
     def __init__(self, *args, **kwargs):

@@ -145,7 +145,9 @@ def _warm_up_reporting(job: JobSpec, export: bool) -> None:
             from orchestrator.tracking import plots  # noqa: F401
 
             if export and job.tracking.log_model:
-                import torch.export._trace  # noqa: F401
+                from orchestrator.adapters.torch import warm_export
+
+                warm_export()
         except Exception:  # noqa: BLE001 - only a head start: the real import reports any problem
             pass
 

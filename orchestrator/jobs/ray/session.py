@@ -74,10 +74,9 @@ def connect(job: JobSpec, early: EarlyRuntime | None = None) -> RaySession:
     elif spec.address is None:
         ray.init(runtime_env=runtime_env, **ray_init_args())
     else:
-        from ray._private import ray_constants
+        from orchestrator.adapters.ray import cluster_addressing
 
-        # A cluster's nodes reach each other by routable address: undo the loopback-only default.
-        ray_constants.ENABLE_RAY_CLUSTER = True
+        cluster_addressing(True)   # a cluster's nodes reach each other by routable address
         if spec.address != "auto" and not reachable(spec.address):
             raise UserError("ray.address", [f"nothing answers at {spec.address}: start a head with "
                                             f"`ray start --head --node-ip-address=127.0.0.1` or fix the address"])
