@@ -101,7 +101,12 @@ def node_config(partition_id: int, num_partitions: int, data: Path | None, cache
 
 def supernode_argv(link: Link, key: Path | None, partition_id: int, num_partitions: int, data: Path | None,
                    port: int, state: Path) -> list[str]:
-    argv = [binary("flower-supernode"), "--superlink", link.address, "--port", str(port), "--host", "127.0.0.1",
+    from orchestrator.federation.supernode import HEARTBEAT_ENV
+
+    # with CONSORTIUM_HEARTBEAT_S set, flower-supernode at that heartbeat interval (federation.supernode)
+    head = [sys.executable, "-m", "orchestrator.federation.supernode"] if os.environ.get(HEARTBEAT_ENV) else \
+        [binary("flower-supernode")]
+    argv = [*head, "--superlink", link.address, "--port", str(port), "--host", "127.0.0.1",
             "--node-config", node_config(partition_id, num_partitions, data, state / "cache")]
     if link.ca is None:
         return [*argv, "--insecure"]

@@ -2,7 +2,7 @@
 
 A SuperNode restarted right after a crash is refused by the SuperLink ("[code: 2004] Failed to
 activate SuperNode", Flower's exit code 305) until the SuperLink has missed its heartbeats (Flower 1.42: twice
-the 30 s interval) and marked the old connection offline. Here flower-supernode is started again
+the 30 s interval, or `CONSORTIUM_HEARTBEAT_S`: federation.supernode) and marked the old connection offline. Here flower-supernode is started again
 until it is admitted (or `CONSORTIUM_REJOIN_WAIT_S`, default 300 s, has passed). This process is
 the attempts' subreaper (Linux), so the SuperExec a refused attempt leaves behind is stopped too,
 and everything stays in this process group: stopping the group stops the hospital. Any other exit

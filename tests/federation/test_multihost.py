@@ -155,7 +155,7 @@ def test_three_hospitals_on_their_own_hosts_federate_over_tls_and_survive_an_int
     assert "Failed to activate" in intruder.log.read_text() or not intruder.alive()
     # the crash: round 2 trained without hospital 1, counted as a failure; it answered again later
     assert history("train/failures")[2] >= 1 and history("train/hospitals")[2] == 2
-    # (back once the SuperLink has given up its old connection, ~60 s: round 3 or 4 with warm rounds)
+    # (back once the SuperLink has given up its old connection: 20 s at the tests' 10 s heartbeat)
     assert history("train/hospitals")[4] == 3 and history("eval/hospitals")[4] == 3, \
         nodes[1].log.read_text()[-4000:]
     assert history("train/hospitals")[1] == 3
