@@ -55,6 +55,11 @@ def describe_share(job: JobSpec, partition_id: int, num_partitions: int, data_pa
     from orchestrator.core.csvfiles import read_frame
 
     spec = job.data
+    if spec.source != "csv" and data_path:
+        raise DataError(f"hospital {Path(data_path).stem}", [
+            f"this SuperNode holds {data_path} (its --data), and the job asks for the bundled demo source "
+            f"'{spec.source}': set data.source: csv in the job to train on the hospitals' files (a demo source "
+            "runs only on SuperNodes started without --data)"])
     if spec.source != "csv":  # public demo data: every hospital derives the same table and its share
         (table,), schema = load_source(job)
         _, shares = pool_partition(table, job, num_partitions)

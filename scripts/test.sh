@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up .venv (idempotent) and run the whole suite: unit tests, real Ray/Flower/MLflow integration
-# tests, the federation across network namespaces (Debian's tcpdump), the team's tracking server on
+# tests, the federation across network namespaces (Debian's tcpdump and nginx), the team's tracking server on
 # a real PostgreSQL (Debian's postgresql) and the browser test of the MLflow UI (Debian's chromium);
 # all three are installed here when missing.
 # Screenshots of the UI land in tests/artifacts/.
@@ -29,6 +29,14 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
   $sudo apt-get install -y -q postgresql >/dev/null 2>&1 \
     || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q postgresql >/dev/null; } \
     || echo "test.sh: postgresql could not be installed" >&2
+fi
+# The SuperLink's TLS front (federation superlink) is Debian's nginx.
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -q nginx-light >/dev/null 2>&1 \
+    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q nginx-light >/dev/null; } \
+    || echo "test.sh: nginx could not be installed" >&2
 fi
 # The multi-host federation test reads the wire with Debian's tcpdump.
 if ! command -v tcpdump >/dev/null 2>&1; then

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from orchestrator.cli.app import app
+from orchestrator.federation.rejoin import NOT_REGISTERED
 
 fed_app = typer.Typer(no_args_is_help=True, help="A real federation: Flower SuperLink and SuperNodes with TLS and "
                                                  "authenticated hospitals.")
@@ -54,37 +55,65 @@ def keygen(name: str = typer.Argument(..., help="This hospital's name"),
     _say(f"public key   {public}  (send it to the coordinator: `federation register {public.name}`)")
 
 
-def _foreground(daemon) -> None:
-    """Follow a daemon's log until it ends or we are stopped (Ctrl-C / SIGTERM stop it)."""
+def _foreground(daemon, said: dict | None = None) -> None:
+    """Follow a daemon (and its companions: the SuperLink's front) until one ends or we are stopped
+    (Ctrl-C / SIGTERM stop them all). `said`: exit code -> (the option to blame, the prefix of the
+    log line that says why): a user's mistake, exit 2."""
+    import time
+
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    everyone = [daemon, *daemon.companions]
     try:
-        daemon.proc.wait()
+        while all(d.proc.poll() is None for d in everyone):
+            time.sleep(0.5)
     except KeyboardInterrupt:
         daemon.stop()
         _say(f"consortium: {daemon.name} stopped")
         raise typer.Exit(130)
-    tail = daemon.log.read_text()[-3000:] if daemon.log.exists() else ""
-    _say(f"consortium: {daemon.name} exited with code {daemon.proc.returncode}; its log ({daemon.log}):\n{tail}", err=True)
+    ended = next(d for d in everyone if d.proc.poll() is not None)
+    daemon.stop()
+    text = ended.log.read_text() if ended.log.exists() else ""
+    if said and ended.proc.returncode in said:
+        source, prefix = said[ended.proc.returncode]
+        why = [line[len(prefix):] for line in text.splitlines() if line.startswith(prefix)]
+        _user_error(source, why[-1] if why else f"see {ended.log}")
+    tail = text[-3000:]
+    _say(f"consortium: {ended.name} exited with code {ended.proc.returncode}; its log ({ended.log}):\n{tail}",
+         err=True)
     raise typer.Exit(1)
 
 
 @fed_app.command()
 def superlink(certs_dir: Optional[Path] = typer.Option(None, "--certs", help="Directory from `federation certs`"),
-              host: str = typer.Option("0.0.0.0", help="Address to listen on"),
-              port: int = typer.Option(9093, help="The one port of Fleet, Control and Runtime APIs"),
+              host: str = typer.Option("0.0.0.0", help="Address the hospitals reach (the front listens here)"),
+              port: int = typer.Option(9093, help="The hospitals' port: the Fleet API only, behind a TLS front"),
+              control_port: int = typer.Option(9099, help="The SuperLink's own port, on 127.0.0.1 only: register "
+                                                          "hospitals and submit jobs from this host through it"),
               state: Path = typer.Option(Path("superlink-state"), help="State database and logs (registrations "
                                                                         "survive a restart)"),
               insecure: bool = typer.Option(False, help="No TLS, no authentication (local tests only)")) -> None:
-    """Start the coordinator's SuperLink (TLS + SuperNode authentication by default) in the foreground."""
+    """Start the coordinator's SuperLink (TLS + SuperNode authentication by default) in the foreground:
+    hospitals reach HOST:PORT, which serves them only; operators use 127.0.0.1:CONTROL_PORT here."""
     from orchestrator.federation.daemons import start_superlink
+    from orchestrator.spec.errors import UserError
 
     if insecure:
         _say(INSECURE_WARNING, err=True)
     elif certs_dir is None or not (certs_dir / "superlink.pem").is_file():
         _user_error("--certs", "needs the directory holding ca.pem, superlink.pem and superlink.key "
                                "(`consortium federation certs DIR --san ADDRESS`), or --insecure")
-    d = start_superlink(host, port, state, None if insecure else certs_dir)
-    _say(f"SuperLink on {host}:{port} (log: {d.log}); Ctrl-C stops it")
+    try:
+        certs = None if insecure or certs_dir is None else certs_dir.resolve()
+        d = start_superlink(host, port, state.resolve(), certs, control_port=None if insecure else control_port)
+    except UserError as exc:
+        _user_error(exc.source, "; ".join(exc.problems))
+    except RuntimeError as exc:   # did not bind: an address not on this host, a port in use
+        _user_error(f"--host {host} --port {port}", f"the SuperLink did not start listening: {exc}")
+    if insecure:
+        _say(f"SuperLink on {host}:{port} (log: {d.log}); Ctrl-C stops it")
+    else:
+        _say(f"SuperLink: hospitals reach {host}:{port} (TLS, Fleet API only; front log: {d.companions[0].log}); "
+             f"operators on this host use 127.0.0.1:{control_port} (log: {d.log}); Ctrl-C stops both")
     _foreground(d)
 
 
@@ -100,6 +129,8 @@ def register_cmd(public_keys: list[Path] = typer.Argument(..., help="Hospitals' 
 
     from orchestrator.federation.flower import Link, register
 
+    public_keys = [k.resolve() for k in public_keys]
+    ca = ca.resolve()
     if name and len(public_keys) > 1:
         _user_error("--name", "names one hospital: give one key with it (each key's file name names its hospital)")
     for key in public_keys:
@@ -137,6 +168,14 @@ def supernode(superlink_address: str = typer.Option(..., "--superlink", help="HO
     from orchestrator.federation.daemons import start_supernode
     from orchestrator.federation.flower import Link
 
+    # relative paths are this shell's: the node runs from its own state directory
+    ca, key, data = (p.resolve() if p is not None else None for p in (ca, key, data))
+    state = state.resolve()
+    if num_partitions < 1:
+        _user_error("--num-partitions", f"{num_partitions}: the number of hospitals in the consortium (1 or more)")
+    if not 0 <= partition_id < num_partitions:
+        _user_error("--partition-id", f"{partition_id}: this hospital's place must lie in 0..{num_partitions - 1} "
+                                      f"(--num-partitions is {num_partitions})")
     if insecure:
         _say(INSECURE_WARNING, err=True)
         link = Link(superlink_address, None)
@@ -157,7 +196,7 @@ def supernode(superlink_address: str = typer.Option(..., "--superlink", help="HO
         _user_error("--data", f"{data}: no such file; expected this hospital's CSV")
     d = start_supernode(link, key, partition_id, num_partitions, data, port, state)
     _say(f"SuperNode {partition_id}/{num_partitions} -> {superlink_address} (log: {d.log}); Ctrl-C stops it")
-    _foreground(d)
+    _foreground(d, said={NOT_REGISTERED: ("--key", "[consortium] ")})
 
 
 @fed_app.command()

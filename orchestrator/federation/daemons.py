@@ -3,6 +3,8 @@
 TLS and SuperNode authentication are the default; `insecure=True` turns both off (tests of the
 plain protocol only: every update then travels in the clear and any process can join).
 
+    front       nginx on H:P, TLS, the hospitals' Fleet routes only (federation.front), when the
+                SuperLink listens on 127.0.0.1:CONTROL for the coordinator's operators
     superlink   flower-superlink --host H --port P --ssl-* (the consortium's certificate)
                 --enable-supernode-auth --database STATE/superlink.db (registrations survive a restart)
                 --disable-runtime-dependency-installation (the SuperLink runs this environment;
@@ -26,16 +28,20 @@ from orchestrator.federation.flower import Link, binary, environment, wait_liste
 
 @dataclass
 class Daemon:
-    """A Flower program we started, in its own process group (its children go with it)."""
+    """A program we started, in its own process group (its children go with it); `companions`
+    (the SuperLink's front) are stopped with it."""
     name: str
     proc: subprocess.Popen
     log: Path
     argv: list[str] = field(default_factory=list)
+    companions: list[Daemon] = field(default_factory=list)
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self.proc.poll() is None and all(c.alive() for c in self.companions)
 
     def stop(self, timeout: float = 10.0) -> None:
+        for c in self.companions:
+            c.stop(timeout)
         if self.proc.poll() is not None:
             return
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
@@ -58,13 +64,26 @@ class Daemon:
         self.proc.wait(timeout=10)
 
 
+def _die_with_parent() -> None:
+    """In the child, before it runs: SIGTERM when the process that started it dies, even by SIGKILL
+    (Linux), so a node never outlives the command that runs it (its own session keeps it out of
+    the terminal's signals)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _spawn(name: str, argv: list[str], home: Path, log: Path, wrap: list[str] | None = None,
            env: dict | None = None) -> Daemon:
     home.mkdir(parents=True, exist_ok=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     out = open(log, "ab")
     proc = subprocess.Popen([*(wrap or []), *argv], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=environment(home, env), start_new_session=True, cwd=str(home))
+                            env=environment(home, env), start_new_session=True, cwd=str(home),
+                            preexec_fn=_die_with_parent)
     out.close()
     return Daemon(name, proc, log, argv)
 
@@ -79,14 +98,39 @@ def superlink_argv(host: str, port: int, state: Path, certs: Path | None) -> lis
 
 
 def start_superlink(host: str, port: int, state: Path, certs: Path | None, wrap: list[str] | None = None,
-                    env: dict | None = None, wait_s: float = 60.0, dial: str | None = None) -> Daemon:
+                    env: dict | None = None, wait_s: float = 60.0, dial: str | None = None,
+                    control_port: int | None = None) -> Daemon:
     """A SuperLink serving on HOST:PORT; returns once it accepts connections (at `dial`, default
-    127.0.0.1:PORT: inside a network namespace the caller dials through `wrap` itself)."""
+    HOST:PORT, 127.0.0.1 for a wildcard host: inside a network namespace the caller dials through
+    `wrap` itself). With `control_port` (TLS only) the SuperLink itself listens on
+    127.0.0.1:`control_port`, where the coordinator's operators reach its Control API, and its front
+    (`federation.front`: nginx) on HOST:PORT passes the hospitals' Fleet routes only. Whatever
+    started is stopped again when the start fails."""
     state.mkdir(parents=True, exist_ok=True)
-    d = _spawn("superlink", superlink_argv(host, port, state, certs), state / "flwr-home", state / "superlink.log",
-               wrap, env)
-    if dial != "":
-        wait_listening(dial or f"127.0.0.1:{port}", wait_s, d.proc, d.log)
+    state, certs = state.resolve(), certs.resolve() if certs is not None else None
+    front_argv = None
+    listen_host, listen_port = host, port
+    if control_port is not None and certs is not None:
+        from orchestrator.federation import front
+
+        front_argv = front.argv(host, port, control_port, certs, state / "front")   # no nginx: said first
+        listen_host, listen_port = "127.0.0.1", control_port
+    fronted = front_argv is not None
+    d = _spawn("superlink", superlink_argv(listen_host, listen_port, state, certs), state / "flwr-home",
+               state / "superlink.log", wrap, env)
+    try:
+        if front_argv is not None:
+            d.companions.append(_spawn("superlink-front", front_argv, state / "front", state / "front" / "nginx.log",
+                                       wrap, env))
+        if dial != "":
+            wildcard = host in ("0.0.0.0", "::", "[::]", "")
+            targets = [(d, f"127.0.0.1:{control_port}")] if fronted else []
+            targets.append((d.companions[0] if fronted else d, dial or f"{'127.0.0.1' if wildcard else host}:{port}"))
+            for daemon, address in targets:
+                wait_listening(address, wait_s, daemon.proc, daemon.log)
+    except BaseException:
+        d.stop()
+        raise
     return d
 
 

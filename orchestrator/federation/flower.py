@@ -56,7 +56,7 @@ def tls_problem(address: str, ca: Path, timeout: float = 10.0) -> str | None:
         ctx = ssl.create_default_context(cafile=str(ca))
     except (ssl.SSLError, OSError) as exc:
         return f"{ca}: not a PEM CA certificate ({exc})"
-    ctx.set_alpn_protocols(["h2"])
+    ctx.set_alpn_protocols(["h2", "http/1.1"])   # what Flower's HTTP clients offer (the front speaks HTTP/1.1)
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -3,7 +3,9 @@
 A SuperNode restarted right after a crash is refused by the SuperLink ("[code: 2004] Failed to
 activate SuperNode", Flower's exit code 305) until the SuperLink has missed its heartbeats (Flower 1.42: twice
 the 30 s interval, or `CONSORTIUM_HEARTBEAT_S`: federation.supernode) and marked the old connection offline. Here flower-supernode is started again
-until it is admitted (or `CONSORTIUM_REJOIN_WAIT_S`, default 300 s, has passed). This process is
+until it is admitted (or `CONSORTIUM_REJOIN_WAIT_S`, default 300 s, has passed). A node never
+admitted from its state directory that is refused is not retried: its key is not registered, and
+it exits 2 at once saying so. This process is
 the attempts' subreaper (Linux), so the SuperExec a refused attempt leaves behind is stopped too,
 and everything stays in this process group: stopping the group stops the hospital. Any other exit
 code is passed on as is; SIGTERM/SIGINT stop the running attempt and end this process.
@@ -16,8 +18,17 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 REFUSED = "Failed to activate SuperNode"  # flwr's message for ExitCode 305 (its process exits with 1)
+ADMITTED = "SuperNode ID:"                # flwr's line once the SuperLink has activated the node
+NOT_REGISTERED = 2                        # our exit code for a key the SuperLink never admitted
+
+
+def admitted_marker() -> Path | None:
+    """A file beside the node's Flower home that says this node was admitted once (federation.daemons)."""
+    home = os.environ.get("FLWR_HOME")
+    return Path(home).parent / "admitted" if home else None
 
 
 def _subreaper() -> None:
@@ -53,8 +64,6 @@ def _warm_clientapps(env: dict) -> subprocess.Popen | None:
     SuperNode finds its `flwr-clientapp` shim first on PATH."""
     if os.environ.get("CONSORTIUM_WARM_CLIENTAPP", "1") == "0":
         return None
-    from pathlib import Path
-
     from orchestrator.federation import zygote
 
     home = os.environ.get("FLWR_HOME")  # the node's state/flwr-home (federation.daemons)
@@ -117,12 +126,15 @@ def _attempts(argv: list[str], env: dict, deadline: float, current: dict, warm: 
         attempt += 1
         proc = current["proc"] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         seen = {"refused": False}
+        marker = admitted_marker()
 
-        def relay(stream=proc.stdout):  # passed through to our log, read for the refusal
+        def relay(stream=proc.stdout):  # passed through to our log, read for the refusal and the admission
             for line in stream:
                 sys.stdout.buffer.write(line)
                 sys.stdout.flush()
                 seen["refused"] = seen["refused"] or REFUSED.encode() in line
+                if ADMITTED.encode() in line and marker is not None:
+                    marker.touch()
 
         reader = threading.Thread(target=relay, daemon=True)
         reader.start()
@@ -132,6 +144,12 @@ def _attempts(argv: list[str], env: dict, deadline: float, current: dict, warm: 
         refused = seen["refused"]
         if code == 0 or not refused or time.monotonic() > deadline:
             return code
+        if marker is not None and not marker.exists():   # refused, and never admitted from here
+            print("[consortium] this hospital's key is not registered at the SuperLink (refused on its first "
+                  "connection): ask the coordinator to run `consortium federation register NAME.pub` with this "
+                  "key's .pub (or, if this node was connected from another machine moments ago, retry in a "
+                  "minute)", flush=True)
+            return NOT_REGISTERED
         print(f"[consortium] SuperNode not admitted yet (attempt {attempt}): the SuperLink still holds this "
               "hospital's previous connection; retrying in 5 s", flush=True)
         time.sleep(5.0)

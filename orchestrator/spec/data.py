@@ -52,8 +52,7 @@ class DataSpec(Spec):
 
     @model_validator(mode="after")
     def _csv_needs_path(self) -> DataSpec:
-        if self.source == "csv" and not self.path:
-            raise ValueError("path: data.source 'csv' needs data.path (a CSV file or a directory of CSVs)")
+        # csv without a path: refused with the job (spec.job), unless the hospitals hold the files
         if self.source != "csv" and self.path:
             raise ValueError(f"path: only used with data.source 'csv' (source is '{self.source}')")
         if self.source != "csv":

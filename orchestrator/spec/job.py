@@ -77,6 +77,9 @@ class JobSpec(Spec):
         """Every check that spans sections; all problems found are raised at once (`Problems`)."""
         problems: list[str] = []
         part = self.federated.partition.name
+        deployed = self.kind == "federated" and self.federated.engine == "deployment"
+        if self.data.source == "csv" and not self.data.path and not deployed:
+            problems.append("data.path: data.source 'csv' needs data.path (a CSV file or a directory of CSVs)")
         if self.by_hospital:
             if part == "natural" and self.data.source != "csv":
                 problems.append("federated.partition.name: 'natural' needs data.source 'csv' with data.path "
@@ -195,6 +198,11 @@ def _check_federated(job: JobSpec) -> list[str]:
         if not fed.insecure and not fed.root_certificates:
             problems.append("federated.root_certificates: the consortium's CA certificate is needed to reach the "
                             "SuperLink over TLS (or federated.insecure: true, for a test only)")
+        if "source" not in job.data.model_fields_set:
+            problems.append("data.source: a deployment trains on the CSVs the hospitals' SuperNodes were started "
+                            "with (--data): set data.source: csv (no data.path: the coordinator reads no file), or "
+                            "name a bundled demo source (e.g. data.source: breast_cancer) that SuperNodes started "
+                            "without --data agree to")
         if part.name != "natural" and job.data.source == "csv":
             problems.append(f"federated.partition.name: '{part.name}' splits one shared file, which no real "
                             "hospital holds; in a deployment each hospital reads its own CSV: use natural")

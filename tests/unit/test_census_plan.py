@@ -76,3 +76,29 @@ def test_a_deployment_job_names_its_superlink_and_ca():
                                                      "federated.superlink=h:1"])
     job = _job("federated.engine=deployment", "federated.superlink=127.0.0.1:9093", "federated.root_certificates=ca.pem")
     assert job.federated.engine == "deployment"
+
+
+DEPLOYED = ["federated.engine=deployment", "federated.superlink=127.0.0.1:9099", "federated.root_certificates=ca.pem"]
+
+
+def test_a_deployment_job_trains_on_the_hospitals_files_unless_it_names_a_demo_source(tmp_path):
+    # the guide's snippet: no data section -> refused, naming the key to set
+    guide = tmp_path / "job.yaml"
+    guide.write_text("kind: federated\nfederated:\n  engine: deployment\n  superlink: 127.0.0.1:9099\n"
+                     "  root_certificates: ca.pem\n  num_clients: 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_job(guide)
+    assert any(p.startswith("data.source: a deployment trains on the CSVs") for p in info.value.problems)
+    # the hospitals' files: csv, and no path (the coordinator reads none); a demo source named explicitly
+    assert load_job(CONFIGS / "heart_disease_sites.yaml", [*DEPLOYED, "data.path=null"]).data.path is None
+    assert load_job(guide, ["data.source=breast_cancer"]).data.source == "breast_cancer"
+    with pytest.raises(ConfigError, match="data.path: data.source 'csv' needs data.path"):   # elsewhere it is read
+        load_job(CONFIGS / "heart_disease_sites.yaml", ["data.path=null"])
+
+
+def test_a_hospital_started_on_its_own_file_refuses_a_demo_source():
+    job = load_job(CONFIGS / "hospitals_fedavg.yaml", [*DEPLOYED, "data.source=breast_cancer", "federated.num_clients=2"])
+    assert describe_share(job, 0, 2)["name"] == "0"   # a node without --data takes its demo share
+    with pytest.raises(DataError) as info:
+        describe_share(job, 0, 2, str(CONFIGS / "data" / "heart_disease" / "va.csv"))
+    assert info.value.source == "hospital va" and "set data.source: csv" in info.value.problems[0]

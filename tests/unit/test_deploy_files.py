@@ -169,7 +169,12 @@ def test_federation_demo_admits_exactly_the_hospitals_that_join():
     ids = sorted(int(c[c.index("--partition-id") + 1]) for c in nodes.values())
     assert ids == [0, 1, 2] and all(c[c.index("--num-partitions") + 1] == "3" for c in nodes.values())
     job = services["job"]["command"]
-    assert "federated.num_clients=3" in job and "federated.superlink=superlink:9093" in job
+    # hospitals dial the front; the operator's services share the SuperLink's host to reach its control port
+    assert all(c[c.index("--superlink") + 1] == "superlink:9093" for c in nodes.values())
+    assert "federated.num_clients=3" in job and "federated.superlink=127.0.0.1:9099" in job
+    for operator in ("admit", "job"):
+        assert services[operator]["network_mode"] == "service:superlink", operator
+    assert services["admit"]["command"][services["admit"]["command"].index("--superlink") + 1] == "127.0.0.1:9099"
     assert "superlink" in certs[certs.index("--san") + 1]  # the name the hospitals dial is in the certificate
 
 
