@@ -34,8 +34,8 @@ fi
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get install -y -q nginx-light >/dev/null 2>&1 \
-    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q nginx-light >/dev/null; } \
+  $sudo apt-get install -y -q nginx >/dev/null 2>&1 \
+    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q nginx >/dev/null; } \
     || echo "test.sh: nginx could not be installed" >&2
 fi
 # The multi-host federation test reads the wire with Debian's tcpdump.

@@ -10,7 +10,7 @@ registered SuperNode uses (`FLEET_ROUTES`: activate, heartbeat, pull and push me
 the run and its app). Everything else, node registration through the Fleet API included, is
 answered 403 there.
 
-nginx is the coordinator host's (Debian/Ubuntu: `apt-get install nginx-light`, or `nginx`); it runs
+nginx is the coordinator host's (Debian/Ubuntu: `apt-get install nginx`); it runs
 in the foreground under `STATE/front/`, its configuration written there, its logs beside it.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ def nginx_binary() -> str:
                                            if os.access(p, os.X_OK)), None)
     if found is None:
         raise UserError("federation superlink", [
-            "the SuperLink's TLS front needs nginx on this host (Debian/Ubuntu: apt-get install nginx-light); "
+            "the SuperLink's TLS front needs nginx on this host (Debian/Ubuntu: apt-get install nginx); "
             "it lets hospitals reach only the routes they need, and keeps registering, submitting and "
             "listing runs to this host"])
     return found

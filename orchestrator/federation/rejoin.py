@@ -145,10 +145,9 @@ def _attempts(argv: list[str], env: dict, deadline: float, current: dict, warm: 
         if code == 0 or not refused or time.monotonic() > deadline:
             return code
         if marker is not None and not marker.exists():   # refused, and never admitted from here
-            print("[consortium] this hospital's key is not registered at the SuperLink (refused on its first "
-                  "connection): ask the coordinator to run `consortium federation register NAME.pub` with this "
-                  "key's .pub (or, if this node was connected from another machine moments ago, retry in a "
-                  "minute)", flush=True)
+            print("[consortium] key not registered at the SuperLink: ask the coordinator to run `consortium "
+                  "federation register NAME.pub` with this key's .pub (it was refused on its first connection; if "
+                  "this node was connected from another machine moments ago, retry in a minute)", flush=True)
             return NOT_REGISTERED
         print(f"[consortium] SuperNode not admitted yet (attempt {attempt}): the SuperLink still holds this "
               "hospital's previous connection; retrying in 5 s", flush=True)
