@@ -87,6 +87,7 @@ class RoundReport:
     phase: str                                    # "train" | "evaluate"
     hospitals: dict[int, dict[str, float]] = field(default_factory=dict)  # partition-id -> metrics
     failures: list[str] = field(default_factory=list)
+    failed_nodes: list[int] = field(default_factory=list)   # the node ids behind `failures`
     extras: dict[int, dict[str, dict]] = field(default_factory=dict)  # partition-id -> config records
 
 
@@ -229,6 +230,10 @@ class ObservedStrategy:
         asked = self.__dict__.get("_asked", {}).pop(phase, set())
         silent = sorted(asked - {m.metadata.src_node_id for m in replies})[:max(0, len(asked) - len(replies))]
         report.failures += [f"node {n}: no reply within federated.round_timeout_s" for n in silent]
+        # an error reply Flower's SuperLink makes for an unreachable node comes from the SuperLink
+        # itself: the hospitals asked and not answering well are the failed ones
+        answered = {m.metadata.src_node_id for m in good}
+        report.failed_nodes = sorted(asked - answered) if asked else [m.metadata.src_node_id for m in bad] + silent
         if self.listener is not None:
             self.listener(report)
         if bad and not self.accept_failures:

@@ -71,13 +71,16 @@ def run_deployed_job(job, debug: bool, json_out: bool, quiet: bool = False, on_i
     def say(line: str) -> None:
         m = DEPLOYED_ROUND.match(line)
         if m and progress.listening():   # the ServerApp's round line: a progress step here
-            if int(m.group(1)) == 1:
-                progress.begin("round", int(m.group(2)), job.name)
             progress.step("round", int(m.group(1)), int(m.group(2)), note=m.group(3))
         elif not quiet:
             out.print(f"  {line}", highlight=False)
 
-    execute(job, None, debug, json_out=json_out, start=lambda: run_deployed(job, say=say), on_interrupt=on_interrupt)
+    def start():
+        if progress.listening():   # the rounds' clock starts with the submission
+            progress.begin("round", job.federated.rounds, job.name)
+        return run_deployed(job, say=say)
+
+    execute(job, None, debug, json_out=json_out, start=start, on_interrupt=on_interrupt)
 
 
 def execute(job, plan, debug: bool, resume_run_id: str | None = None, json_out: bool = False, start=None,

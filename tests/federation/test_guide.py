@@ -266,3 +266,21 @@ def test_the_deployment_guide_works_to_the_letter_and_only_the_coordinator_contr
     finally:
         for proc in reversed(running):
             _stop(proc)
+
+
+def test_a_superlink_on_an_address_this_host_lacks_is_refused_at_once_and_leaves_nothing_running(tmp_path):
+    import psutil
+
+    from orchestrator.federation.certs import make_certs
+
+    make_certs(tmp_path / "certs", ["10.254.254.254"], [])
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "federation", "superlink", "--certs", "certs",
+                          "--host", "10.254.254.254", "--port", "19193", "--control-port", "19199", "--state", "state"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 2 and time.monotonic() - t0 < 60, out.stdout + out.stderr
+    assert "--host 10.254.254.254" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    state = str(tmp_path / "state")
+    left = [p.pid for p in psutil.process_iter(["cmdline"]) if any(state in a for a in p.info["cmdline"] or [])]
+    assert not left, left

@@ -164,6 +164,9 @@ def test_three_hospitals_on_their_own_hosts_federate_over_tls_and_survive_an_int
     assert "Failed to activate" in intruder.log.read_text() or not intruder.alive()
     # the crash: round 2 trained without hospital 1, counted as a failure; it answered again later
     assert history("train/failures")[2] >= 1 and history("train/hospitals")[2] == 2
+    # ... and the round's line names it; the rounds' clock runs from the submission
+    assert any(f"failed training ({SITES[1]}:" in line for line in lines), "".join(lines)
+    assert "(0.0 s)" not in next(line for line in lines if line.startswith("round 1/")), "".join(lines)
     # (back once the SuperLink has given up its old connection: 20 s at the tests' 10 s heartbeat)
     assert history("train/hospitals")[4] == 3 and history("eval/hospitals")[4] == 3, \
         nodes[1].log.read_text()[-4000:]

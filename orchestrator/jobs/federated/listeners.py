@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from flwr.app import ArrayRecord
 
     from orchestrator.jobs.federated.checkpoints import RoundWriter
+    from orchestrator.jobs.federated.rounds import RoundLogger
     from orchestrator.jobs.federated.stopping import BestRound
     from orchestrator.spec.job import JobSpec
     from orchestrator.tracking.protocol import Run
@@ -59,6 +60,7 @@ class Rounds(Protocol):
     writer: RoundWriter
     first_round_s: float | None
     first_round_at: float | None
+    logger: RoundLogger                   # the round reports as metrics; which hospitals failed
 
 
 class Timing:
@@ -138,9 +140,11 @@ class DeploymentLog:
         last = self.rounds.run.last
         shown = [f"{k} {last[k]:.4f}" for k in ("eval/accuracy", "eval/f1", "eval/mse", "eval/r2", "eval/loss")
                  if k in last][:2]
+        failed = self.rounds.logger.failed.get("train", [])
         print(f"[consortium] round {end.round}/{end.rounds}: {', '.join(shown)}; "
               f"{int(last.get('eval/hospitals', 0))} hospitals answered, "
-              f"{int(last.get('train/failures', 0))} failed training", flush=True)
+              f"{int(last.get('train/failures', 0))} failed training"
+              + (f" ({', '.join(failed)}: the round went on without them)" if failed else ""), flush=True)
 
 
 class Report:

@@ -32,9 +32,12 @@ class RoundLogger:
         self.run, self.num_classes = run, num_classes
         self.names = names if isinstance(names, dict) else dict(enumerate(names))  # partition id -> hospital
         self.confusion: np.ndarray | None = None
+        self.node_names: dict[int, str] = {}           # node id -> hospital, once the census has answered
+        self.failed: dict[str, list[str]] = {}         # phase -> the hospitals that failed it, last round
 
     def __call__(self, report: RoundReport) -> None:
         step, m = report.server_round, {}
+        self.failed[report.phase] = [self.node_names.get(n, f"node {n}") for n in report.failed_nodes]
         prefix = "train" if report.phase == "train" else "eval"
         key = "train_loss" if report.phase == "train" else "eval_loss"
         if (v := _weighted(report.hospitals, key)) is not None:

@@ -156,6 +156,7 @@ class Rounds:
         config = self.config()
         nodes = wait_for_nodes(grid, fed.min_available(num_clients))
         found = census(grid, nodes, config, plan.num_features, plan.num_classes, plan.pids())
+        self.logger.node_names = dict(zip(found.nodes, plan.hospitals))   # both in partition order
         self.label_counts = found.labels
         self._scale_from(found)
         weights = None
