@@ -234,8 +234,18 @@ def test_the_deployment_guide_works_to_the_letter_and_only_the_coordinator_contr
         parents = [p.ppid() for p in zombies]
         assert all(parents.count(pp) <= 1 for pp in parents), [(p.pid, p.name(), p.ppid()) for p in zombies]
 
-        # only the coordinator controls: refused from the rogue host and from a registered hospital's
+        # only the coordinator controls: its operator lists runs and nodes and reaches stop (a finished
+        # run: Flower answers, not the front's 403) ...
+        from orchestrator.federation.flower import CONNECTION, flwr, json_out
+
         flower_run = run.data.tags["federated.flower_run_id"]
+        operator = Link("127.0.0.1:9099", coord / "certs" / "ca.pem")
+        for args in (["ls"], ["supernode", "ls"]):
+            listed = json_out(flwr(operator, *args, CONNECTION, "--format", "json", wrap=_in(coord_ns)))
+            assert listed.get("success"), (args, listed)
+        stop = flwr(operator, "stop", str(flower_run), CONNECTION, "--format", "json", wrap=_in(coord_ns))
+        assert "403" not in stop.stdout + stop.stderr, stop.stdout + stop.stderr
+        # ... refused from the rogue host and from a registered hospital's
         for name in ("rogue", HOSPITALS[0]):
             key = where[name] / "etc" / "consortium" / name
             if name == "rogue":
