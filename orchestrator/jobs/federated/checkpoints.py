@@ -1,9 +1,15 @@
 """Round checkpoints: the global model and the strategy's state after every round, written off the
-rounds' critical path, read back by `consortium resume`."""
+rounds' critical path, read back by `consortium resume`.
+
+Each run has its own folder under CONSORTIUM_HOME/federated/ (its last two rounds, and in simulation
+the hospitals' kept state). A run that ends normally marks its folder finished; only an unfinished
+run can be resumed, so a new run keeps the newest `KEEP_FINISHED` finished folders and removes the
+older ones (a SuperLink's state, which runs every deployed job, no longer grows without end)."""
 from __future__ import annotations
 
 import logging
 import queue
+import shutil
 import threading
 from pathlib import Path
 
@@ -42,13 +48,38 @@ def checkpoint_dir(run_id: str) -> Path:
     return consortium_home() / "federated" / run_id
 
 
+KEEP_FINISHED = 10   # finished runs whose folders stay (the newest), for a look at their last rounds
+FINISHED = "finished"
+
+
 def new_checkpoint_dir() -> Path:
     """A new run's own folder, named before MLflow has given the run an id (the store may still be
-    opening in the tracking process); the run's tag `federated.checkpoints` records it."""
+    opening in the tracking process); the run's tag `federated.checkpoints` records it. Finished
+    runs' folders beyond the newest `KEEP_FINISHED` go first."""
     import time
     import uuid
 
-    return consortium_home() / "federated" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:12]}"
+    root = consortium_home() / "federated"
+    prune_finished(root)
+    return root / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:12]}"
+
+
+def mark_finished(directory: Path) -> None:
+    """The run ended normally: nothing will resume it."""
+    if directory.is_dir():
+        (directory / FINISHED).touch()
+
+
+def prune_finished(root: Path, keep: int = KEEP_FINISHED) -> list[Path]:
+    """Remove the finished runs' folders under `root` but the newest `keep`; unfinished ones stay."""
+    if not root.is_dir():
+        return []
+    done = sorted((d for d in root.iterdir() if (d / FINISHED).is_file()),
+                  key=lambda d: (d / FINISHED).stat().st_mtime)
+    gone = done[:max(0, len(done) - keep)]
+    for d in gone:
+        shutil.rmtree(d, ignore_errors=True)
+    return gone
 
 
 def resumed_checkpoint_dir(run) -> Path:

@@ -9,7 +9,12 @@ from __future__ import annotations
 import os
 
 from orchestrator.jobs.base import Context, Description, JobKind, Launched, Outcome
-from orchestrator.jobs.federated.checkpoints import load_last_round, new_checkpoint_dir, resumed_checkpoint_dir
+from orchestrator.jobs.federated.checkpoints import (
+    load_last_round,
+    mark_finished,
+    new_checkpoint_dir,
+    resumed_checkpoint_dir,
+)
 from orchestrator.jobs.federated.engines import run_engine
 from orchestrator.jobs.federated.server_app import Rounds
 from orchestrator.jobs.runtime import EarlyRuntime, quiet_flower
@@ -43,6 +48,7 @@ def run_federated(ctx: Context) -> Outcome:
                    deployed=ctx.launched)
     finally:
         rounds.writer.close()  # every round's metrics and checkpoint written, also when stopped
+    mark_finished(ckpt_dir)   # ended normally (early stopping included): nothing to resume
     outcome = Outcome(model=model, final={k: v for k, v in run.last.items() if "/" in k and not k.startswith("hospital_")},
                       first_round_s=rounds.first_round_s, first_round_at=rounds.first_round_at,
                       label_counts=rounds.label_counts, confusion=rounds.logger.confusion,
