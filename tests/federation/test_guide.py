@@ -30,7 +30,7 @@ import yaml
 from mlflow import MlflowClient
 
 from tests.conftest import CONFIGS, ROOT
-from tests.federation.test_multihost import _cli, _in, _ip, _wait_tls
+from tests.federation.test_multihost import _cli, _in, _wait_tls, star
 
 pytestmark = pytest.mark.integration
 
@@ -64,35 +64,12 @@ def the(prefix: list[str]) -> list[str]:
 def network():
     """Namespaces: the coordinator C; hospitals H0, H1 and a rogue host R, each reaching C at
     10.232.i.1 as `superlink.example.org`."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("network namespaces need root and iproute2")
     tag = uuid.uuid4().hex[:4]
     coord = f"gc{tag}"
     hosts = {name: f"g{i}{tag}" for i, name in enumerate([*HOSPITALS, "rogue"])}
-    try:
-        _ip("netns", "add", coord)
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"cannot create a network namespace here: {exc.stderr.strip()}")
-    made = [coord]
-    try:
-        _ip("-n", coord, "link", "set", "lo", "up")
-        for i, ns in enumerate(hosts.values()):
-            _ip("netns", "add", ns)
-            made.append(ns)
-            _ip("-n", ns, "link", "set", "lo", "up")
-            _ip("link", "add", f"gc{tag}{i}", "netns", coord, "type", "veth", "peer", "name", f"gh{tag}{i}", "netns", ns)
-            _ip("-n", coord, "addr", "add", f"10.232.{i}.1/24", "dev", f"gc{tag}{i}")
-            _ip("-n", ns, "addr", "add", f"10.232.{i}.2/24", "dev", f"gh{tag}{i}")
-            _ip("-n", coord, "link", "set", f"gc{tag}{i}", "up")
-            _ip("-n", ns, "link", "set", f"gh{tag}{i}", "up")
-            etc = Path("/etc/netns") / ns
-            etc.mkdir(parents=True, exist_ok=True)
-            (etc / "hosts").write_text(f"127.0.0.1 localhost\n10.232.{i}.1 superlink.example.org\n")
+    with star(coord, list(hosts.values()), 232, tag,
+              etc_hosts=lambda i: f"127.0.0.1 localhost\n10.232.{i}.1 superlink.example.org\n"):
         yield coord, hosts
-    finally:
-        for ns in made:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-            shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
 
 
 def _places(args: list[str], here: Path) -> list[str]:

@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -40,13 +42,14 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
 
-@pytest.fixture
-def hosts():
-    """Namespaces C (coordinator) and H0..H2 (hospitals); hospital i reaches C at 10.231.i.1."""
+@contextmanager
+def star(coord: str, hosts: list[str], subnet: int, tag: str, etc_hosts=None) -> Iterator[None]:
+    """Namespace `coord` linked to each of `hosts` by a veth pair (vc{tag}{i} - vh{tag}{i}): host i
+    is 10.SUBNET.i.2 and reaches `coord` at 10.SUBNET.i.1; `etc_hosts(i)`, if given, is that host's
+    /etc/hosts (`ip netns exec` binds /etc/netns/NS/hosts). Skips the test where namespaces cannot
+    be made; removes everything it made."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("network namespaces need root and iproute2")
-    tag = uuid.uuid4().hex[:4]
-    coord, hospitals = f"cc{tag}", [f"ch{tag}{i}" for i in range(len(SITES))]
     try:
         _ip("netns", "add", coord)
     except subprocess.CalledProcessError as exc:
@@ -54,20 +57,34 @@ def hosts():
     made = [coord]
     try:
         _ip("-n", coord, "link", "set", "lo", "up")
-        for i, ns in enumerate(hospitals):
+        for i, ns in enumerate(hosts):
             _ip("netns", "add", ns)
             made.append(ns)
             _ip("-n", ns, "link", "set", "lo", "up")
             _ip("link", "add", f"vc{tag}{i}", "netns", coord, "type", "veth", "peer", "name", f"vh{tag}{i}",
                 "netns", ns)
-            _ip("-n", coord, "addr", "add", f"10.231.{i}.1/24", "dev", f"vc{tag}{i}")
-            _ip("-n", ns, "addr", "add", f"10.231.{i}.2/24", "dev", f"vh{tag}{i}")
+            _ip("-n", coord, "addr", "add", f"10.{subnet}.{i}.1/24", "dev", f"vc{tag}{i}")
+            _ip("-n", ns, "addr", "add", f"10.{subnet}.{i}.2/24", "dev", f"vh{tag}{i}")
             _ip("-n", coord, "link", "set", f"vc{tag}{i}", "up")
             _ip("-n", ns, "link", "set", f"vh{tag}{i}", "up")
-        yield coord, hospitals, tag
+            if etc_hosts is not None:
+                etc = Path("/etc/netns") / ns
+                etc.mkdir(parents=True, exist_ok=True)
+                (etc / "hosts").write_text(etc_hosts(i))
+        yield
     finally:
         for ns in made:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
+
+
+@pytest.fixture
+def hosts():
+    """Namespaces C (coordinator) and H0..H2 (hospitals); hospital i reaches C at 10.231.i.1."""
+    tag = uuid.uuid4().hex[:4]
+    coord, hospitals = f"cc{tag}", [f"ch{tag}{i}" for i in range(len(SITES))]
+    with star(coord, hospitals, 231, tag):
+        yield coord, hospitals, tag
 
 
 def _in(ns: str) -> list[str]:
