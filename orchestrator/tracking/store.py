@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 from orchestrator.spec.errors import UserError
 from orchestrator.tracking.protocol import MetricBuffer, Values, done, ending
 from orchestrator.tracking.records import ModelRecord
-from orchestrator.tracking.stores import RETRY_S, _artifact_root, check_reachable, first_touch, resolve_uri, retrying, store_lock
+from orchestrator.tracking.stores import (RETRY_S, _artifact_root, check_reachable, first_touch, patient, resolve_uri,
+                                          retrying, store_lock)
 
 _log = logging.getLogger("consortium.tracking")
 
@@ -79,7 +80,7 @@ class TrackedRun:
         self._buffer.add_values(values)
 
     def tag(self, name: str) -> str | None:
-        return self.client.get_run(self.run_id).data.tags.get(name)
+        return patient(self.client.get_run, self.run_id).data.tags.get(name)
 
     def flush(self, wait: float = 0.0) -> bool:
         """Send buffered metrics. If the store is unreachable (a server restarting, a locked
@@ -119,19 +120,19 @@ class TrackedRun:
     def log_params(self, params: dict[str, Any]) -> None:
         items = [Param(k, _param_str(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            retrying(self.client.log_batch, self.run_id, params=items[i : i + 100])
+            patient(self.client.log_batch, self.run_id, params=items[i : i + 100])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        retrying(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        patient(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        patient(self.client.log_text, self.run_id, text, artifact_file)
 
     def log_dict(self, data: dict, artifact_file: str) -> None:
-        self.client.log_dict(self.run_id, data, artifact_file)
+        patient(self.client.log_dict, self.run_id, data, artifact_file)
 
     def log_figure(self, figure, artifact_file: str) -> None:
-        self.client.log_figure(self.run_id, figure, artifact_file)
+        patient(self.client.log_figure, self.run_id, figure, artifact_file)
 
     def log_bytes(self, data: bytes, artifact_file: str) -> None:
         import posixpath
@@ -141,17 +142,17 @@ class TrackedRun:
         folder, name = posixpath.split(artifact_file)
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / name).write_bytes(data)
-            self.client.log_artifact(self.run_id, str(Path(tmp) / name), folder or None)
+            patient(self.client.log_artifact, self.run_id, str(Path(tmp) / name), folder or None)
 
     def metric_keys(self) -> list[str]:
         if self._buffer.kept is not None:
             return self._buffer.keys()
-        return sorted(self.client.get_run(self.run_id).data.metrics)
+        return sorted(patient(self.client.get_run, self.run_id).data.metrics)
 
     def history(self, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
         if self._buffer.kept is not None:
             return self._buffer.history(keys)
-        return {k: [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, k)] for k in keys}
+        return {k: [(m.step, m.value) for m in patient(self.client.get_metric_history, self.run_id, k)] for k in keys}
 
     def log_model(self, model, rows, registered_name: str | None, card: dict) -> ModelRecord:
         """Log the model (tracking.flavor: raw columns by name in, class and probabilities out) with
@@ -280,7 +281,8 @@ class Tracker:
             # a store that is away gets time to come back (less when the job is being stopped)
             run.flush(wait=RETRY_S if status == "FINISHED" else min(RETRY_S, 15.0))
         finally:
-            retrying(self.client.set_terminated, run.run_id, status, attempts=8)
+            # a run being stopped waits less for a store that is away
+            patient(self.client.set_terminated, run.run_id, status, within=RETRY_S if status == "FINISHED" else 15.0)
 
     def get_run(self, run_id: str):
         return self.client.get_run(run_id)

@@ -91,6 +91,54 @@ def retrying(fn, *args, attempts: int = 5, **kwargs):
 RETRY_S = float(os.environ.get("CONSORTIUM_TRACKING_RETRY_S", "300"))
 STORE_WAIT_S = float(os.environ.get("CONSORTIUM_STORE_WAIT_S", "60"))
 
+_AWAY = ("connection refused", "max retries exceeded", "failed to establish a new connection",
+         "connection reset", "remotedisconnected", "connection aborted", "database is locked",
+         "503 server error", "502 server error", "service unavailable", "bad gateway")
+
+
+def unreachable(exc: BaseException) -> bool:
+    """The store is away for now (a server restarting, a locked SQLite file), not a call it refuses."""
+    import requests
+
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
+            return True
+        if any(s in str(seen).lower() for s in _AWAY):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def patient(fn, *args, within: float | None = None, **kwargs):
+    """A store call that waits up to `within` seconds (RETRY_S) for a store that is away, then
+    raises; any other failure gets the few quick retries of `retrying`."""
+    import logging
+
+    deadline = time.monotonic() + (RETRY_S if within is None else within)
+    delay, warned, quick = 0.5, False, 0
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if unreachable(exc):
+                if time.monotonic() >= deadline:
+                    raise
+                if not warned:
+                    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                    logging.getLogger("consortium.tracking").warning(
+                        "tracking store unreachable (%s): waiting for it to come back", first)
+                    warned = True
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            quick += 1
+            if quick >= 5:
+                raise
+            time.sleep(0.2 * 2 ** (quick - 1))
+
 
 def first_touch(uri: str):
     """A client whose store's schema is complete. A creator that does not take our lock may be

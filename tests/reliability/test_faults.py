@@ -42,7 +42,8 @@ def _wait_for_steps(client: MlflowClient, key: str, n: int, proc: subprocess.Pop
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_during_a_federated_run_marks_it_killed_and_keeps_the_rounds(tmp_path, sig):
     store = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    proc = _start(["run", str(CONFIGS / "hospitals_fedavg.yaml"), f"tracking.uri={store}", "federated.rounds=500"],
+    rounds = 100_000  # a round takes ~10 ms: the job must still be running when the signal comes
+    proc = _start(["run", str(CONFIGS / "hospitals_fedavg.yaml"), f"tracking.uri={store}", f"federated.rounds={rounds}"],
                   tmp_path)
     client = MlflowClient(store)
     try:
@@ -56,10 +57,11 @@ def test_a_signal_during_a_federated_run_marks_it_killed_and_keeps_the_rounds(tm
     lines = [line for line in errs.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("consortium: interrupted"), errs   # one line, no traceback
     run = client.get_run(run_id)
-    rounds = client.get_metric_history(run_id, "eval/accuracy")
-    print(f"\n{sig.name}: run {run.info.status} after {len(rounds)} rounds")
+    logged = client.get_metric_history(run_id, "eval/accuracy")
+    print(f"\n{sig.name}: run {run.info.status} after {len(logged)} rounds")
     assert run.info.status == "KILLED"
-    assert 3 <= len(rounds) < 500
+    assert 3 <= len(logged) < rounds
+    assert sorted(m.step for m in logged) == list(range(1, len(logged) + 1))  # every round before the signal
     time.sleep(2)
     import psutil
 
@@ -110,7 +112,8 @@ def test_a_tracking_server_restart_mid_run_loses_no_metrics(tmp_path):
         ui.wait_healthy(port, server)
         out, errs = job.communicate(timeout=300)
         assert job.returncode == 0, out + errs
-        assert "metrics are buffered" in errs, errs  # the outage really happened mid-run
+        # the outage really happened mid-run: metrics were buffered, or the report's writes waited
+        assert "tracking store unreachable" in errs, errs
         history = client.get_metric_history(run_id, "eval/accuracy")
         assert sorted(m.step for m in history) == list(range(1, epochs + 1))
         assert client.get_run(run_id).info.status == "FINISHED"
