@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.core.columns import agree_vocabulary, category_counts
-from orchestrator.core.csvfiles import csv_files, csv_schema, frame_to_table, label_str, text_columns
-from orchestrator.core.data import Schema, Split, Table, load_source
+from orchestrator.core.csvfiles import csv_schema, frame_to_table, label_str, text_columns
+from orchestrator.core.data import Schema, Split, Table, hospital_paths, load_source
 from orchestrator.core.splits import hospital_name, own_split, pool_partition
 from orchestrator.spec.errors import DataError
 from orchestrator.spec.job import JobSpec
@@ -39,12 +39,14 @@ def hospital_share(job: JobSpec, schema: Schema, partition_id: int, num_partitio
             tables, _ = load_source(job, schema, Path(data_path) if data_path else None)
             table = tables[0] if data_path else tables[partition_id]
             return hospital_name(table.name), own_split(table.X, table.y, job, partition_id)
-        path = Path(data_path) if data_path else csv_files(job.data)[partition_id]
+        path = Path(data_path) if data_path else hospital_paths(job)[partition_id]
         (table,), _ = load_source(job, schema, path)
-        return hospital_name(path.stem), own_split(table.X, table.y, job, partition_id)
+        name = path.name if job.data.source == "images" else path.stem
+        return hospital_name(name), own_split(table.X, table.y, job, partition_id, table.groups)
     table, shares = _shares(job.model_dump_json(), schema, num_partitions)
     rows = shares[partition_id]
-    return str(partition_id), own_split(table.X[rows], table.y[rows], job, partition_id)
+    groups = table.groups[rows] if table.groups is not None else None
+    return str(partition_id), own_split(table.X[rows], table.y[rows], job, partition_id, groups)
 
 
 def describe_share(job: JobSpec, partition_id: int, num_partitions: int, data_path: str | None = None) -> dict:

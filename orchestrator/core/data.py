@@ -92,6 +92,15 @@ def keep_classes(table: Table, schema: Schema, wanted: list[str], where: str) ->
     return Table(table.X[mask], remap[table.y[mask]], table.name), Schema(schema.features, tuple(wanted))
 
 
+def hospital_paths(job) -> list[Path]:
+    """Each hospital's own file (csv) or folder (images) under data.path, in partition-id order."""
+    if job.data.source == "images":
+        from orchestrator.core.imaging.folders import hospital_folders
+
+        return hospital_folders(job.data, natural=True)
+    return csv_files(job.data)
+
+
 def load_source(job, schema: Schema | None = None, path: Path | None = None) -> tuple[list[Table], Schema]:
     """The job's data as tables (one per CSV file, else one) and the agreed schema.
 
@@ -100,6 +109,10 @@ def load_source(job, schema: Schema | None = None, path: Path | None = None) -> 
     """
     spec = job.data
     where = str(path or spec.path or spec.source)
+    if spec.source == "images":
+        from orchestrator.core.imaging.tables import image_tables
+
+        return image_tables(job, schema, path)
     if spec.source != "csv":
         table, found = generated(spec.source, spec.rows, job.seed) if spec.source in ("xor", "sequences") \
             else load_bundled(spec.source)

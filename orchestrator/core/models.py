@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from orchestrator.spec.model import ModelSpec
+from orchestrator.spec.model import IMAGE_MODELS, ModelSpec
 
 # batch norm's public classes (their common base, torch's `_BatchNorm`, is private)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -68,18 +68,41 @@ class Net(nn.Module):
         return self.output(self.head(self.body(self.input(x))))
 
 
-class ConvBody(nn.Module):
-    """Conv(3x3) [+BatchNorm] + activation + 2x2 pool per entry of `channels`. Input: flat square images."""
+def norm_layer(kind: str, channels: int, groups: int, dims: int = 2) -> nn.Module | None:
+    """model.norm as a layer: batch norm, GroupNorm (groups dividing the channels: fewer where they
+    do not), or none."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
+    if kind == "group":
+        g = max(d for d in range(1, min(groups, channels) + 1) if channels % d == 0)
+        return nn.GroupNorm(g, channels)
+    return None
 
-    def __init__(self, side: int, channels: list[int], activation: str, dropout: float, batchnorm: bool):
+
+def to_group_norm(module: nn.Module, groups: int) -> None:
+    """Every batch norm inside `module` replaced by GroupNorm over as many channels."""
+    for name, child in module.named_children():
+        if isinstance(child, BATCH_NORMS):
+            setattr(module, name, norm_layer("group", child.num_features, groups))
+        else:
+            to_group_norm(child, groups)
+
+
+class ConvBody(nn.Module):
+    """Conv(3x3) [+norm] + activation + 2x2 pool per entry of `channels`. Input: flat square images
+    of `in_channels` planes (grey 1, RGB 3)."""
+
+    def __init__(self, side: int, channels: list[int], activation: str, dropout: float, norm: str,
+                 groups: int = 8, in_channels: int = 1):
         super().__init__()
-        self.side = side
+        self.side, self.in_channels = side, in_channels
         layers: list[nn.Module] = []
-        c_in, s = 1, side
+        c_in, s = in_channels, side
         for c in channels:
             layers.append(nn.Conv2d(c_in, c, 3, padding=1))
-            if batchnorm:
-                layers.append(nn.BatchNorm2d(c))
+            layer = norm_layer(norm, c, groups)
+            if layer is not None:
+                layers.append(layer)
             layers.append(ACTIVATIONS[activation]())
             if s >= 4:
                 layers.append(nn.MaxPool2d(2))
@@ -90,7 +113,42 @@ class ConvBody(nn.Module):
         self.width = c_in * s * s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.features(x.reshape(-1, 1, self.side, self.side)))
+        return self.out(self.features(x.reshape(-1, self.in_channels, self.side, self.side)))
+
+
+class MonaiBody(nn.Module):
+    """One of MONAI's 2D networks without its classifier: flat images in, pooled features out (the
+    head is ours, so `model.freeze: [input, body]` fine-tunes the head alone)."""
+
+    def __init__(self, name: str, side: int, in_channels: int, norm: str, groups: int, dropout: float):
+        super().__init__()
+        from monai.networks import nets
+
+        self.side, self.in_channels = side, in_channels
+        monai_norm: str | tuple = ("group", {"num_groups": groups}) if norm == "group" else \
+            ("batch" if norm == "batch" else "instance")
+        if name.startswith("resnet"):
+            net = getattr(nets, name)(spatial_dims=2, n_input_channels=in_channels, num_classes=1,
+                                      feed_forward=False, norm=monai_norm, conv1_t_size=7 if side >= 64 else 3,
+                                      conv1_t_stride=2 if side >= 64 else 1, no_max_pool=side < 64)
+            self.width = 2048 if name == "resnet50" else 512   # layer4's planes x its block's expansion
+        elif name == "densenet121":
+            net = nets.DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=1, norm=monai_norm,
+                                   dropout_prob=0.0)
+            self.width = cast(nn.Linear, net.class_layers.out).in_features
+            setattr(net.class_layers, "out", nn.Identity())
+        else:  # efficientnet_b0
+            net = nets.EfficientNetBN("efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=in_channels,
+                                      num_classes=1, norm=monai_norm)
+            self.width = net._fc.in_features
+            setattr(net, "_fc", nn.Identity())
+        if norm == "group":   # MONAI 1.6's ResNet builds its blocks with batch norm whatever `norm` says
+            to_group_norm(net, groups)
+        self.net = net
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.net(x.reshape(-1, self.in_channels, self.side, self.side)))
 
 
 class RecurrentBody(nn.Module):
@@ -131,8 +189,24 @@ class TransformerBody(nn.Module):
 
 
 def image_side(num_features: int) -> int | None:
-    side = int(round(num_features**0.5))
-    return side if side * side == num_features else None
+    shape = image_shape(num_features)
+    return shape[1] if shape else None
+
+
+def image_shape(num_features: int) -> tuple[int, int] | None:
+    """(channels, side) of flat square images: side x side grey, or 3 x side x side RGB (3 s^2 is
+    never a square, so the two never mix up)."""
+    for channels in (1, 3):
+        if num_features % channels:
+            continue
+        side = int(round((num_features // channels) ** 0.5))
+        if side * side * channels == num_features:
+            return channels, side
+    return None
+
+
+def norm_kind(spec: ModelSpec) -> str:
+    return spec.norm or ("batch" if spec.batchnorm else "none")
 
 
 def num_outputs(spec: ModelSpec, num_classes: int) -> int:
@@ -142,15 +216,22 @@ def num_outputs(spec: ModelSpec, num_classes: int) -> int:
 def _body(spec: ModelSpec, num_features: int) -> tuple[nn.Module, int]:
     if spec.name == "logistic":
         return nn.Identity(), num_features
-    if spec.name == "cnn":
-        side = image_side(num_features)
-        if side is None:
-            raise ValueError(f"model.name: cnn needs a square number of pixel columns (got {num_features})")
-        body = ConvBody(side, spec.channels, spec.activation, spec.dropout, spec.batchnorm)
-        return body, body.width
+    if spec.name in IMAGE_MODELS:
+        shape = image_shape(num_features)
+        if shape is None:
+            raise ValueError(f"model.name: {spec.name} needs square images as pixel columns (side x side grey, "
+                             f"or 3 x side x side RGB; got {num_features})")
+        in_channels, side = shape
+        image_body: ConvBody | MonaiBody
+        if spec.name == "cnn":
+            image_body = ConvBody(side, spec.channels, spec.activation, spec.dropout, norm_kind(spec), spec.groups,
+                                  in_channels)
+        else:
+            image_body = MonaiBody(spec.name, side, in_channels, norm_kind(spec), spec.groups, spec.dropout)
+        return image_body, image_body.width
     if spec.name in RecurrentBody.CELLS:
-        body = RecurrentBody(spec.name, spec.input_size, spec.hidden, spec.dropout)
-        return body, body.width
+        recurrent = RecurrentBody(spec.name, spec.input_size, spec.hidden, spec.dropout)
+        return recurrent, recurrent.width
     if spec.name == "transformer":
         body = TransformerBody(num_features // spec.input_size, spec.input_size, spec.hidden[0], len(spec.hidden),
                                spec.heads, spec.dropout, spec.activation)
@@ -159,8 +240,9 @@ def _body(spec: ModelSpec, num_features: int) -> tuple[nn.Module, int]:
     width = num_features
     for h in spec.hidden:
         layers.append(nn.Linear(width, h))
-        if spec.batchnorm:
-            layers.append(nn.BatchNorm1d(h))
+        layer = norm_layer(norm_kind(spec), h, spec.groups, dims=1)
+        if layer is not None:
+            layers.append(layer)
         layers.append(ACTIVATIONS[spec.activation]())
         if spec.dropout > 0:
             layers.append(nn.Dropout(spec.dropout))

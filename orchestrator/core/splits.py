@@ -12,8 +12,12 @@ from orchestrator.core.tables import Split, Table
 from orchestrator.core.partitioning import partition
 
 
-def split_indices(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified when every class has two rows, else a plain shuffle; never an empty side."""
+def split_indices(y: np.ndarray, test_fraction: float, seed: int, groups: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified when every class has two rows, else a plain shuffle; never an empty side. With
+    `groups` (patients), whole groups fall on one side: `group_split`."""
+    if groups is not None:
+        return group_split(y, groups, test_fraction, seed)
     n = len(y)
     rng = np.random.default_rng(seed)
     n_test = min(max(1, int(round(n * test_fraction))), n - 1)
@@ -30,6 +34,36 @@ def split_indices(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.nd
     mask = np.ones(n, dtype=bool)
     mask[test_idx] = False
     return np.flatnonzero(mask), test_idx
+
+
+def group_split(y: np.ndarray, groups: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """All of a patient's rows on one side (per-image splits leak a patient's look into the test
+    set). Patients are drawn in a seeded order, each class's patients in turn (by their most
+    frequent label), until the test side holds its share of rows; never an empty side."""
+    n = len(y)
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    if len(uniq) < 2:
+        raise ValueError(f"{len(uniq)} patient: a split by patient needs two or more")
+    rng = np.random.default_rng(seed)
+    sizes = np.bincount(inverse, minlength=len(uniq))
+    label = np.array([np.bincount(y[inverse == g].astype(np.int64)).argmax() if np.issubdtype(y.dtype, np.integer)
+                      else 0 for g in range(len(uniq))])
+    by_class = [list(rng.permutation(np.flatnonzero(label == c))) for c in np.unique(label)]
+    order = []
+    while any(by_class):                 # round-robin over classes: the test side holds each class
+        for queue in by_class:
+            if queue:
+                order.append(queue.pop(0))
+    target = min(max(1, int(round(n * test_fraction))), n - 1)
+    test_groups: list[int] = []
+    taken = 0
+    for g in order:
+        if taken >= target or len(test_groups) == len(uniq) - 1:
+            break
+        test_groups.append(g)
+        taken += sizes[g]
+    mask = np.isin(inverse, test_groups)
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
 def column_fill(X: np.ndarray, how: str, fallback: np.ndarray | None = None) -> np.ndarray:
@@ -72,16 +106,28 @@ def hospital_name(stem: str) -> str:
 
 def pool_and_central(table: Table, job) -> tuple[np.ndarray, np.ndarray]:
     """Rows shared among hospitals, and the central held-out rows the server evaluates on."""
-    return split_indices(table.y, job.data.test_fraction, job.seed)
+    return split_indices(table.y, job.data.test_fraction, job.seed, table.groups)
 
 
 def pool_partition(table: Table, job, num_clients: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The pool's rows dealt to `num_clients` simulated hospitals. With patients, whole patients
+    are dealt (each patient's rows go with the first of them), so no patient is in two hospitals."""
     pool, _ = pool_and_central(table, job)
     p = job.federated.partition
-    parts = partition(table.y[pool], p.name, num_clients, job.seed + 1, p.alpha, p.min_size, p.labels_per_hospital)
-    return pool, [pool[part] for part in parts]
+    if table.groups is None:
+        parts = partition(table.y[pool], p.name, num_clients, job.seed + 1, p.alpha, p.min_size, p.labels_per_hospital)
+        return pool, [pool[part] for part in parts]
+    _, first, inverse = np.unique(table.groups[pool], return_index=True, return_inverse=True)
+    rows_per_patient = len(pool) / len(first)
+    min_patients = max(1, int(np.ceil(p.min_size / rows_per_patient)))   # min_size counts rows
+    parts = partition(table.y[pool][first], p.name, num_clients, job.seed + 1, p.alpha, min_patients,
+                      p.labels_per_hospital)
+    return pool, [pool[np.flatnonzero(np.isin(inverse, part))] for part in parts]
 
 
-def own_split(X: np.ndarray, y: np.ndarray, job, partition_id: int) -> Split:
-    tr, te = split_indices(y, job.data.test_fraction, job.seed + 1000 + partition_id)
+def own_split(X: np.ndarray, y: np.ndarray, job, partition_id: int, groups: np.ndarray | None = None) -> Split:
+    """A hospital's own train/test split (by patient where it knows its patients)."""
+    if groups is not None and len(np.unique(groups)) < 2:
+        groups = None   # one patient: nothing to keep apart
+    tr, te = split_indices(y, job.data.test_fraction, job.seed + 1000 + partition_id, groups)
     return Split(X[tr], y[tr], X[te], y[te])

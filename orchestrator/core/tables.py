@@ -8,11 +8,14 @@ import numpy as np
 
 @dataclass
 class Table:
-    """Features (float32, NaN = missing) and integer labels of one data source."""
+    """Features (float32, NaN = missing) and integer labels of one data source; `groups`: each row's
+    patient (rows of one patient stay on one side of every split); `notes`: what reading it counted."""
 
     X: np.ndarray
     y: np.ndarray
     name: str
+    groups: np.ndarray | None = None
+    notes: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

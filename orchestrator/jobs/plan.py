@@ -10,7 +10,7 @@ import numpy as np
 
 from orchestrator.core.partitioning import PartitionError
 from orchestrator.spec.job import JobSpec
-from orchestrator.spec.model import SEQUENCE_MODELS
+from orchestrator.spec.model import IMAGE_MODELS, SEQUENCE_MODELS
 from orchestrator.core.data import Schema, Split, Table, load_source
 from orchestrator.core.dataplan import DataPlan
 from orchestrator.core.splits import hospital_name, impute_split, own_split, pool_and_central, pool_partition
@@ -37,6 +37,14 @@ def plan_data(job: JobSpec) -> DataPlan:
     notes: dict = {"data.num_features": len(schema.features), "data.num_classes": len(schema.classes)}
     if schema.categories:   # the vocabulary agreed from the hospitals' counts of their text values
         notes["data.categories"] = "; ".join(f"{c}: {', '.join(v)} (+other)" for c, v in schema.categories)
+    for key in sorted({k for t in tables for k in t.notes}):   # counted while reading: per hospital
+        counts = {t.name: int(t.notes.get(key, 0)) for t in tables}
+        notes[f"data.{key}"] = sum(counts.values())
+        if len(tables) > 1:
+            notes[f"data.{key}_by_hospital"] = ", ".join(f"{k}: {v}" for k, v in counts.items())
+    if job.data.source == "images":
+        notes["data.images"] = int(sum(len(t.y) for t in tables))
+        notes["data.split"] = "by patient" if all(t.groups is not None for t in tables) else "by image"
     missing = int(sum(np.isnan(t.X).sum() for t in tables))
     notes["data.missing_cells"] = missing
     notes["data.imputation"] = (
@@ -45,8 +53,9 @@ def plan_data(job: JobSpec) -> DataPlan:
     ) if missing else "none needed"
 
     if natural:
-        problems = [f"{t.name}.csv: {len(t.y)} rows, a hospital needs at least {min_rows} "
-                    f"(federated.partition.min_size) for its own train/test split"
+        unit = "images" if job.data.source == "images" else "rows"
+        problems = [f"{t.name if job.data.source == 'images' else t.name + '.csv'}: {len(t.y)} {unit}, a hospital "
+                    f"needs at least {min_rows} (federated.partition.min_size) for its own train/test split"
                     for t in tables if len(t.y) < min_rows]
         n = job.federated.num_clients
         if job.by_hospital and n is not None and n != len(tables):
@@ -54,7 +63,7 @@ def plan_data(job: JobSpec) -> DataPlan:
                             f"(set it to {len(tables)} or null)")
         if problems:
             raise DataError(source, problems)
-        splits = [own_split(t.X, t.y, job, i) for i, t in enumerate(tables)]
+        splits = [own_split(t.X, t.y, job, i, t.groups) for i, t in enumerate(tables)]
         centralized = None
         if job.pooled:
             pooled = Split(*(np.concatenate([getattr(s, a) for s in splits])
@@ -81,7 +90,8 @@ def plan_data(job: JobSpec) -> DataPlan:
     except PartitionError as exc:
         msg = str(exc)
         raise DataError(source, [msg if msg.startswith("federated.") else f"federated.num_clients: {msg}"]) from None
-    check_privacy_budget(job, lambda: [len(own_split(table.X[rows], table.y[rows], job, i).y_train)
+    check_privacy_budget(job, lambda: [len(own_split(table.X[rows], table.y[rows], job, i,
+                                                     None if table.groups is None else table.groups[rows]).y_train)
                                        for i, rows in enumerate(shares)])
     return DataPlan(schema, [str(i) for i in range(n)], [len(s) for s in shares], central=central, notes=notes)
 
@@ -89,9 +99,10 @@ def plan_data(job: JobSpec) -> DataPlan:
 def check_schema(job: JobSpec, schema: Schema, source: str) -> None:
     """What the model asks of the agreed schema (whoever agreed it: the files here, or the
     hospitals' census in a deployment)."""
-    if job.model.name == "cnn" and image_side(len(schema.features)) is None:
+    if job.model.name in IMAGE_MODELS and image_side(len(schema.features)) is None:
         raise DataError(source,
-                        [f"model.name: cnn needs square images, but the data has {len(schema.features)} feature columns"])
+                        [f"model.name: {job.model.name} needs square images, but the data has {len(schema.features)} "
+                         "feature columns"])
     if job.model.name in SEQUENCE_MODELS and len(schema.features) % job.model.input_size:
         raise DataError(source,
                         [f"model.input_size: {job.model.input_size} features per step do not divide the "

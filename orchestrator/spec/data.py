@@ -7,7 +7,10 @@ from pydantic import Field, field_validator, model_validator
 
 from orchestrator.spec.base import Spec
 
-DataSource = Literal["breast_cancer", "digits", "wine", "diabetes", "xor", "sequences", "csv"]
+DataSource = Literal["breast_cancer", "digits", "wine", "diabetes", "xor", "sequences", "csv", "images"]
+FILE_SOURCES = ("csv", "images")   # the user's own files (data.path, or each hospital's --data)
+IMAGE_ONLY = ("image_size", "channels", "fit", "window", "image_column", "patient_column", "manifest",
+              "unreadable")
 LABELLED_SOURCES = ("breast_cancer", "digits", "wine", "xor", "sequences")   # class labels
 TABULAR_SOURCES = ("breast_cancer", "digits", "wine", "diabetes", "xor")     # not sequences
 
@@ -15,9 +18,13 @@ TABULAR_SOURCES = ("breast_cancer", "digits", "wine", "diabetes", "xor")     # n
 class DataSpec(Spec):
     source: DataSource = Field("breast_cancer", description=(
         "bundled with scikit-learn: breast_cancer | digits | wine | diabetes (regression); generated from the "
-        "seed: xor | sequences; or csv (data.path)"))
-    path: str | None = Field(None, description="csv: one file, or a directory holding one CSV per hospital")
-    target: str = Field("target", description="csv: the label column (a number for a regression)")
+        "seed: xor | sequences; or csv (data.path); or images (data.path: PNG/JPEG/TIFF, DICOM, NIfTI)"))
+    path: str | None = Field(None, description=(
+        "csv: one file, or a directory holding one CSV per hospital; images: one folder of images, or "
+        "(federated.partition.name: natural) a directory with one folder per hospital"))
+    target: str = Field("target", description=(
+        "csv: the label column (a number for a regression); images: the manifest's label column "
+        "(else found by its name: label, class, diagnosis, finding ...)"))
     classes: list[str] | None = Field(None, description=(
         "keep only the rows of these classes, relabelled in this order, e.g. [\"7\", \"8\", \"9\"]"))
     rows: Annotated[int, Field(ge=8, description="xor / sequences: rows generated")] = 600
@@ -40,6 +47,30 @@ class DataSpec(Spec):
     max_categories: Annotated[int, Field(ge=1, le=1000, description=(
         "csv text columns: the most frequent values across the hospitals (agreed from their counts) each "
         "get an input; the rest, and values first seen at evaluation, are 'other'"))] = 20
+    missing_labels: Literal["error", "drop"] = Field("error", description=(
+        "rows (csv) or images (manifest) without a label: an error naming them, or left out and counted "
+        "per hospital in the run (data.dropped_unlabelled)"))
+    # ---- images
+    image_size: Annotated[int, Field(ge=4, le=1024, description=(
+        "images: every image is resized to image_size x image_size pixels"))] = 32
+    channels: Literal[1, 3] = Field(1, description="images: 1 grey (RGB by luminance) | 3 RGB (grey repeated)")
+    fit: Literal["pad", "crop", "stretch"] = Field("pad", description=(
+        "images: a non-square image padded to a square with black, its centre square cropped, or stretched"))
+    window: tuple[float, float] | None = Field(None, description=(
+        "images, DICOM / NIfTI: [centre, width] of the intensity window in the file's units after the "
+        "rescale (e.g. [40, 400] for CT soft tissue); default: the DICOM file's own window, else each "
+        "image's min..max"))
+    manifest: str | None = Field(None, description=(
+        "images: the CSV in each hospital's folder that lists its images (default: its only *.csv; "
+        "none: class-named subfolders)"))
+    image_column: str | None = Field(None, description=(
+        "images: the manifest's column of image paths, relative to the manifest (default: found by its values)"))
+    patient_column: str | None = Field(None, description=(
+        "images: the manifest's patient (or study) column: all of a patient's images fall on one side of "
+        "every train/test split (default: found by its name: patient, patient_id, subject ...)"))
+    unreadable: Literal["error", "skip"] = Field("error", description=(
+        "images: a file that cannot be read stops the job before training (naming it and its hospital), "
+        "or is skipped and counted in the run (data.skipped_unreadable)"))
 
     @field_validator("relabel", mode="before")
     @classmethod
@@ -53,8 +84,14 @@ class DataSpec(Spec):
     @model_validator(mode="after")
     def _csv_needs_path(self) -> DataSpec:
         # csv without a path: refused with the job (spec.job), unless the hospitals hold the files
-        if self.source != "csv" and self.path:
-            raise ValueError(f"path: only used with data.source 'csv' (source is '{self.source}')")
+        if self.source not in FILE_SOURCES and self.path:
+            raise ValueError(f"path: only used with data.source 'csv' or 'images' (source is '{self.source}')")
+        if self.source != "images":
+            used = [k for k in IMAGE_ONLY if getattr(self, k) != type(self).model_fields[k].default]
+            if used:
+                raise ValueError(f"{used[0]}: only used with data.source 'images' (source is '{self.source}')")
+        if self.window is not None and self.window[1] <= 0:
+            raise ValueError(f"window: [centre, width] needs a positive width (got {list(self.window)})")
         if self.source != "csv":
             used = [k for k in ("columns", "na_values", "drop", "features", "relabel") if getattr(self, k)]
             if used:

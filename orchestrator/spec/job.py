@@ -13,11 +13,11 @@ from pydantic import Field, model_validator
 
 from orchestrator.spec.base import Spec
 from orchestrator.spec.cluster import CheckpointSpec, RaySpec
-from orchestrator.spec.data import LABELLED_SOURCES, TABULAR_SOURCES, DataSpec
+from orchestrator.spec.data import FILE_SOURCES, LABELLED_SOURCES, TABULAR_SOURCES, DataSpec
 from orchestrator.spec.engines import refusal as engine_refusal
 from orchestrator.spec.errors import Problems
 from orchestrator.spec.federated import FederatedSpec
-from orchestrator.spec.model import SEQUENCE_MODELS, ModelSpec
+from orchestrator.spec.model import IMAGE_MODELS, SEQUENCE_MODELS, ModelSpec
 from orchestrator.spec.sweep import SweepSpec
 from orchestrator.spec.tracking import ExplainSpec, TrackingSpec
 from strategies.registry import declared
@@ -80,18 +80,24 @@ class JobSpec(Spec):
         deployed = self.kind == "federated" and self.federated.engine == "deployment"
         if self.data.source == "csv" and not self.data.path and not deployed:
             problems.append("data.path: data.source 'csv' needs data.path (a CSV file or a directory of CSVs)")
+        if self.data.source == "images" and not self.data.path and not deployed:
+            problems.append("data.path: data.source 'images' needs data.path (a folder of images, or a directory "
+                            "with one folder per hospital)")
         if self.by_hospital:
-            if part == "natural" and self.data.source != "csv":
-                problems.append("federated.partition.name: 'natural' needs data.source 'csv' with data.path "
-                                "a directory holding one CSV per hospital")
+            if part == "natural" and self.data.source not in FILE_SOURCES:
+                problems.append("federated.partition.name: 'natural' needs data.source 'csv' or 'images' with "
+                                "data.path a directory holding one CSV (or one folder of images) per hospital")
             if part != "natural" and self.federated.num_clients is None:
                 problems.append(f"federated.num_clients: required with partition '{part}'")
             if self.kind == "local":
                 problems += _check_local(self)
             else:
                 problems += _check_federated(self)
-        if self.model.name == "cnn" and self.data.source not in ("digits", "csv"):
-            problems.append("model.name: cnn needs image rows (data.source digits, or a csv of square images)")
+        if self.model.name in IMAGE_MODELS and self.data.source not in ("digits", "csv", "images"):
+            problems.append(f"model.name: {self.model.name} needs images (data.source images or digits, or a csv "
+                            "of square images)")
+        if self.data.source == "images" and self.model.head == "linear":
+            problems.append("model.head: linear is for regression, but images have class labels")
         if self.train.loss is not None and LOSS_HEAD[self.train.loss] != self.model.head:
             problems.append(f"train.loss: '{self.train.loss}' trains a {LOSS_HEAD[self.train.loss]} head, but "
                             f"model.head is '{self.model.head}' (set model.head: {LOSS_HEAD[self.train.loss]})")

@@ -10,11 +10,19 @@ from orchestrator.spec.base import Spec
 
 Head = Literal["softmax", "sigmoid", "linear"]
 SEQUENCE_MODELS = ("rnn", "lstm", "gru", "transformer")
+# MONAI's networks, 2D, built without a hub (no pretrained download): `model.init_from` a weights file
+MONAI_MODELS = ("resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0")
+IMAGE_MODELS = ("cnn", *MONAI_MODELS)
+
+
+WEIGHT_FILES = (".safetensors", ".pt", ".pth")
 
 
 class ModelSpec(Spec):
-    name: Literal["mlp", "logistic", "cnn", "rnn", "lstm", "gru", "transformer", "gan"] = Field("mlp", description=(
-        "mlp | logistic | cnn (square images as flat pixel columns, e.g. digits 8x8) | rnn | lstm | gru | "
+    name: Literal["mlp", "logistic", "cnn", "rnn", "lstm", "gru", "transformer", "gan", "resnet18", "resnet34",
+                  "resnet50", "densenet121", "efficientnet_b0"] = Field("mlp", description=(
+        "mlp | logistic | cnn (square images as flat pixel columns, e.g. digits 8x8) | resnet18 | resnet34 | "
+        "resnet50 | densenet121 | efficientnet_b0 (MONAI's 2D networks, for data.source images) | rnn | lstm | gru | "
         "transformer (sequences as flat rows of steps x input_size columns) | gan (a generator and a "
         "discriminator of tabular rows, conditioned on the label: synthetic data, federated)"))
     channels: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [16, 32],
@@ -24,23 +32,36 @@ class ModelSpec(Spec):
     activation: Literal["relu", "tanh", "sigmoid", "gelu"] = Field("relu", description="hidden activation")
     dropout: Annotated[float, Field(ge=0.0, lt=1.0, description="dropout probability")] = 0.0
     batchnorm: bool = Field(False, description="batch norm after hidden layers (mlp, cnn)")
+    norm: Literal["batch", "group", "none"] | None = Field(None, description=(
+        "normalisation layers: batch | group (GroupNorm: what Opacus and FedAvg need) | none; default: "
+        "batch for the ResNets, DenseNet and EfficientNet, model.batchnorm for mlp and cnn"))
+    groups: Annotated[int, Field(ge=1, description="norm: group: channels are split into this many groups")] = 8
     head: Head = Field("softmax", description=(
         "softmax: one output per class | sigmoid: one output, binary | linear: one output, regression"))
     input_size: Annotated[int, Field(ge=1, description="sequence models: features per time step")] = 1
     latent_dim: Annotated[int, Field(ge=1, description="gan: the generator's noise inputs")] = 16
     heads: Annotated[int, Field(ge=1, description="transformer: attention heads")] = 2
     init_from: str | None = Field(None, description=(
-        "transfer learning: start from a logged model, models:/NAME/VERSION (or latest) or runs:/RUN_ID/model; "
-        "layers whose names and shapes match are copied"))
+        "transfer learning: start from a logged model, models:/NAME/VERSION (or latest) or runs:/RUN_ID/model, "
+        "or a local weights file (.safetensors, or a torch state dict .pt/.pth); layers whose names and shapes "
+        "match are copied"))
     freeze: list[str] = Field(default_factory=list, description=(
         "parameter name prefixes kept fixed, e.g. [input, body] to train only the head"))
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
+        if self.norm is None:
+            self.norm = "batch" if self.name in MONAI_MODELS or self.batchnorm else "none"
         if self.name in SEQUENCE_MODELS and len(set(self.hidden)) > 1:
             raise ValueError(f"hidden: stacked {self.name} layers share one width (got {self.hidden})")
         if self.name == "transformer" and self.hidden[0] % self.heads:
             raise ValueError(f"heads: the transformer width hidden[0]={self.hidden[0]} must divide by heads={self.heads}")
-        if self.init_from is not None and not re.match(r"^(models|runs):/.+", self.init_from):
-            raise ValueError(f"init_from: expected models:/NAME/VERSION or runs:/RUN_ID/model (got {self.init_from!r})")
+        if self.init_from is not None and not re.match(r"^(models|runs):/.+", self.init_from) \
+                and not self.init_from.endswith(WEIGHT_FILES):
+            raise ValueError(f"init_from: expected models:/NAME/VERSION, runs:/RUN_ID/model or a weights file "
+                             f"({' | '.join(WEIGHT_FILES)}) (got {self.init_from!r})")
+        if self.norm is not None and self.batchnorm and self.norm != "batch":
+            raise ValueError(f"norm: '{self.norm}' and batchnorm: true disagree: set one of them")
+        if self.name == "efficientnet_b0" and self.norm == "none":
+            raise ValueError("norm: efficientnet_b0 needs batch or group norm")
         return self

