@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from orchestrator.spec.job import JobSpec
+from orchestrator.spec.model import MONAI_MODELS, WEIGHT_FILES
 from orchestrator.spec.errors import UserError
 from orchestrator.core.models import Net, build_model, prepare, transfer
 
@@ -26,10 +27,43 @@ class Start:
 def resolve(job: JobSpec, tracking_uri: str) -> Start:
     if not job.model.init_from:
         return Start()
+    if job.model.init_from.endswith(WEIGHT_FILES):
+        weights, tags = weights_file(job.model.init_from)
+        if not any(k.startswith(("input.", "body.", "head.", "output.")) for k in weights):
+            # a bare network's own state dict (a MONAI ResNet's `conv1.weight`): this model's body
+            prefix = "body.net." if job.model.name in MONAI_MODELS else "body."
+            weights = {prefix + k: v for k, v in weights.items()}
+        return Start(weights, tags)
     from orchestrator.tracking.runs import load_source_weights
 
     weights, tags = load_source_weights(tracking_uri, job.model.init_from)
     return Start(weights, tags)
+
+
+def weights_file(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A local weights file (pretrained elsewhere, no hub): safetensors, or a torch state dict
+    (.pt/.pth, loaded with weights_only: no code runs); its lineage names the file and its hash."""
+    import hashlib
+    from pathlib import Path
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError("model.init_from", [f"{path}: no such weights file"])
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            weights = load_file(str(file))
+        else:
+            loaded = torch.load(file, map_location="cpu", weights_only=True)
+            weights = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
+            if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+                raise ValueError("expected a state dict: names to tensors")
+    except Exception as exc:  # noqa: BLE001 - any reader's failure is the file's problem
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError("model.init_from", [f"{path}: cannot read as weights ({first})"]) from None
+    digest = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+    return dict(weights), {"lineage.init_from": str(file.resolve()), "lineage.source_sha256": digest}
 
 
 def initial_model(job: JobSpec, num_features: int, num_classes: int, start: Start | None,
