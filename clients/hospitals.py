@@ -57,7 +57,15 @@ def describe_share(job: JobSpec, partition_id: int, num_partitions: int, data_pa
     from orchestrator.core.csvfiles import read_frame
 
     spec = job.data
-    if spec.source != "csv" and data_path:
+    if spec.source == "images":
+        if not data_path:
+            raise DataError(f"hospital {partition_id}", [
+                "no data-path in this SuperNode's node config: a hospital in a deployment reads its own images "
+                "(consortium federation supernode --data FOLDER)"])
+        from orchestrator.core.imaging.tables import describe_images
+
+        return describe_images(job, Path(data_path), partition_id)
+    if spec.source not in ("csv", "images") and data_path:
         raise DataError(f"hospital {Path(data_path).stem}", [
             f"this SuperNode holds {data_path} (its --data), and the job asks for the bundled demo source "
             f"'{spec.source}': set data.source: csv in the job to train on the hospitals' files (a demo source "

@@ -192,8 +192,8 @@ def supernode(superlink_address: str = typer.Option(..., "--superlink", help="HO
         problem = tls_problem(superlink_address, ca, timeout=30)
         if problem:
             _user_error("--ca", problem)
-    if data is not None and not data.is_file():
-        _user_error("--data", f"{data}: no such file; expected this hospital's CSV")
+    if data is not None and not data.exists():
+        _user_error("--data", f"{data}: no such file or folder; expected this hospital's CSV (or its folder of images)")
     d = start_supernode(link, key, partition_id, num_partitions, data, port, state)
     _say(f"SuperNode {partition_id}/{num_partitions} -> {superlink_address} (log: {d.log}); Ctrl-C stops it")
     _foreground(d, said={NOT_REGISTERED: ("--key", "[consortium] ")})

@@ -56,6 +56,10 @@ def hospitals_of(job, workdir: Path) -> list[Hospital]:
     from orchestrator.core.splits import hospital_name
 
     part = job.federated.partition
+    if job.data.source == "images":   # one folder per hospital
+        from orchestrator.core.data import hospital_paths
+
+        return [Hospital(i, hospital_name(f.name), f) for i, f in enumerate(hospital_paths(job))]
     if job.data.source != "csv":
         return [Hospital(i, str(i), None) for i in range(int(job.federated.num_clients or 1))]
     files = csv_files(job.data)

@@ -209,9 +209,9 @@ def _check_federated(job: JobSpec) -> list[str]:
                             "with (--data): set data.source: csv (no data.path: the coordinator reads no file), or "
                             "name a bundled demo source (e.g. data.source: breast_cancer) that SuperNodes started "
                             "without --data agree to")
-        if part.name != "natural" and job.data.source == "csv":
+        if part.name != "natural" and job.data.source in FILE_SOURCES:
             problems.append(f"federated.partition.name: '{part.name}' splits one shared file, which no real "
-                            "hospital holds; in a deployment each hospital reads its own CSV: use natural")
+                            "hospital holds; in a deployment each hospital reads its own CSV (or image folder): use natural")
     elif fed.superlink or fed.root_certificates or fed.insecure:
         problems.append(f"federated.superlink: only used with engine deployment (engine is '{fed.engine}')")
     if (why := engine_refusal(job)) is not None:   # what the named engine declares it cannot run

@@ -126,3 +126,23 @@ def _keep(s: Samples, classes: list[str]) -> Samples:
     mask = [lab in classes for lab in s.labels]
     return Samples(s.name, s.folder, [p for p, m in zip(s.paths, mask) if m], [lab for lab, m in zip(s.labels, mask) if m],
                    [p for p, m in zip(s.patients, mask) if m] if s.patients is not None else None, s.notes)
+
+
+def describe_images(job, folder: Path, partition_id: int) -> dict:
+    """What a hospital says about its images before anything is agreed (the deployment's census):
+    its name, the pixel columns, the labels it holds, counts. Facts about the data, never a pixel."""
+    from orchestrator.core.splits import hospital_name, own_split
+
+    spec = job.data
+    pre = Preprocess.of(spec)
+    samples = list_samples(folder, spec, hospital_name(folder.name))
+    if spec.classes:
+        samples = _keep(samples, spec.classes)
+    X, kept = decode(samples, pre, spec.unreadable)
+    labels = sorted({samples.labels[i] for i in kept})
+    index = {c: i for i, c in enumerate(labels)}
+    y = np.array([index[samples.labels[i]] for i in kept], dtype=np.int64)
+    groups = group_ids([samples.patients[i] for i in kept]) if samples.patients is not None else None
+    split = own_split(X, y, job, partition_id, groups)
+    return {"name": samples.name, "features": list(pixel_names(pre)), "labels": labels, "rows": int(len(y)),
+            "train_rows": int(len(split.y_train)), "missing": 0, "observed": [int(len(y))] * X.shape[1]}
