@@ -56,9 +56,10 @@ def weights_file(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             weights = load_file(str(file))
         else:
             loaded = torch.load(file, map_location="cpu", weights_only=True)
-            weights = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
-            if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+            state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
+            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
                 raise ValueError("expected a state dict: names to tensors")
+            weights = state
     except Exception as exc:  # noqa: BLE001 - any reader's failure is the file's problem
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise UserError("model.init_from", [f"{path}: cannot read as weights ({first})"]) from None
