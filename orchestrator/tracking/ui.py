@@ -103,7 +103,7 @@ def landing_links(uri: str, base: str, limit: int = 5) -> list[str]:
     3.17 opens an experiment on its GenAI overview) and the newest run, newest experiments first."""
     from orchestrator.tracking.stores import run_link, runs_link
 
-    lines = [f"  experiments   {base}/#/experiments"]
+    lines = [f"  experiments   {base}/#/experiments?workflowType=machine_learning"]
     try:
         from mlflow.tracking import MlflowClient
 

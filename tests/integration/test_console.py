@@ -158,5 +158,5 @@ def test_consortium_ui_has_no_server_log_on_its_console(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert f"http://127.0.0.1:{port}/#/experiments" in out and str(log) in out
+    assert f"http://127.0.0.1:{port}/#/experiments?workflowType=machine_learning" in out and str(log) in out
     assert not [n for n in NOISE + ("Uvicorn", "Security middleware") if n in out + errs], out + errs
