@@ -154,8 +154,13 @@ def model_card(plan: DataPlan, job: JobSpec, model) -> dict:
     from orchestrator.core.models import standardizer
     from orchestrator.tracking.flavor import card
 
-    return card(plan.schema.features, plan.schema.classes, job.model.head,
-                standardizer(model).mean.detach().cpu().numpy(), plan.schema.columns, plan.schema.categories)
+    out = card(plan.schema.features, plan.schema.classes, job.model.head,
+               standardizer(model).mean.detach().cpu().numpy(), plan.schema.columns, plan.schema.categories)
+    if job.data.source == "images":   # `consortium predict MODEL FOLDER` reads files as training did
+        spec = job.data
+        out["image"] = {"size": spec.image_size, "channels": spec.channels, "fit": spec.fit,
+                        "window": list(spec.window) if spec.window else None}
+    return out
 
 
 def input_example(plan: DataPlan) -> np.ndarray:

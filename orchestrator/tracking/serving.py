@@ -123,6 +123,8 @@ def predict(model_uri: str, rows: Path, out: Path | None, tracking_uri: str | No
     from orchestrator.tracking.flavor import CARD_KEY, check_columns, text_in_numbers
     from orchestrator.tracking.store import resolve_uri
 
+    if rows.is_dir() or rows.suffix.lower() == ".csv" and _image_model(model_uri, tracking_uri):
+        return predict_images(model_uri, rows, out, tracking_uri)
     if not rows.is_file():
         raise UserError(str(rows), ["no such file: expected a CSV of rows with the model's feature columns"])
     try:
@@ -165,3 +167,66 @@ def _main() -> None:
 
 if __name__ == "__main__":
     _main()
+
+
+def _image_model(model_uri: str, tracking_uri: str | None) -> bool:
+    from orchestrator.tracking.flavor import CARD_KEY
+    from orchestrator.tracking.store import resolve_uri
+
+    info = _open(model_uri, resolve_uri(tracking_uri), info_only=True)
+    return "image" in ((info.metadata or {}).get(CARD_KEY) or {})
+
+
+def predict_images(model_uri: str, where: Path, out: Path | None, tracking_uri: str | None) -> tuple[Path, int]:
+    """One row per image file of a folder (class folders, a manifest, or loose files) or of a
+    manifest CSV: its path, its label where the export names one, the prediction and the class
+    probabilities; every file read with the preprocessing the model was trained with."""
+    import pandas as pd
+
+    from orchestrator.core.imaging.readers import Preprocess, UnreadableImage, is_image, read_image
+    from orchestrator.spec.data import DataSpec
+    from orchestrator.spec.errors import DataError
+    from orchestrator.tracking.flavor import CARD_KEY
+    from orchestrator.tracking.store import resolve_uri
+
+    model = _open(model_uri, resolve_uri(tracking_uri))
+    card = (model.metadata.metadata or {}).get(CARD_KEY) or {}
+    image = card.get("image")
+    if image is None:
+        raise UserError(model_uri, ["this model was not trained on images: predict a CSV of its feature columns"])
+    pre = Preprocess(int(image["size"]), int(image["channels"]), image["fit"],
+                     tuple(image["window"]) if image.get("window") else None)
+    folder = where if where.is_dir() else where.parent
+    spec = DataSpec.model_validate({"source": "images", "path": str(folder),
+                                    "manifest": None if where.is_dir() else where.name})
+    paths: list[Path]
+    labels: list[str] | None
+    try:
+        from orchestrator.core.imaging.folders import list_samples
+
+        samples = list_samples(folder, spec)
+        paths, labels = samples.paths, samples.labels
+    except DataError:
+        if where.is_file():
+            raise
+        paths, labels = sorted(p for p in folder.rglob("*") if p.is_file() and is_image(p)), None
+    if not paths:
+        raise UserError(str(where), ["no image files (.png .jpg .tif .dcm .nii .nii.gz) found"])
+    pixels, bad = [], []
+    for p in paths:
+        try:
+            pixels.append(read_image(p, pre).reshape(-1))
+        except UnreadableImage as exc:
+            bad.append(f"{p}: {exc}")
+    if bad:
+        raise UserError(str(where), bad[:8] + ([f"... and {len(bad) - 8} more"] if len(bad) > 8 else []))
+    import numpy as np
+
+    frame = pd.DataFrame(np.stack(pixels).astype(np.float32), columns=card["features"])
+    answers = pd.DataFrame(model.predict(frame)).reset_index(drop=True)
+    table = pd.DataFrame({"path": [str(p) for p in paths]})
+    if labels is not None:
+        table["label"] = labels
+    out = out or (folder / "predictions.csv" if where.is_dir() else where.with_name(where.stem + ".predictions.csv"))
+    pd.concat([table, answers], axis=1).to_csv(out, index=False)
+    return out, len(paths)

@@ -53,3 +53,36 @@ def test_an_unreadable_image_is_named_with_its_hospital_before_anything_is_recor
     assert "hospital hospital_c" in msg and f"scans/{bad.name}: cannot read as nifti" in msg, msg
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "mlruns.db").exists()
+
+
+def test_predict_on_a_hospitals_test_images_equals_the_runs_metric_for_that_hospital(tmp_path):
+    """`consortium predict MODEL MANIFEST` reads DICOM as training did: its accuracy on hospital_b's
+    own test images (its split by patient) is the run's last hospital_b/eval/accuracy."""
+    import numpy as np
+    import pandas as pd
+
+    from orchestrator.core.imaging.folders import list_samples
+    from orchestrator.core.splits import split_indices
+    from orchestrator.spec.loading import load_job
+
+    data = CONFIGS / "data" / "digit_hospitals"
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    args = [f"data.path={data}", f"tracking.uri={uri}", "federated.rounds=4"]
+    result = _result(run_cli("run", CONFIG, *args, "--json", "-q", cwd=tmp_path))
+    job = load_job(CONFIG, args)
+    samples = list_samples(data / "hospital_b", job.data)
+    ids = {p: i for i, p in enumerate(dict.fromkeys(samples.patients))}
+    codes = np.unique(np.array(samples.labels), return_inverse=True)[1]   # hospital_b holds all ten digits
+    _, test = split_indices(codes, job.data.test_fraction, job.seed + 1000 + 1,
+                            np.array([ids[p] for p in samples.patients]))
+    manifest = tmp_path / "hospital_b_test.csv"
+    pd.DataFrame({"file": [str(samples.paths[i]) for i in test],
+                  "label": [samples.labels[i] for i in test]}).to_csv(manifest, index=False)
+    proc = run_cli("predict", result["model_uri"], str(manifest), "--tracking-uri", uri, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = pd.read_csv(tmp_path / "hospital_b_test.predictions.csv")
+    assert len(rows) == len(test) and rows["path"].str.endswith(".dcm").all()
+    accuracy = float((rows["prediction"] == rows["label"]).mean())
+    history = MlflowClient(uri).get_metric_history(result["run_id"], "hospital_hospital_b/eval/accuracy")
+    last = max(history, key=lambda m: m.step).value
+    assert abs(accuracy - last) < 1e-9, (accuracy, last)
