@@ -86,3 +86,19 @@ def test_predict_on_a_hospitals_test_images_equals_the_runs_metric_for_that_hosp
     history = MlflowClient(uri).get_metric_history(result["run_id"], "hospital_hospital_b/eval/accuracy")
     last = max(history, key=lambda m: m.step).value
     assert abs(accuracy - last) < 1e-9, (accuracy, last)
+
+
+def test_init_on_a_directory_of_image_exports_writes_a_job_that_trains(tmp_path):
+    import yaml
+
+    data = CONFIGS / "data" / "digit_hospitals"
+    out = run_cli("init", "scans", "--data", str(data), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "3 hospitals, one per folder of images" in out.stdout, out.stdout
+    job = yaml.safe_load((tmp_path / "scans.yaml").read_text())
+    assert job["data"]["source"] == "images" and job["data"]["image_size"] == 28
+    assert job["federated"]["partition"]["name"] == "natural" and job["model"]["name"] == "cnn"
+    ran = run_cli("run", "scans.yaml", "federated.rounds=4", "--json", "-q", cwd=tmp_path)
+    assert _result(ran)["final"]["eval/accuracy"] > 0.5
+    one = run_cli("init", "one", "--data", str(data / "hospital_b"), cwd=tmp_path)
+    assert one.returncode == 0 and "3 simulated hospitals sharing the images" in one.stdout, one.stdout + one.stderr
