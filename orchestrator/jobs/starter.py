@@ -170,7 +170,7 @@ def _first_image(path: Path, kind: str) -> tuple[int, bool]:
         if kind == "nifti":
             import nibabel as nib
 
-            shape = nib.load(str(path)).shape
+            shape = tuple(nib.load(str(path)).header.get_data_shape())
             return max(shape[:2]), False
         from PIL import Image
 
