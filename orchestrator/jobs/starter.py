@@ -8,6 +8,7 @@ distinct values makes a regression. The file is validated (data opened and split
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from orchestrator.spec.errors import DataError, UserError
 
@@ -170,7 +171,8 @@ def _first_image(path: Path, kind: str) -> tuple[int, bool]:
         if kind == "nifti":
             import nibabel as nib
 
-            shape = tuple(nib.load(str(path)).header.get_data_shape())
+            image: Any = nib.load(str(path))   # a NIfTI image (nibabel types it as any file-based image)
+            shape = tuple(image.shape)
             return max(shape[:2]), False
         from PIL import Image
 
