@@ -213,3 +213,15 @@ def test_manifest_columns_are_found_or_named_and_unlabelled_images_counted(expor
     spec = _job(exports[0], target="finding_text", patient_column="mrn", missing_labels="drop").data
     found = list_samples(folder, spec)
     assert len(found.paths) == 38 and found.notes["dropped_unlabelled"] == 2 and found.patients[0] == "P00"
+
+
+def test_the_images_benchmark_runs_at_tiny_sizes(monkeypatch, tmp_path):
+    """bench/images.py, kept from rotting: both measures run (figures: bench/results/images.json)."""
+    from bench.images import decode_times, throughput
+
+    monkeypatch.setenv("CONSORTIUM_HOME", str(tmp_path))
+    folders = sorted((ROOT / "configs" / "data" / "digit_hospitals").iterdir())[:1]
+    decoded = decode_times(folders, 8)
+    assert decoded["hospital_a"]["images"] == 400 and decoded["hospital_a"]["ratio"] > 1
+    result = throughput(8, "cnn", 1)
+    assert result["images"] == 1200 and result["ratio"] > 0
