@@ -14,8 +14,20 @@ import re
 import numpy as np
 
 OTHER = "other"
-ID_NAME = re.compile(r"(^|[_\s.-])(id|uuid|guid|mrn|ssn)$|^(patient|subject|record|case|encounter)([_\s.-]?(id|no|number|nr))?$",
-                     re.IGNORECASE)
+_ID_WORDS = re.compile(r"(^|[_\s.-])(id|pid|uuid|guid|mrn|ssn)$|^(patient|subject|record|case|encounter)([_\s.-]?(id|no|number|nr))?$",
+                       re.IGNORECASE)
+_CAMEL_ID = re.compile(r"[a-z](ID|Id)$")   # PatientID, studyId (case matters: not 'valid', 'lipid')
+
+
+class _IdName:
+    """Does a column's name say it identifies rows?"""
+
+    @staticmethod
+    def search(name: str) -> bool:
+        return bool(_ID_WORDS.search(name) or _CAMEL_ID.search(name))
+
+
+ID_NAME = _IdName()
 
 
 def text_value(v) -> str:
@@ -33,6 +45,7 @@ def kind_of(series, name: str) -> tuple[str, str]:
     numeric = pd.to_numeric(values, errors="coerce")
     unique_per_row = len(values) >= 20 and values.nunique() == len(values)
     if not numeric.isna().any():
+        # a unique integer per row named like an identifier (PID, patient_id, StudyID ...)
         if unique_per_row and ID_NAME.search(str(name)) and np.allclose(numeric, np.round(numeric)):
             return "identifier", text_value(values.iloc[0])
         return "number", ""

@@ -58,20 +58,26 @@ def read_frame(path: Path, spec: DataSpec, site_column: str | None = None):
         unknown = [c for c in names if c not in df.columns]
         if unknown:
             problems.append(f"{key}: {unknown} not among the file's columns ({cols})")
+    dropped = 0
     if target not in df.columns:
         problems.append(f"data.target: column '{target}' not found (columns: {cols})")
-    elif df[target].isna().any():
+    elif df[target].isna().any() and spec.missing_labels == "error":
         rows = (df.index[df[target].isna()] + first_line).tolist()[:5]
-        problems.append(f"data.target: column '{target}' has empty cells (lines {rows})")
-    elif spec.relabel is not None:
-        raw = df[target].map(label_str)
-        unknown = sorted(set(raw) - set(spec.relabel))
-        if unknown:
-            problems.append(f"data.relabel: target values {unknown} are not mapped (mapped: {sorted(spec.relabel)})")
-        else:
-            df[target] = raw.map(spec.relabel)
+        problems.append(f"data.target: column '{target}' has {int(df[target].isna().sum())} empty cells (lines "
+                        f"{rows}): fill them, or set data.missing_labels: drop to leave those rows out")
+    else:
+        if df[target].isna().any():   # missing_labels: drop, counted per hospital in the run
+            dropped = int(df[target].isna().sum())
+            df = df[df[target].notna()].reset_index(drop=True)
+        if spec.relabel is not None:
+            raw = df[target].map(label_str)
+            unknown = sorted(set(raw) - set(spec.relabel))
+            if unknown:
+                problems.append(f"data.relabel: target values {unknown} are not mapped (mapped: {sorted(spec.relabel)})")
+            else:
+                df[target] = raw.map(spec.relabel)
     if len(df) == 0:
-        problems.append("no data rows under the header")
+        problems.append("no data rows under the header" if not dropped else f"all {dropped} rows lack a label")
     if site_column is not None:
         if site_column not in df.columns:
             problems.append(f"federated.partition.site_column: column '{site_column}' not found (columns: {cols})")
@@ -98,6 +104,7 @@ def read_frame(path: Path, spec: DataSpec, site_column: str | None = None):
                             f"out with data.drop: [{col}] (or keep only named columns with data.features)")
     if problems:
         raise DataError(str(path), problems)
+    df.attrs["dropped_unlabelled"] = dropped
     return df
 
 

@@ -140,4 +140,8 @@ def load_source(job, schema: Schema | None = None, path: Path | None = None) -> 
             if absent:
                 raise DataError(where, [f"data.classes: {absent} do not occur in column '{spec.target}'"])
             agreed = Schema(agreed.features, tuple(spec.classes), agreed.columns, agreed.categories)
-    return [frame_to_table(df, spec.target, agreed, f.stem) for df, f in zip(frames, files)], agreed
+    tables = [frame_to_table(df, spec.target, agreed, f.stem) for df, f in zip(frames, files)]
+    for table, df in zip(tables, frames):
+        if df.attrs.get("dropped_unlabelled"):   # data.missing_labels: drop
+            table.notes["dropped_unlabelled"] = int(df.attrs["dropped_unlabelled"])
+    return tables, agreed
