@@ -293,10 +293,11 @@ def standardizer(model: nn.Module) -> Standardize:
     return cast(Standardize, model.input)
 
 
-def prepare(model: Net, X_train: np.ndarray, y_train: np.ndarray, standardize: bool) -> None:
-    """Input scaling and (regression) output scaling from training rows the caller may see."""
+def prepare(model: Net, X_train: np.ndarray, y_train: np.ndarray, standardize: bool, channels: int | None = None) -> None:
+    """Input scaling and (regression) output scaling from training rows the caller may see;
+    `channels`: images, scaled per channel (`mean_scale`)."""
     if standardize:
-        model.input.set(*mean_scale(*moments(X_train)))
+        model.input.set(*mean_scale(*moments(X_train), channels=channels))
     if isinstance(model.output, Destandardize):
         y = np.asarray(y_train, dtype=np.float64)
         model.output.set(y.mean() if len(y) else 0.0, y.std() if len(y) else 1.0)
@@ -311,6 +312,11 @@ def transfer(model: nn.Module, source: dict[str, torch.Tensor]) -> tuple[list[st
     return copied, sorted(set(own) - set(copied))
 
 
+def image_channels(job) -> int | None:
+    """The channels an image job's input scaling pools over (None: per column, as tables are)."""
+    return int(job.data.channels) if job.data.source == "images" else None
+
+
 def moments(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-column observed count, sum and sum of squares: what a hospital may share for scaling."""
     obs = ~np.isnan(X)
@@ -318,7 +324,16 @@ def moments(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return obs.sum(0).astype(np.float64), Xz.sum(0), (Xz**2).sum(0)
 
 
-def mean_scale(count: np.ndarray, total: np.ndarray, sumsq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def mean_scale(count: np.ndarray, total: np.ndarray, sumsq: np.ndarray, channels: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and standard deviation from counts, sums and sums of squares (a hospital's,
+    or the consortium's summed). `channels` (images, flat channel-major pixels): one mean and
+    deviation per channel, over all its pixels, as image networks expect."""
+    if channels:
+        pooled = [np.asarray(a, dtype=np.float64).reshape(channels, -1) for a in (count, total, sumsq)]
+        width = pooled[0].shape[1]
+        mean, scale = mean_scale(*(a.sum(1) for a in pooled))
+        return np.repeat(mean, width), np.repeat(scale, width)
     count = np.maximum(count, 1.0)
     mean = total / count
     var = np.maximum(sumsq / count - mean**2, 0.0)

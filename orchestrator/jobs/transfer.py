@@ -13,7 +13,7 @@ import torch
 from orchestrator.spec.job import JobSpec
 from orchestrator.spec.model import MONAI_MODELS, WEIGHT_FILES
 from orchestrator.spec.errors import UserError
-from orchestrator.core.models import Net, build_model, prepare, transfer
+from orchestrator.core.models import Net, build_model, image_channels, prepare, transfer
 
 
 @dataclass
@@ -89,7 +89,7 @@ def initial_model(job: JobSpec, num_features: int, num_classes: int, start: Star
         keep_output = "output.mean" in copied
         if not (scaled_by_source and keep_output):
             prepare(model, X_train, y_train if y_train is not None else np.zeros(0),
-                    job.data.standardize and not scaled_by_source)
+                    job.data.standardize and not scaled_by_source, image_channels(job))
             if keep_output and start is not None:  # restore what prepare overwrote
                 transfer(model, {k: start.weights[k] for k in ("output.mean", "output.scale")})
     return model, notes

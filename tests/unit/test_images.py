@@ -225,3 +225,20 @@ def test_the_images_benchmark_runs_at_tiny_sizes(monkeypatch, tmp_path):
     assert decoded["hospital_a"]["images"] == 400 and decoded["hospital_a"]["ratio"] > 1
     result = throughput(8, "cnn", 1)
     assert result["images"] == 1200 and result["ratio"] > 0
+
+
+def test_an_image_jobs_input_scaling_is_one_mean_and_deviation_per_channel():
+    from orchestrator.core.models import mean_scale, moments
+
+    rng = np.random.default_rng(0)
+    red, grey = rng.normal(0.7, 0.1, (50, 16)), rng.normal(0.2, 0.3, (50, 16))
+    X = np.concatenate([red, grey], axis=1).astype(np.float32)   # 2 "channels" of 4x4, channel-major
+    per_column = mean_scale(*moments(X))
+    per_channel = mean_scale(*moments(X), channels=2)
+    assert np.allclose(per_channel[0][:16], red.mean()) and np.allclose(per_channel[0][16:], grey.mean())
+    assert np.allclose(per_channel[1][:16], red.std(), rtol=1e-4) and np.allclose(per_channel[1][16:], grey.std(), rtol=1e-4)
+    assert not np.allclose(per_column[0], per_channel[0])
+    # summed over hospitals first, as the census does: the same as over the pooled rows
+    a, b = moments(X[:20]), moments(X[20:])
+    summed = mean_scale(*(x + y for x, y in zip(a, b)), channels=2)
+    assert np.allclose(summed[0], per_channel[0]) and np.allclose(summed[1], per_channel[1], rtol=1e-5)

@@ -31,7 +31,7 @@ class Census:
 
 
 def census(grid: Grid, nodes: list[int], config: ConfigRecord, dim: int, num_classes: int,
-           pids: list[int]) -> Census:
+           pids: list[int], channels: int | None = None) -> Census:
     """Ask every hospital for aggregates only: per-feature sums (-> the consortium's feature mean
     and standard deviation), its training-label histogram (-> the partition plot, balanced class
     weights) or, for a regression, its target's sums (-> the output scaling)."""
@@ -57,7 +57,7 @@ def census(grid: Grid, nodes: list[int], config: ConfigRecord, dim: int, num_cla
             labels[row[pid]] = reply.content[LABELS]["train"]
     if failures:
         raise RuntimeError(f"{len(failures)} hospital(s) failed the census query: {failures[0]}")
-    mean, scale = mean_scale(*totals)
+    mean, scale = mean_scale(totals[0], totals[1], totals[2], channels=channels)   # images: per channel
     return Census(mean, scale, labels, target, [by_pid[p] for p in sorted(by_pid)])
 
 

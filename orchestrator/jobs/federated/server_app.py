@@ -24,7 +24,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from orchestrator.adapters.flower import to_torch_state
-from orchestrator.core.models import standardizer
+from orchestrator.core.models import image_channels, standardizer
 from orchestrator.core.protocol import CLASS_WEIGHTS, JOB, SCHEMA, STATE_DIR, UNIFORM_WEIGHT, from_state
 from orchestrator.core.training import Objective, balanced_weights, evaluate, tensors
 from orchestrator.jobs.federated import listeners
@@ -155,7 +155,7 @@ class Rounds:
             progress.step("round", self.done, fed.rounds, self.run.last)
         config = self.config()
         nodes = wait_for_nodes(grid, fed.min_available(num_clients))
-        found = census(grid, nodes, config, plan.num_features, plan.num_classes, plan.pids())
+        found = census(grid, nodes, config, plan.num_features, plan.num_classes, plan.pids(), image_channels(job))
         self.logger.node_names = dict(zip(found.nodes, plan.hospitals))   # both in partition order
         self.label_counts = found.labels
         self._scale_from(found)
