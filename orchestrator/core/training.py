@@ -152,7 +152,8 @@ def tensors(X: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn, X: torch.Tensor,
                 y: torch.Tensor, batches, autocast_dtype: torch.dtype | None = None,
                 proximal: tuple[float, list[torch.Tensor]] | None = None,
-                grad_clip: float | None = None, correction: list[torch.Tensor] | None = None) -> tuple[float, int]:
+                grad_clip: float | None = None, correction: list[torch.Tensor] | None = None,
+                augment=None) -> tuple[float, int]:
     """One pass over `batches` (index tensors); returns (sum of per-example losses, examples).
 
     `proximal=(mu, anchor)` adds FedProx's (mu/2)·||w - anchor||² to every step's loss; the
@@ -169,11 +170,12 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn, X: torch.
         if len(idx) < 2 and any(isinstance(m, BATCH_NORMS) for m in model.modules()):
             continue  # batch norm cannot normalise a batch of one
         opt.zero_grad(set_to_none=True)
+        xb = X[idx] if augment is None else augment(X[idx])   # train.augment: training batches only
         if autocast_dtype is not None:
             with torch.autocast(device_type=X.device.type, dtype=autocast_dtype):
-                loss = loss_fn(model(X[idx]), y[idx])
+                loss = loss_fn(model(xb), y[idx])
         else:
-            loss = loss_fn(model(X[idx]), y[idx])
+            loss = loss_fn(model(xb), y[idx])
         if proximal is not None and proximal[0] > 0:
             mu, anchor = proximal
             penalty = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
@@ -228,13 +230,18 @@ def train_epochs(model: nn.Module, X: torch.Tensor, y: torch.Tensor, spec: Train
         anchor = proximal_to if proximal_to is not None else [p.detach() for p in model.parameters() if p.requires_grad]
         proximal = (proximal_mu, [a.clone() for a in anchor])
     total_epochs = total_epochs or epochs
+    augment = None
+    if spec.augment.enabled:   # its own generator: the batches shuffle as they would without it
+        from orchestrator.core.augment import Augment
+
+        augment = Augment(spec.augment, X.shape[1], seed * 31 + 17)
     last = float("nan")
     steps, lr_sum = 0, 0.0
     for epoch in range(epochs):
         lr = set_lr(opt, spec.optimizer.lr, lr_factor(spec.schedule, epoch_offset + epoch, total_epochs))
         batches = shuffled_batches(len(y), spec.batch_size, gen)
         total, seen = train_epoch(model, opt, loss_fn, X, y, batches,
-                                  proximal=proximal, grad_clip=spec.grad_clip, correction=correction)
+                                  proximal=proximal, grad_clip=spec.grad_clip, correction=correction, augment=augment)
         steps, lr_sum = steps + len(batches), lr_sum + lr * len(batches)
         if stats is not None:
             stats.update(steps=steps, lr_sum=lr_sum)

@@ -54,9 +54,15 @@ def _vectorized_cannot(job: Any) -> str | None:
     if fed.personalize is not None and fed.personalize.stateful:
         return (f"cannot keep each hospital's own part between rounds (federated.personalize.method "
                 f"{fed.personalize.method}): set federated.engine: inline or simulation")
-    if job.model.batchnorm:
+    if job.model.norm == "batch" or job.model.batchnorm:
         return ("cannot carry batch norm's running statistics through a batched functional step: "
-                "set model.batchnorm: false, or federated.engine: inline or simulation")
+                "set model.norm: group (or none), or federated.engine: inline or simulation")
+    if job.model.name in ("resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0"):
+        return (f"batches the small families (mlp, cnn, recurrent, transformer), not {job.model.name}: "
+                "set federated.engine: inline or simulation")
+    if job.train.augment.enabled:
+        return ("cannot augment each hospital's images in its batched step (train.augment): "
+                "set federated.engine: inline or simulation")
     return None
 
 

@@ -96,6 +96,9 @@ class JobSpec(Spec):
         if self.model.name in IMAGE_MODELS and self.data.source not in ("digits", "csv", "images"):
             problems.append(f"model.name: {self.model.name} needs images (data.source images or digits, or a csv "
                             "of square images)")
+        if self.train.augment.enabled and self.data.source not in ("images", "digits") \
+                and self.model.name not in IMAGE_MODELS:
+            problems.append("train.augment: changes images; the data are not images (data.source images or digits)")
         if self.data.source == "images" and self.model.head == "linear":
             problems.append("model.head: linear is for regression, but images have class labels")
         if self.train.loss is not None and LOSS_HEAD[self.train.loss] != self.model.head:

@@ -58,6 +58,23 @@ class EarlyStoppingSpec(Spec):
         return self
 
 
+class AugmentSpec(Spec):
+    """Random changes to each training image (never to evaluation), drawn from a generator seeded per
+    hospital and round, so a run repeats. Images only (data.source images, or digits)."""
+
+    flip: bool = Field(False, description="mirror left-right with probability 0.5")
+    vflip: bool = Field(False, description="mirror top-bottom with probability 0.5")
+    rotate: Annotated[float, Field(ge=0.0, le=180.0, description="rotate by up to this many degrees either way")] = 0.0
+    shift: Annotated[float, Field(ge=0.0, le=0.5, description=(
+        "move by up to this fraction of the side either way (a random crop of a padded image)"))] = 0.0
+    jitter: Annotated[float, Field(ge=0.0, le=1.0, description=(
+        "intensity: scale by 1 +- jitter and add +- jitter (brightness and contrast)"))] = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.flip or self.vflip or self.rotate > 0 or self.shift > 0 or self.jitter > 0
+
+
 class TrainSpec(Spec):
     loss: Loss | None = Field(None, description=(
         "null: the loss of model.head (softmax: cross_entropy, sigmoid: bce, linear: mse); or mae | huber"))
@@ -69,3 +86,4 @@ class TrainSpec(Spec):
     epochs: Annotated[int, Field(gt=0, description="centralized/ray: epochs; federated: local epochs per round")] = 1
     grad_clip: Annotated[float, Field(gt=0.0)] | None = Field(None, description="max global gradient norm per step")
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
+    augment: AugmentSpec = Field(AugmentSpec.model_validate({}), description="training-side image augmentation")

@@ -242,3 +242,42 @@ def test_an_image_jobs_input_scaling_is_one_mean_and_deviation_per_channel():
     a, b = moments(X[:20]), moments(X[20:])
     summed = mean_scale(*(x + y for x, y in zip(a, b)), channels=2)
     assert np.allclose(summed[0], per_channel[0]) and np.allclose(summed[1], per_channel[1], rtol=1e-5)
+
+
+def test_augmentation_is_seeded_applies_what_it_says_and_a_run_repeats():
+    import torch
+
+    from orchestrator.core.augment import Augment
+    from orchestrator.spec.train import AugmentSpec
+
+    X = torch.rand(64, 3 * 8 * 8)
+    flips = Augment(AugmentSpec(flip=True), X.shape[1], seed=5)(X).reshape(64, 3, 8, 8)
+    plain = X.reshape(64, 3, 8, 8)
+    mirrored = torch.isclose(flips, plain.flip(-1), atol=1e-5).flatten(1).all(1)
+    same = torch.isclose(flips, plain, atol=1e-5).flatten(1).all(1)
+    assert bool((mirrored | same).all()) and 10 < int(mirrored.sum()) < 54      # each image: one or the other
+    spec = AugmentSpec(rotate=15, shift=0.1, jitter=0.2)
+    a, b = Augment(spec, 192, seed=1)(X), Augment(spec, 192, seed=1)(X)
+    assert torch.equal(a, b) and not torch.allclose(a, Augment(spec, 192, seed=2)(X))
+    assert not torch.allclose(a, X)
+
+
+def test_train_side_augmentation_changes_training_only_and_repeats(monkeypatch):
+    import torch
+
+    from orchestrator.core.models import build_model
+    from orchestrator.core.training import train_epochs
+    from orchestrator.spec.model import ModelSpec
+    from orchestrator.spec.train import TrainSpec
+
+    X, y = torch.rand(96, 64), torch.randint(0, 3, (96,))
+
+    def trained(**augment):
+        torch.manual_seed(0)
+        model = build_model(ModelSpec(name="cnn", channels=[4]), 64, 3)
+        spec = TrainSpec.model_validate({"augment": augment, "optimizer": {"name": "adam", "lr": 0.01}})
+        train_epochs(model, X, y, spec, 2, seed=3)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    base, aug = trained(), trained(rotate=20, jitter=0.2)
+    assert not torch.allclose(base, aug) and torch.equal(aug, trained(rotate=20, jitter=0.2))

@@ -110,7 +110,13 @@ def train_loop_per_worker(config: dict) -> None:
             lr = set_lr(opt, job.train.optimizer.lr, lr_factor(job.train.schedule, epoch - 1, job.train.epochs))
             t0 = time.perf_counter()
             batches = [b.to(device) for b in _shard_batches(len(y), per_worker_batch, job.seed, epoch, rank, world)]
-            loss_sum, seen = train_epoch(model, opt, objective, X, y, batches, amp, grad_clip=job.train.grad_clip)
+            augment = None
+            if job.train.augment.enabled:   # seeded per worker and epoch: a run repeats
+                from orchestrator.core.augment import Augment
+
+                augment = Augment(job.train.augment, X.shape[1], job.seed * 1000 + epoch * 10 + rank + 7)
+            loss_sum, seen = train_epoch(model, opt, objective, X, y, batches, amp, grad_clip=job.train.grad_clip,
+                                         augment=augment)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             epoch_s = time.perf_counter() - t0
