@@ -144,6 +144,9 @@ class MonaiBody(nn.Module):
             setattr(net, "_fc", nn.Identity())
         if norm == "group":   # MONAI 1.6's ResNet builds its blocks with batch norm whatever `norm` says
             to_group_norm(net, groups)
+        for m in net.modules():   # in-place activations break per-example gradients (Opacus' hooks)
+            if getattr(m, "inplace", False) is True:
+                setattr(m, "inplace", False)
         self.net = net
         self.drop = nn.Dropout(dropout)
 

@@ -17,6 +17,8 @@ from orchestrator.core.splits import hospital_name, impute_split, own_split, poo
 from orchestrator.spec.errors import DataError
 from orchestrator.core.models import image_side
 
+MIN_SIDE = {"densenet121": 32, "efficientnet_b0": 32}   # their stems and blocks downsample 32x
+
 
 def load_tables(job: JobSpec) -> tuple[list[Table], Schema]:
     return load_source(job)
@@ -103,6 +105,12 @@ def check_schema(job: JobSpec, schema: Schema, source: str) -> None:
         raise DataError(source,
                         [f"model.name: {job.model.name} needs square images, but the data has {len(schema.features)} "
                          "feature columns"])
+    smallest = MIN_SIDE.get(job.model.name, 0)
+    side = image_side(len(schema.features)) or 0
+    if job.model.name in IMAGE_MODELS and side < smallest:
+        raise DataError(source, [f"model.name: {job.model.name} halves an image five times: it needs images of at "
+                                 f"least {smallest}x{smallest} pixels (these are {side}x{side}: set "
+                                 f"data.image_size: {smallest} or more, or use model.name: cnn or resnet18)"])
     if job.model.name in SEQUENCE_MODELS and len(schema.features) % job.model.input_size:
         raise DataError(source,
                         [f"model.input_size: {job.model.input_size} features per step do not divide the "

@@ -102,3 +102,17 @@ def test_init_on_a_directory_of_image_exports_writes_a_job_that_trains(tmp_path)
     assert _result(ran)["final"]["eval/accuracy"] > 0.5
     one = run_cli("init", "one", "--data", str(data / "hospital_b"), cwd=tmp_path)
     assert one.returncode == 0 and "3 simulated hospitals sharing the images" in one.stdout, one.stdout + one.stderr
+
+
+@pytest.mark.parametrize("extra, metric", [
+    (["model.norm=group", "federated.dp.mode=local", "federated.dp.noise_multiplier=0.5",
+      "federated.dp.clipping_norm=1.0"], "dp/epsilon"),                 # Opacus on a GroupNorm CNN
+    (["model.norm=batch", "federated.personalize.method=fedbn"], "personal/accuracy"),   # batch norm kept local
+    (["train.augment.rotate=10", "train.augment.shift=0.08", "train.augment.jitter=0.1"], "eval/accuracy"),
+], ids=["dp-groupnorm", "fedbn", "augment"])
+def test_what_the_tables_have_works_for_images(tmp_path, extra, metric):
+    proc = run_cli("run", CONFIG, f"data.path={CONFIGS / 'data' / 'digit_hospitals'}",
+                   f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}", "federated.rounds=2",
+                   "tracking.log_model=false", *extra, "--json", "-q", cwd=tmp_path)
+    final = _result(proc)["final"]
+    assert metric in final and final["eval/accuracy"] > 0.2, final   # ten classes: chance is 0.1
