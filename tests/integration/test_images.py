@@ -116,3 +116,12 @@ def test_what_the_tables_have_works_for_images(tmp_path, extra, metric):
                    "tracking.log_model=false", *extra, "--json", "-q", cwd=tmp_path)
     final = _result(proc)["final"]
     assert metric in final and final["eval/accuracy"] > 0.2, final   # ten classes: chance is 0.1
+
+
+def test_ray_train_ddp_trains_the_hospitals_images_on_two_workers(tmp_path):
+    proc = run_cli("run", str(CONFIGS / "cluster_ddp.yaml"), "data.source=images",
+                   f"data.path={CONFIGS / 'data' / 'digit_hospitals'}", "federated.partition.name=natural",
+                   "data.image_size=28", "train.epochs=3", f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}",
+                   "tracking.register_model=null", "--json", "-q", cwd=tmp_path)
+    final = _result(proc)["final"]
+    assert final["ray/world_size"] == 2 and final["eval/accuracy"] > 0.6, final
