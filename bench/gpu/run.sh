@@ -5,7 +5,8 @@
 # What it measures (bench/gpu/ddp.py): the shared training loop in one process vs Ray Train's DDP
 # worker (`consortium run configs/cluster_ddp.yaml ray.use_gpu=true`) on the one GPU, fp32 and
 # bf16 autocast, on the shipped digits CNN and on a wider one. JSON and logs land in $OUT
-# (bench/results/ when run by hand); MLflow stays behind (tracking.enabled=false).
+# (bench/results/ when run by hand); MLflow stays behind (tracking.enabled=false). Then
+# bench/gpu/images.py: an image network's training step vs a plain PyTorch loop, with peak memory.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-bench/results}
@@ -30,4 +31,7 @@ rc=0
 python3 bench/gpu/ddp.py --repeats 2 --epochs 20 --out "$OUT/gpu_ddp.json" 2>&1 | tee "$OUT/gpu_ddp.log" || rc=1
 python3 bench/gpu/ddp.py --repeats 2 --epochs 20 --override "model.channels=[64,128]" --override train.batch_size=256 \
   --out "$OUT/gpu_ddp_wide.json" 2>&1 | tee "$OUT/gpu_ddp_wide.log" || rc=1
+# images (issue 32): MONAI's ResNet-18 at 224x224, the shared training step vs a plain loop, fp32 and bf16
+python3 bench/gpu/images.py --size 224 --batch 64 --steps 30 --out "$OUT/gpu_images.json" 2>&1 \
+  | tee "$OUT/gpu_images.log" || rc=1
 exit $rc

@@ -14,7 +14,8 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 plat=(); for p in manylinux_2_34 manylinux_2_28 manylinux_2_27 manylinux_2_24 manylinux_2_17 manylinux2014 manylinux1; do
   plat+=(--platform "${p}_x86_64"); done
-names=(ray pydantic pydantic-core annotated-types typing-inspection jsonschema jsonschema-specifications referencing rpds-py)
+names=(ray pydantic pydantic-core annotated-types typing-inspection jsonschema jsonschema-specifications referencing rpds-py
+       monai)   # monai: pure Python, the image networks (bench/gpu/images.py)
 specs=(); for n in "${names[@]}"; do specs+=("$n==$(locked "$n")"); done
 .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   "${plat[@]}" -d "$tmp" "${specs[@]}" 2>&1 | grep -v "is ignored" || true

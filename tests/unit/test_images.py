@@ -281,3 +281,15 @@ def test_train_side_augmentation_changes_training_only_and_repeats(monkeypatch):
 
     base, aug = trained(), trained(rotate=20, jitter=0.2)
     assert not torch.allclose(base, aug) and torch.equal(aug, trained(rotate=20, jitter=0.2))
+
+
+def test_the_gpu_image_benchmark_runs_on_the_cpu_at_tiny_sizes():
+    """bench/gpu/images.py (ResNet-18 at 224 px on the device machine), kept from rotting here."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "bench" / "gpu"))
+    from images import measure
+
+    for ours in (True, False):
+        got = measure("resnet18", 8, 4, 2, False, ours, torch.device("cpu"))
+        assert got["images_per_s"] > 0 and got["peak_gpu_mib"] is None
