@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from orchestrator.core.attribution import integrated_gradients
-from orchestrator.spec.model import SEQUENCE_MODELS
+from orchestrator.core.models import image_shape
+from orchestrator.spec.model import IMAGE_MODELS, SEQUENCE_MODELS
 
 
 def column_totals(values: np.ndarray, features: list[str], schema) -> tuple[list[str], np.ndarray]:
@@ -35,6 +36,29 @@ def column_totals(values: np.ndarray, features: list[str], schema) -> tuple[list
             totals.append(float(values[index[col]]))
         names.append(col)
     return names, np.asarray(totals)
+
+
+def _overlays(run, job, model: torch.nn.Module, split, classes: list[str], channels: int, side: int,
+              count: int = 4) -> None:
+    """A few held-out images with their own attribution map laid over them (simulation only: the
+    server's central split; in a deployment no image leaves a hospital)."""
+    from orchestrator.core.models import standardizer
+    from orchestrator.tracking import plots
+
+    baseline = standardizer(model).mean.detach().cpu().numpy()
+    _, first = np.unique(split.y_test, return_index=True)   # one image of each class first
+    pick = list(np.sort(first)[:count]) + [i for i in range(len(split.y_test)) if i not in set(first)]
+    pick = pick[:count]
+    X, y = split.X_test[pick], split.y_test[pick]
+    maps = [integrated_gradients(model, X[i : i + 1], baseline, True).reshape(channels, side, side).sum(0)
+            for i in range(len(X))]
+    images = [x.reshape(channels, side, side).mean(0) for x in X]
+    with torch.no_grad():
+        predicted = model(torch.as_tensor(X, dtype=torch.float32)).argmax(1).tolist()
+    titles = [f"{classes[int(t)]} -> {classes[p]}" for t, p in zip(y, predicted)]
+    fig = plots.overlays(images, maps, titles, f"{job.name}: integrated gradients on held-out images")
+    run.log_figure(fig, "plots/attributions_overlays.png")
+    plots.close(fig)
 
 
 def explain_attributions(run, job, plan, model: torch.nn.Module, at_hospitals: tuple | None = None) -> dict | None:
@@ -62,12 +86,14 @@ def explain_attributions(run, job, plan, model: torch.nn.Module, at_hospitals: t
     record = {"method": "integrated_gradients", "baseline": "the consortium's mean row", "steps": 32,
               "rows": int(rows), "evaluated_on": where, "target": "predicted class" if not plan.regression
               else "the prediction", **extra}
-    if name == "cnn":
-        side = int(round(np.sqrt(len(values))))
-        image = values.reshape(side, side)
+    if name in IMAGE_MODELS and image_shape(len(values)) is not None:
+        channels, side = image_shape(len(values)) or (1, 0)
+        image = values.reshape(channels, side, side).sum(0)   # channels summed: where the model looks
         record["image"] = image.round(6).tolist()
         fig = plots.heatmap(image, f"{job.name}: integrated gradients, mean |attribution| per pixel\n({where})")
         artifact = "plots/attributions_pixels.png"
+        if split is not None and len(split.y_test) >= 2 and job.data.source == "images":
+            _overlays(run, job, model, split, list(plan.schema.classes), channels, side)
     elif name in SEQUENCE_MODELS:
         channels = job.model.input_size
         strip = values.reshape(-1, channels).T   # channels x steps

@@ -91,6 +91,22 @@ def heatmap(values: np.ndarray, title: str, xlabel: str = "", ylabel: str = "") 
     return fig
 
 
+def overlays(images: list[np.ndarray], maps: list[np.ndarray], titles: list[str], title: str) -> Figure:
+    """Images in grey, each with its attribution map over it (transparent where it is small)."""
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(2.4 * n, 2.8), dpi=110, squeeze=False)
+    for ax, image, amap, sub in zip(axes[0], images, maps, titles):
+        ax.imshow(image, cmap="gray")
+        top = float(amap.max()) or 1.0
+        ax.imshow(amap / top, cmap="magma", alpha=np.clip(amap / top, 0.0, 1.0) * 0.75)
+        ax.set_title(sub, fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def close(fig: Figure) -> None:
     plt.close(fig)
 

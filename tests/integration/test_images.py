@@ -125,3 +125,19 @@ def test_ray_train_ddp_trains_the_hospitals_images_on_two_workers(tmp_path):
                    "tracking.register_model=null", "--json", "-q", cwd=tmp_path)
     final = _result(proc)["final"]
     assert final["ray/world_size"] == 2 and final["eval/accuracy"] > 0.6, final
+
+
+def test_a_simulated_image_job_explains_itself_with_overlays_and_a_pixel_map(tmp_path):
+    from pathlib import Path
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    proc = run_cli("run", CONFIG, f"data.path={CONFIGS / 'data' / 'digit_hospitals' / 'hospital_a'}",
+                   "federated.partition.name=iid", "federated.num_clients=3", "federated.rounds=2",
+                   f"tracking.uri={uri}", "tracking.log_model=false", "--json", "-q", cwd=tmp_path)
+    run_id = _result(proc)["run_id"]
+    client = MlflowClient(uri)
+    plots = {Path(a.path).name for a in client.list_artifacts(run_id, "plots")}
+    assert {"attributions_pixels.png", "attributions_overlays.png"} <= plots, plots
+    record = json.loads(Path(client.download_artifacts(run_id, "explain/integrated_gradients.json", str(tmp_path)))
+                        .read_text())
+    assert len(record["image"]) == 28 and len(record["image"][0]) == 28   # a map per pixel, not a ranked list

@@ -206,8 +206,10 @@ class Rounds:
         personal = self.personalize(grid, found.nodes, config, final) if fed.personalize else {}
         if fed.crossval:
             self.cross_validate(grid, found.nodes, config, final, personal)
-        if self._central is None and job.explain.enabled:
+        deployed_images = job.data.source == "images" and fed.engine == "deployment"
+        if self._central is None and job.explain.enabled and not deployed_images:
             # no rows at the server: each hospital attributes the final model on its own test rows
+            # (a deployment's image hospitals send nothing image-shaped, not even a mean map)
             from orchestrator.jobs.federated.census import hospital_attributions
 
             self.attributions = hospital_attributions(grid, found.nodes, config, final,
