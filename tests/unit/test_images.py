@@ -293,3 +293,29 @@ def test_the_gpu_image_benchmark_runs_on_the_cpu_at_tiny_sizes():
     for ours in (True, False):
         got = measure("resnet18", 8, 4, 2, False, ours, torch.device("cpu"))
         assert got["images_per_s"] > 0 and got["peak_gpu_mib"] is None
+
+
+def test_simulated_hospitals_of_one_export_never_share_a_patient(monkeypatch, tmp_path):
+    """One manifest with patients, dealt to simulated hospitals: the server's held-out patients,
+    each hospital's patients and each hospital's own test patients are all apart."""
+    from orchestrator.core.imaging.tables import image_tables
+    from orchestrator.core.splits import pool_and_central, pool_partition, split_indices
+    from orchestrator.spec.job import JobSpec
+
+    monkeypatch.setenv("CONSORTIUM_HOME", str(tmp_path))
+    job = JobSpec.model_validate({"name": "t", "kind": "federated", "seed": 3,
+                                  "data": {"source": "images", "image_size": 8,
+                                           "path": str(ROOT / "configs" / "data" / "digit_hospitals" / "hospital_b")},
+                                  "model": {"name": "cnn"},
+                                  "federated": {"num_clients": 4, "partition": {"name": "dirichlet", "alpha": 1.0}}})
+    (table,), _ = image_tables(job)
+    pool, central = pool_and_central(table, job)
+    assert not set(table.groups[pool]) & set(table.groups[central])
+    _, shares = pool_partition(table, job, 4)
+    owners: dict[int, int] = {}
+    for h, rows in enumerate(shares):
+        for g in set(table.groups[rows].tolist()):
+            assert owners.setdefault(g, h) == h, f"patient {g} at hospitals {owners[g]} and {h}"
+        tr, te = split_indices(table.y[rows], 0.2, job.seed + 1000 + h, table.groups[rows])
+        assert not set(table.groups[rows][tr]) & set(table.groups[rows][te])
+    assert sum(len(r) for r in shares) == len(pool)
