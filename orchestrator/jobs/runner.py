@@ -159,7 +159,8 @@ def model_card(plan: DataPlan, job: JobSpec, model) -> dict:
     if job.data.source == "images":   # `consortium predict MODEL FOLDER` reads files as training did
         spec = job.data
         out["image"] = {"size": spec.image_size, "channels": spec.channels, "fit": spec.fit,
-                        "window": list(spec.window) if spec.window else None}
+                        "window": list(spec.window) if spec.window else None,
+                        "spacing": list(spec.spacing) if spec.spacing else None}
     return out
 
 

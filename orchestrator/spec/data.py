@@ -9,7 +9,7 @@ from orchestrator.spec.base import Spec
 
 DataSource = Literal["breast_cancer", "digits", "wine", "diabetes", "xor", "sequences", "csv", "images"]
 FILE_SOURCES = ("csv", "images")   # the user's own files (data.path, or each hospital's --data)
-IMAGE_ONLY = ("image_size", "channels", "fit", "window", "image_column", "patient_column", "manifest",
+IMAGE_ONLY = ("image_size", "channels", "fit", "window", "spacing", "image_column", "patient_column", "manifest",
               "unreadable")
 LABELLED_SOURCES = ("breast_cancer", "digits", "wine", "xor", "sequences")   # class labels
 TABULAR_SOURCES = ("breast_cancer", "digits", "wine", "diabetes", "xor")     # not sequences
@@ -60,6 +60,11 @@ class DataSpec(Spec):
         "images, DICOM / NIfTI: [centre, width] of the intensity window in the file's units after the "
         "rescale (e.g. [40, 400] for CT soft tissue); default: the DICOM file's own window, else each "
         "image's min..max"))
+    spacing: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]] | None = Field(None, description=(
+        "images, DICOM / NIfTI: [row, column] millimetres per pixel: each image is resampled to it from its "
+        "own spacing (PixelSpacing, the NIfTI zooms), then its centre image_size x image_size kept (a field of "
+        "view of image_size x spacing mm, the same at every scanner); a picture, which has no spacing, is "
+        "taken as it is"))
     manifest: str | None = Field(None, description=(
         "images: the CSV in each hospital's folder that lists its images (default: its only *.csv; "
         "none: class-named subfolders)"))

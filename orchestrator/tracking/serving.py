@@ -195,7 +195,8 @@ def predict_images(model_uri: str, where: Path, out: Path | None, tracking_uri: 
     if image is None:
         raise UserError(model_uri, ["this model was not trained on images: predict a CSV of its feature columns"])
     pre = Preprocess(int(image["size"]), int(image["channels"]), image["fit"],
-                     tuple(image["window"]) if image.get("window") else None)
+                     tuple(image["window"]) if image.get("window") else None,
+                     tuple(image["spacing"]) if image.get("spacing") else None)
     folder = where if where.is_dir() else where.parent
     spec = DataSpec.model_validate({"source": "images", "path": str(folder),
                                     "manifest": None if where.is_dir() else where.name})

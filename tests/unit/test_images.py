@@ -319,3 +319,23 @@ def test_simulated_hospitals_of_one_export_never_share_a_patient(monkeypatch, tm
         tr, te = split_indices(table.y[rows], 0.2, job.seed + 1000 + h, table.groups[rows])
         assert not set(table.groups[rows][tr]) & set(table.groups[rows][te])
     assert sum(len(r) for r in shares) == len(pool)
+
+
+def test_spacing_resamples_two_scanners_to_the_same_millimetres_per_pixel(tmp_path):
+    """The same 10 mm disk scanned at 0.5 mm and at 1 mm per pixel: with data.spacing both show it
+    at the same size; resized to a side alone, they would not."""
+    def disk_dicom(name: str, mm_per_pixel: float) -> Path:
+        ds = pydicom.dcmread(DICOMS / "MR_small.dcm")
+        r = (np.arange(64) - 31.5) * mm_per_pixel
+        disk = ((r[:, None] ** 2 + r[None, :] ** 2) < 10.0**2).astype(np.int16) * 1000
+        ds.PixelData, ds.PixelSpacing = disk.tobytes(), [mm_per_pixel, mm_per_pixel]
+        ds.save_as(tmp_path / name)
+        return tmp_path / name
+
+    fine, coarse = disk_dicom("fine.dcm", 0.5), disk_dicom("coarse.dcm", 1.0)
+    window = (500.0, 1000.0)
+    same = [read_image(p, Preprocess(32, 1, "pad", window, spacing=(1.0, 1.0)))[0] for p in (fine, coarse)]
+    area = [float((img > 0.5).sum()) for img in same]
+    assert abs(area[0] - area[1]) / area[1] < 0.1 and abs(area[1] - np.pi * 10**2) / (np.pi * 100) < 0.1
+    resized = [read_image(p, Preprocess(32, 1, "pad", window))[0] for p in (fine, coarse)]
+    assert float((resized[0] > 0.5).sum()) > 3 * float((resized[1] > 0.5).sum())

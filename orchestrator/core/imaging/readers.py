@@ -31,10 +31,12 @@ class Preprocess:
     channels: int = 1                      # 1: grey, 3: RGB
     fit: str = "pad"                       # pad | crop | stretch: how a non-square image becomes square
     window: tuple[float, float] | None = None   # DICOM / NIfTI: (centre, width) in the file's units
+    spacing: tuple[float, float] | None = None  # mm per pixel (rows, columns): resampled, field of view kept
 
     @classmethod
     def of(cls, spec) -> Preprocess:
-        return cls(spec.image_size, spec.channels, spec.fit, tuple(spec.window) if spec.window else None)
+        return cls(spec.image_size, spec.channels, spec.fit, tuple(spec.window) if spec.window else None,
+                   tuple(spec.spacing) if spec.spacing else None)
 
 
 def is_image(path: Path) -> bool:
@@ -64,11 +66,12 @@ def kind_of(path: Path) -> str:
 def read_image(path: Path, pre: Preprocess) -> np.ndarray:
     """The file as [channels, size, size] float32 in [0, 1]."""
     kind = kind_of(path)
+    spacing: tuple[float, float] | None = None
     try:
         if kind == "dicom":
-            plane = _dicom(path, pre.window)
+            plane, spacing = _dicom(path, pre.window)
         elif kind == "nifti":
-            plane = _nifti(path, pre.window)
+            plane, spacing = _nifti(path, pre.window)
         else:
             plane = _picture(path)
     except UnreadableImage:
@@ -78,7 +81,14 @@ def read_image(path: Path, pre: Preprocess) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - every decoder has its own errors: name the file, say why
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnreadableImage(f"cannot read as {kind}: {first[:200]}") from None
-    return resize(to_channels(plane, pre.channels), pre.size, pre.fit)
+    image = to_channels(plane, pre.channels)
+    if pre.spacing is None:
+        return resize(image, pre.size, pre.fit)
+    if spacing is not None:   # to the asked mm per pixel, then the centre size x size (a fixed field of view)
+        rows = max(1, int(round(image.shape[1] * spacing[0] / pre.spacing[0])))
+        cols = max(1, int(round(image.shape[2] * spacing[1] / pre.spacing[1])))
+        image = _resample(image, rows, cols)
+    return _pad_crop(image, pre.size)
 
 
 # --------------------------------------------------------------------------- decoders
@@ -97,7 +107,7 @@ def _picture(path: Path) -> np.ndarray:
         return np.asarray(plain, dtype=np.float32) / 255.0
 
 
-def _dicom(path: Path, window: tuple[float, float] | None) -> np.ndarray:
+def _dicom(path: Path, window: tuple[float, float] | None) -> tuple[np.ndarray, tuple[float, float] | None]:
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
@@ -117,6 +127,7 @@ def _dicom(path: Path, window: tuple[float, float] | None) -> np.ndarray:
         raise UnreadableImage(f"its pixel data is compressed as '{name}', which no installed decoder "
                               f"handles ({first}): export it uncompressed or as JPEG baseline / JPEG 2000") from None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
+    spacing = _pair(ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"))
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     colour = int(ds.get("SamplesPerPixel", 1) or 1) == 3
     if frames > 1:   # a multi-frame file is a volume: its middle frame is the 2D image
@@ -126,19 +137,26 @@ def _dicom(path: Path, window: tuple[float, float] | None) -> np.ndarray:
             from pydicom.pixels import convert_color_space
 
             pixels = convert_color_space(pixels, photometric, "RGB")
-        return np.asarray(pixels, dtype=np.float32) / float(2 ** int(ds.get("BitsStored", 8)) - 1)
+        return np.asarray(pixels, dtype=np.float32) / float(2 ** int(ds.get("BitsStored", 8)) - 1), spacing
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
         rgb = apply_color_lut(pixels, ds).astype(np.float32)
-        return rgb / max(float(rgb.max()), 1.0)
+        return rgb / max(float(rgb.max()), 1.0), spacing
     values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)   # rescale slope and intercept
     if window is None:
         window = _file_window(ds)
     plane = _windowed(values, window)
     if photometric == "MONOCHROME1":   # high values are dark: invert so bone is bright in every file
         plane = 1.0 - plane
-    return plane
+    return plane, spacing
+
+
+def _pair(value) -> tuple[float, float] | None:
+    try:
+        return (float(value[0]), float(value[1])) if value is not None and len(value) >= 2 else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _file_window(ds) -> tuple[float, float] | None:
@@ -156,7 +174,7 @@ def _file_window(ds) -> tuple[float, float] | None:
         return None
 
 
-def _nifti(path: Path, window: tuple[float, float] | None) -> np.ndarray:
+def _nifti(path: Path, window: tuple[float, float] | None) -> tuple[np.ndarray, tuple[float, float] | None]:
     import nibabel as nib
 
     img = nib.as_closest_canonical(nib.load(str(path)))
@@ -168,7 +186,9 @@ def _nifti(path: Path, window: tuple[float, float] | None) -> np.ndarray:
     if data.ndim != 2:
         raise UnreadableImage(f"a NIfTI image of shape {img.shape}: expected a 2D slice or a 3D volume")
     plane = np.flipud(data.T)                            # rows run anterior to posterior, as viewers show it
-    return _windowed(plane, window)
+    zooms = img.header.get_zooms()
+    spacing = (float(zooms[1]), float(zooms[0])) if len(zooms) >= 2 else None   # rows are y, columns x
+    return _windowed(plane, window), spacing
 
 
 def _windowed(values: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
@@ -201,6 +221,28 @@ def to_channels(plane: np.ndarray, channels: int) -> np.ndarray:
     if channels == 3:
         return rgb
     return (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])[None].astype(np.float32)
+
+
+def _resample(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    if (rows, cols) == tuple(t.shape[-2:]):
+        return image
+    out = F.interpolate(t, size=(rows, cols), mode="bilinear", align_corners=False, antialias=True)
+    return out[0].clamp_(0.0, 1.0).numpy()
+
+
+def _pad_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The centre size x size of an image, padded with black where it is smaller."""
+    c, h, w = image.shape
+    out = np.zeros((c, size, size), dtype=np.float32)
+    sh, sw = min(h, size), min(w, size)
+    top, left = (h - sh) // 2, (w - sw) // 2
+    otop, oleft = (size - sh) // 2, (size - sw) // 2
+    out[:, otop : otop + sh, oleft : oleft + sw] = image[:, top : top + sh, left : left + sw]
+    return out
 
 
 def resize(image: np.ndarray, size: int, fit: str) -> np.ndarray:

@@ -42,7 +42,7 @@ def decode(samples: Samples, pre: Preprocess, unreadable: str = "error", workers
     for p in samples.paths:
         st = p.stat()
         stats.append((str(p), st.st_size, st.st_mtime_ns))
-    key = hashlib.sha256(json.dumps([stats, pre.size, pre.channels, pre.fit, pre.window, unreadable,
+    key = hashlib.sha256(json.dumps([stats, pre.size, pre.channels, pre.fit, pre.window, pre.spacing, unreadable,
                                      1]).encode()).hexdigest()[:32]
     file = cache_dir() / f"{key}.npz"
     if file.exists():
