@@ -160,11 +160,11 @@ def supernode(superlink_address: str = typer.Option(..., "--superlink", help="HO
               key: Optional[Path] = typer.Option(None, help="This hospital's private key (its .pub is registered)"),
               partition_id: int = typer.Option(..., help="This hospital's place in the consortium, 0..N-1"),
               num_partitions: int = typer.Option(..., help="N, the hospitals in the consortium"),
-              data: Optional[Path] = typer.Option(None, help="This hospital's CSV (none for bundled demo data)"),
+              data: Optional[Path] = typer.Option(None, help="This hospital's CSV, or its folder of images (none for bundled demo data)"),
               port: int = typer.Option(9094, help="The node's own local port (one per node on a machine)"),
               state: Path = typer.Option(Path("supernode-state"), help="Cache, Flower state and logs"),
               insecure: bool = typer.Option(False, help="No TLS, no authentication (local tests only)")) -> None:
-    """Start one hospital's SuperNode on its own CSV, in the foreground."""
+    """Start one hospital's SuperNode on its own CSV (or folder of images), in the foreground."""
     from orchestrator.federation.daemons import start_supernode
     from orchestrator.federation.flower import Link
 
