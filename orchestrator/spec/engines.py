@@ -55,8 +55,9 @@ def _vectorized_cannot(job: Any) -> str | None:
         return (f"cannot keep each hospital's own part between rounds (federated.personalize.method "
                 f"{fed.personalize.method}): set federated.engine: inline or simulation")
     if job.model.norm == "batch" or job.model.batchnorm:
+        key = "model.batchnorm: false" if job.model.batchnorm else "model.norm: group (or none)"
         return ("cannot carry batch norm's running statistics through a batched functional step: "
-                "set model.norm: group (or none), or federated.engine: inline or simulation")
+                f"set {key}, or federated.engine: inline or simulation")
     if job.model.name in ("resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0"):
         return (f"batches the small families (mlp, cnn, recurrent, transformer), not {job.model.name}: "
                 "set federated.engine: inline or simulation")
