@@ -17,12 +17,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from clients import kept, personal
 from clients.hospitals import hospital_share
 from orchestrator.adapters.flower import Records, metric_record, to_torch_state
-from orchestrator.core import metrics as M
 from orchestrator.core import protocol as P
 from orchestrator.core.data import Schema, Split
 from orchestrator.core.models import build_model, standardizer
 from orchestrator.core.splits import column_fill, fill
-from orchestrator.core.training import Objective, confusion_of, scored, tensors, train_epochs
+from orchestrator.core.training import Objective, pooled_sums, scored, tensors, train_epochs
 from orchestrator.spec.job import JobSpec
 from strategies.registry import hospital_hook
 
@@ -87,7 +86,7 @@ def _model(h: Hospital, message: Message) -> torch.nn.Module:
 def _objective(h: Hospital, model: torch.nn.Module, message: Message) -> Objective:
     config = message.content[P.CONFIG]
     weights = json.loads(str(config[P.CLASS_WEIGHTS])) if P.CLASS_WEIGHTS in config else None
-    return Objective.of(h.job, len(h.schema.classes), weights, model)
+    return Objective.of(h.job, len(h.schema.classes), weights, model, h.schema.classes)
 
 
 class InjectedFault(RuntimeError):
@@ -229,13 +228,10 @@ def evaluate(message: Message, context: Context) -> Message:
 
 
 def _sums(h: Hospital, objective: Objective, out, y, summed: np.ndarray | None = None) -> ConfigRecord:
-    """Counts the server pools into exact metrics: confusion counts, or regression error sums."""
-    if h.schema.regression:
-        pred = objective.predict(out) if len(y) else np.zeros(0)
-        values = M.regression_sums(y.numpy(), pred) if summed is None else summed
-        return ConfigRecord({"sums": values.tolist()})
-    counts = confusion_of(out, y, len(h.schema.classes), objective) if summed is None else summed
-    return ConfigRecord({"counts": counts.ravel().tolist()})
+    """Counts the server pools into exact metrics: confusion counts, regression error sums, or
+    multi-label counts (`training.pooled_sums`)."""
+    values = pooled_sums(out, y, len(h.schema.classes), objective) if summed is None else summed
+    return ConfigRecord({P.SUMS_KEY[P.SUMS_RECORD[h.schema.task]]: np.asarray(values).ravel().tolist()})
 
 
 def evaluation_reply(h: Hospital, message: Message, objective: Objective, out: torch.Tensor | None,
@@ -252,7 +248,7 @@ def evaluation_reply(h: Hospital, message: Message, objective: Objective, out: t
     # here, e.g. AUROC on a test split holding one class
     metrics.update({f"{P.EVAL_PREFIX}{k}": float(v) for k, v in res.items()})
     # sums the server pools into the consortium's exact metrics (counts, never rows)
-    records: dict = {P.REGRESSION if h.schema.regression else P.CONFUSION: _sums(h, objective, out, y, summed)}
+    records: dict = {P.SUMS_RECORD[h.schema.task]: _sums(h, objective, out, y, summed)}
     if personal_out is not False:
         own = scored(personal_out, y, objective)
         own.pop("num_examples")

@@ -34,6 +34,8 @@ def query(message: Message, context: Context) -> Message:
         y = h.raw.y_train.astype(np.float64)
         stats.append(np.array([len(y), y.sum(), (y**2).sum()]))
         labels: list[int] = []
+    elif h.schema.multilabel:   # images with each finding
+        labels = np.asarray(h.raw.y_train).sum(0).astype(np.int64).tolist()
     else:
         labels = np.bincount(h.raw.y_train, minlength=len(h.schema.classes)).tolist()
     content = RecordDict({

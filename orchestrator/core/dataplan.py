@@ -32,3 +32,7 @@ class DataPlan:
     @property
     def regression(self) -> bool:
         return self.schema.regression
+
+    @property
+    def task(self) -> str:
+        return self.schema.task

@@ -1,5 +1,8 @@
 """Metric functions in numpy, checked against scikit-learn's in the tests.
 
+Multi-label (several findings per image): subset accuracy, Hamming loss, precision/recall/F1
+macro and micro over the findings, AUROC of each finding and their mean.
+
 Classification: accuracy; precision/recall/F1 macro-averaged over the classes that occur (as
 scikit-learn does), and for two classes also of the positive class (the second one); AUROC
 (binary, or macro one-vs-rest). Regression: MSE, MAE, R².
@@ -79,6 +82,62 @@ def classification(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     return out
 
 
+# ----------------------------------------------------------------------- multi-label (several findings per image)
+def metric_label(label: str) -> str:
+    """A finding's name as it may end a metric key (auroc_Pleural_Effusion)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_\-.]", "_", str(label)) or "label"
+
+
+def multilabel_sums(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """(n, rows with every finding right, true positives per finding, false positives per finding,
+    false negatives per finding): what pooled subset accuracy, Hamming loss, precision, recall and F1
+    need. `y`, `pred`: (rows, findings) of 0/1."""
+    y, pred = np.asarray(y) > 0.5, np.asarray(pred) > 0.5
+    exact = int((y == pred).all(1).sum()) if len(y) else 0
+    return np.concatenate([[len(y), exact], (y & pred).sum(0), (~y & pred).sum(0), (y & ~pred).sum(0)]
+                          ).astype(np.float64)
+
+
+def from_multilabel_sums(s: np.ndarray) -> dict[str, float]:
+    """accuracy (subset accuracy, as scikit-learn's accuracy_score), hamming_loss, precision/recall/F1
+    macro over the findings (a finding absent from both sides left out, as scikit-learn's
+    zero_division does not) and micro (every finding's counts pooled)."""
+    s = np.asarray(s, dtype=np.float64)
+    n, exact = s[0], s[1]
+    tp, fp, fn = np.split(s[2:], 3)
+    if n == 0:
+        return {"accuracy": float("nan")}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    seen = (tp + fp + fn) > 0
+    out = {"accuracy": float(exact / n), "hamming_loss": float((fp + fn).sum() / (n * len(tp)))}
+    for name, v in (("precision_macro", precision), ("recall_macro", recall), ("f1_macro", f1)):
+        out[name] = float(v[seen].mean()) if seen.any() else float("nan")
+    P, R = tp.sum() / max(tp.sum() + fp.sum(), 1e-300), tp.sum() / max(tp.sum() + fn.sum(), 1e-300)
+    out["f1_micro"] = float(2 * P * R / (P + R)) if P + R > 0 else 0.0
+    return out
+
+
+def multilabel(y: np.ndarray, probs: np.ndarray, labels: tuple[str, ...] = ()) -> dict[str, float]:
+    """Every multi-label metric: the pooled ones of `from_multilabel_sums`, AUROC of each finding
+    (`auroc_<finding>`, NaN where its test rows hold one side only) and their mean (`auroc`)."""
+    y, probs = np.asarray(y), np.asarray(probs)
+    if len(y) == 0:
+        return {"accuracy": float("nan")}
+    out = from_multilabel_sums(multilabel_sums(y, probs >= 0.5))
+    names = [metric_label(lab) for lab in labels] if len(labels) == probs.shape[1] else \
+        [str(j) for j in range(probs.shape[1])]
+    each = [_binary_auroc(y[:, j] > 0.5, probs[:, j]) for j in range(probs.shape[1])]
+    seen = [v for v in each if not np.isnan(v)]
+    out["auroc"] = float(np.mean(seen)) if seen else float("nan")
+    out.update({f"auroc_{name}": v for name, v in zip(names, each)})
+    return out
+
+
 def regression_sums(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """(n, sum sq err, sum abs err, sum y, sum y²): what pooled MSE/MAE/R² need."""
     y, pred = np.asarray(y, dtype=np.float64), np.asarray(pred, dtype=np.float64)
@@ -96,6 +155,16 @@ def from_regression_sums(s: np.ndarray) -> dict[str, float]:
 
 def regression(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return from_regression_sums(regression_sums(y, pred))
+
+
+def from_sums(total: np.ndarray, task: str) -> dict[str, float]:
+    """The metrics pooled exactly from hospitals' summed counts: confusion counts (classification),
+    regression sums, or multi-label sums."""
+    if task == "regression":
+        return from_regression_sums(total)
+    if task == "multilabel":
+        return from_multilabel_sums(total)
+    return from_confusion(total)
 
 
 def site_mean(results: list[dict[str, float]], skip: tuple[str, ...] = ("num_examples",)) -> dict[str, float]:

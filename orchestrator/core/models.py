@@ -213,7 +213,7 @@ def norm_kind(spec: ModelSpec) -> str:
 
 
 def num_outputs(spec: ModelSpec, num_classes: int) -> int:
-    return num_classes if spec.head == "softmax" else 1
+    return num_classes if spec.head in ("softmax", "multilabel") else 1
 
 
 def _body(spec: ModelSpec, num_features: int) -> tuple[nn.Module, int]:

@@ -19,6 +19,18 @@ CONFIG, ARRAYS, METRICS = "config", "arrays", "metrics"
 STATS, LABELS = "stats", "labels"                      # census reply
 DESCRIPTION = "description"                            # deployment census: a hospital's facts, or its error
 CONFUSION, REGRESSION = "confusion", "regression"      # evaluate reply: sums the server pools
+MULTILABEL = "multilabel"                               # ... several findings per image: their counts
+SUMS_RECORD = {"classification": CONFUSION, "regression": REGRESSION, "multilabel": MULTILABEL}
+SUMS_KEY = {CONFUSION: "counts", REGRESSION: "sums", MULTILABEL: "sums"}   # the record's one list
+
+
+def read_sums(records, num_classes: int) -> tuple[str, np.ndarray] | None:
+    """(task, the sums) from an evaluation reply's records (or a report's extras); None if absent."""
+    for task, name in SUMS_RECORD.items():
+        if name in records:
+            values = np.asarray(records[name][SUMS_KEY[name]], dtype=np.float64)
+            return task, values.reshape(num_classes, num_classes) if task == "classification" else values
+    return None
 CONTROL, CONTROL_DELTA = "control", "control_delta"    # SCAFFOLD: c (to hospitals), c_i+ - c_i (back)
 
 # run config of the Flower App (pyproject [tool.flwr.app.config]), set by `consortium run`

@@ -8,7 +8,8 @@ import numpy as np
 
 @dataclass
 class Table:
-    """Features (float32, NaN = missing) and integer labels of one data source; `groups`: each row's
+    """Features (float32, NaN = missing) and integer labels (a regression: numbers; multi-label:
+    (rows, findings) of 0/1) of one data source; `groups`: each row's
     patient (rows of one patient stay on one side of every split); `notes`: what reading it counted."""
 
     X: np.ndarray
@@ -29,10 +30,16 @@ class Schema:
     classes: tuple[str, ...]
     columns: tuple[str, ...] = ()          # the files' feature columns, in order (() = the features)
     categories: tuple[tuple[str, tuple[str, ...]], ...] = ()   # text column -> its agreed values
+    multilabel: bool = False               # classes are findings, several per row: y is (rows, findings) 0/1
 
     @property
     def regression(self) -> bool:
         return not self.classes
+
+    @property
+    def task(self) -> str:
+        """classification | regression | multilabel: which metrics, sums and loss."""
+        return "regression" if self.regression else "multilabel" if self.multilabel else "classification"
 
     @property
     def raw_columns(self) -> tuple[str, ...]:
@@ -43,15 +50,17 @@ class Schema:
         return dict(self.categories)
 
     def to_dict(self) -> dict:
-        d = {"features": list(self.features), "classes": list(self.classes)}
+        d: dict = {"features": list(self.features), "classes": list(self.classes)}
         if self.categories:
             d.update(columns=list(self.columns), categories={c: list(v) for c, v in self.categories})
+        if self.multilabel:
+            d["multilabel"] = True
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Schema:
         return cls(tuple(d["features"]), tuple(d["classes"]), tuple(d.get("columns", ())),
-                   tuple((c, tuple(v)) for c, v in d.get("categories", {}).items()))
+                   tuple((c, tuple(v)) for c, v in d.get("categories", {}).items()), bool(d.get("multilabel", False)))
 
     @classmethod
     def of(cls, columns, classes, vocabulary: dict[str, tuple[str, ...]]) -> Schema:

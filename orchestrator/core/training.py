@@ -80,6 +80,7 @@ class Objective:
     """Head + loss: what the outputs mean, how they are scored, how they turn into predictions.
 
     softmax/cross_entropy: one logit per class. sigmoid/bce: one logit, P(second class).
+    multilabel/bce: one logit per finding, each its own P(finding); labels are (rows, findings) 0/1.
     linear/mse|mae|huber: one value; the loss is taken on residuals divided by the target's
     standard deviation (the model's output scale), so the learning rate does not depend on units.
     """
@@ -89,20 +90,28 @@ class Objective:
     num_classes: int
     weights: list[float] | None = None
     target_scale: float = 1.0
+    labels: tuple[str, ...] = ()   # multilabel: the findings, naming their metrics (auroc_<finding>)
 
     @classmethod
-    def of(cls, job, num_classes: int, weights: list[float] | None = None, model: nn.Module | None = None
-           ) -> Objective:
+    def of(cls, job, num_classes: int, weights: list[float] | None = None, model: nn.Module | None = None,
+           labels: tuple[str, ...] = ()) -> Objective:
         scale = 1.0
         if job.model.head == "linear" and model is not None:
             scale = float(model.output.scale)
-        return cls(job.model.head, job.train.loss or HEAD_LOSS[job.model.head], num_classes, weights, scale)
+        return cls(job.model.head, job.train.loss or HEAD_LOSS[job.model.head], num_classes, weights, scale,
+                   tuple(labels))
 
     @property
     def regression(self) -> bool:
         return self.head == "linear"
 
+    @property
+    def multilabel(self) -> bool:
+        return self.head == "multilabel"
+
     def per_example(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.multilabel:   # one binary cross-entropy per finding, their mean per image
+            return F.binary_cross_entropy_with_logits(out.float(), y.float(), reduction="none").mean(1)
         if self.loss == "cross_entropy":
             return F.cross_entropy(out.float(), y, reduction="none")
         if self.loss == "bce":
@@ -118,12 +127,15 @@ class Objective:
 
     def __call__(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         losses = self.per_example(out, y)
-        if self.weights is None or self.regression:
+        if self.weights is None or self.regression or self.multilabel:
             return losses.mean()
         w = torch.as_tensor(self.weights, dtype=losses.dtype, device=losses.device)[y]
         return (losses * w).sum() / w.sum()
 
     def probabilities(self, out: torch.Tensor) -> np.ndarray:
+        """(rows, classes) class probabilities; multilabel: (rows, findings), each finding's own."""
+        if self.multilabel:
+            return torch.sigmoid(out.float()).cpu().numpy()
         if self.head == "sigmoid":
             p = torch.sigmoid(out[:, 0].float())
             return torch.stack([1 - p, p], 1).cpu().numpy()
@@ -134,11 +146,16 @@ class Objective:
         yn = y.cpu().numpy()
         if self.regression:
             return M.regression(yn, out[:, 0].float().cpu().numpy())
+        if self.multilabel:
+            return M.multilabel(yn, self.probabilities(out), self.labels)
         return M.classification(yn, self.probabilities(out))
 
     def predict(self, out: torch.Tensor) -> np.ndarray:
+        """Labels (rows,); a regression's values; multilabel: (rows, findings) of 0/1."""
         if self.regression:
             return out[:, 0].float().cpu().numpy()
+        if self.multilabel:
+            return (self.probabilities(out) >= 0.5).astype(np.int64)
         return self.probabilities(out).argmax(1)
 
 
@@ -272,6 +289,17 @@ def confusion_counts(model: nn.Module, X: torch.Tensor, y: torch.Tensor, num_cla
     model.eval()
     objective = objective or Objective("softmax", "cross_entropy", num_classes)
     return confusion_of(model(X) if len(y) else None, y, num_classes, objective)
+
+
+def pooled_sums(out: torch.Tensor | None, y: torch.Tensor, num_classes: int, objective: Objective) -> np.ndarray:
+    """What a hospital sends for exact pooling (`metrics.from_sums`): confusion counts (k, k),
+    regression sums, or multi-label sums."""
+    if objective.regression:
+        return M.regression_sums(y.cpu().numpy(), objective.predict(out) if out is not None else np.zeros(0))
+    if objective.multilabel:
+        return M.multilabel_sums(y.cpu().numpy(),
+                                 objective.predict(out) if out is not None else np.zeros((0, num_classes)))
+    return confusion_of(out, y, num_classes, objective)
 
 
 def confusion_of(out: torch.Tensor | None, y: torch.Tensor, num_classes: int, objective: Objective) -> np.ndarray:

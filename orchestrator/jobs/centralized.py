@@ -42,8 +42,8 @@ def run_centralized(job: JobSpec, plan: DataPlan, run: TrackedRun, start: Start 
     model, notes = initial_model(job, plan.num_features, plan.num_classes, start, X_np, y_np)
     if notes:
         run.log_params(notes)
-    counts = None if plan.regression else np.bincount(y_np, minlength=plan.num_classes)
-    objective = Objective.of(job, plan.num_classes, class_weights(job.train, counts), model)
+    counts = None if plan.task != "classification" else np.bincount(y_np, minlength=plan.num_classes)
+    objective = Objective.of(job, plan.num_classes, class_weights(job.train, counts), model, plan.schema.classes)
     X, y = tensors(X_np, y_np)
     Xt, yt = tensors(data.X_test, data.y_test)
     # The test rows are the central held-out split when the data has one (the same rows a federated

@@ -31,7 +31,7 @@ def in_process(job, plan, models: dict, hospitals=None) -> Matrix:
     for h in hospitals:
         row = {}
         for name, model in models.items():
-            res, _ = score(h, model, Objective.of(job, plan.num_classes, None, model))
+            res, _ = score(h, model, Objective.of(job, plan.num_classes, None, model, plan.schema.classes))
             row[name] = {k: float(v) for k, v in res.items()}
         matrix[h.name] = row
     return matrix

@@ -38,8 +38,8 @@ def run_local(ctx: Context) -> Outcome:
     for h in hospitals:
         model, _ = initial_model(job, plan.num_features, plan.num_classes, ctx.start, h.raw.X_train, h.raw.y_train)
         X, y, _, _ = h.tensors(standardizer(model).mean.detach().numpy())
-        counts = None if plan.regression else np.bincount(h.raw.y_train, minlength=plan.num_classes)
-        objective = Objective.of(job, plan.num_classes, class_weights(job.train, counts), model)
+        counts = None if plan.task != "classification" else np.bincount(h.raw.y_train, minlength=plan.num_classes)
+        objective = Objective.of(job, plan.num_classes, class_weights(job.train, counts), model, plan.schema.classes)
         prefix = f"hospital_{h.name}"
 
         def on_epoch(epoch: int, loss: float, h=h, model=model, objective=objective, prefix=prefix) -> bool:
@@ -64,7 +64,7 @@ def run_local(ctx: Context) -> Outcome:
         progress.step("hospital", len(models), len(hospitals),
                       {f"eval/{k}": last[k] for k in ("accuracy", "mse") if k in last}, note=h.name)
     for r in range(1, rounds + 1):
-        m = {f"eval/{k}": v for k, v in pooled(scores[r], plan.regression).items()}
+        m = {f"eval/{k}": v for k, v in pooled(scores[r], plan.task).items()}
         m.update({f"site_mean/{k}": v for k, v in site_mean([res for res, _ in scores[r]]).items()})
         m["eval/hospitals"] = len(scores[r])
         m["time/round_end_s"] = time.perf_counter() - t0

@@ -173,13 +173,17 @@ def plan_from_census(job: JobSpec, described: dict[int, dict]) -> DataPlan:
         except TypeError:
             ordered = sorted(union, key=str)
         classes = tuple(dict.fromkeys(label_str(v) for v in ordered))
-        if len(classes) < 2:
+        if len(classes) < (1 if job.model.head == "multilabel" else 2):
             raise DataError(where, [f"data.target: the hospitals hold a single class {list(classes)}: nothing to learn"])
     from orchestrator.core.columns import agree_vocabulary
 
     # text columns: one vocabulary from the hospitals' counts of their values
     vocab = agree_vocabulary([described[p].get("categories", {}) for p in pids], job.data.max_categories)
     schema = Schema.of(features, classes, vocab)
+    if job.model.head == "multilabel":   # the hospitals' findings, several per image
+        from dataclasses import replace
+
+        schema = replace(schema, multilabel=True)
     observed = np.zeros(len(features), dtype=np.int64)
     for p in pids:
         order = {f: i for i, f in enumerate(described[p]["features"])}

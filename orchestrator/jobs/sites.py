@@ -12,7 +12,7 @@ import torch
 from clients.handlers import Hospital
 from orchestrator.core import metrics as M
 from orchestrator.core.models import standardizer
-from orchestrator.core.training import Objective, confusion_of, scored
+from orchestrator.core.training import Objective, pooled_sums, scored
 
 # what a site's scores hold besides metrics
 ROWS = "num_examples"
@@ -44,24 +44,18 @@ def score(h: Hospital, model: torch.nn.Module, objective: Objective) -> tuple[di
     out = model(X) if len(y) else None
     if was:
         model.train()
-    res = scored(out, y, objective)
-    if h.schema.regression:
-        pred = objective.predict(out) if len(y) else np.zeros(0)
-        sums = M.regression_sums(y.numpy(), pred)
-    else:
-        sums = confusion_of(out, y, len(h.schema.classes), objective)
-    return res, sums
+    return scored(out, y, objective), pooled_sums(out, y, len(h.schema.classes), objective)
 
 
-def pooled(results: list[tuple[dict[str, float], np.ndarray]], regression: bool) -> dict[str, float]:
+def pooled(results: list[tuple[dict[str, float], np.ndarray]], task: str) -> dict[str, float]:
     """The consortium's metrics from every hospital's: exact from the sums (as a federated round
-    pools them), the loss and AUROC row-weighted."""
+    pools them), the loss and AUROC (each finding's too) row-weighted."""
     if not results:
         return {}
     total = np.sum([s for _, s in results], axis=0)
-    out = M.from_regression_sums(total) if regression else M.from_confusion(total)
+    out = M.from_sums(total, task)
     rows = [r.get(ROWS, 0) for r, _ in results]
-    for key in ("loss", "auroc"):
+    for key in ["loss", *dict.fromkeys(k for r, _ in results for k in r if k.startswith("auroc"))]:
         pairs = [(r[key], n) for r, n in zip((r for r, _ in results), rows)
                  if key in r and not np.isnan(r[key]) and n > 0]
         if pairs:

@@ -73,6 +73,12 @@ class DataSpec(Spec):
     patient_column: str | None = Field(None, description=(
         "images: the manifest's patient (or study) column: all of a patient's images fall on one side of "
         "every train/test split (default: found by its name: patient, patient_id, subject ...)"))
+    label_separator: str = Field("|", min_length=1, description=(
+        "images, model.head multilabel: what separates an image's findings in its label cell, e.g. "
+        "'Effusion|Infiltration' (NIH ChestX-ray14's 'Finding Labels')"))
+    no_finding: str | None = Field("No Finding", description=(
+        "images, model.head multilabel: the label cell of an image with no finding (no output set); "
+        "null: every value is a finding"))
     unreadable: Literal["error", "skip"] = Field("error", description=(
         "images: a file that cannot be read stops the job before training (naming it and its hospital), "
         "or is skipped and counted in the run (data.skipped_unreadable)"))

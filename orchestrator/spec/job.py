@@ -101,7 +101,9 @@ class JobSpec(Spec):
             problems.append("train.augment: changes images; the data are not images (data.source images or digits)")
         if self.data.source == "images" and self.model.head == "linear":
             problems.append("model.head: linear is for regression, but images have class labels")
-        if self.train.loss is not None and LOSS_HEAD[self.train.loss] != self.model.head:
+        if self.model.head == "multilabel":
+            problems += _check_multilabel(self)
+        elif self.train.loss is not None and LOSS_HEAD[self.train.loss] != self.model.head:
             problems.append(f"train.loss: '{self.train.loss}' trains a {LOSS_HEAD[self.train.loss]} head, but "
                             f"model.head is '{self.model.head}' (set model.head: {LOSS_HEAD[self.train.loss]})")
         regression_data = self.data.source == "diabetes"
@@ -134,6 +136,24 @@ class JobSpec(Spec):
         if problems:
             raise Problems(problems)
         return self
+
+
+def _check_multilabel(job: JobSpec) -> list[str]:
+    """model.head multilabel: several findings per image, one sigmoid output each."""
+    problems: list[str] = []
+    if job.data.source != "images":
+        problems.append(f"model.head: multilabel reads several findings per image from a manifest (data.source "
+                        f"images); data.source is '{job.data.source}'")
+    if job.train.loss not in (None, "bce"):
+        problems.append(f"train.loss: '{job.train.loss}'; model.head multilabel trains one binary cross-entropy "
+                        "per finding (train.loss: bce, or leave it out)")
+    if job.train.class_weights is not None:
+        problems.append("train.class_weights: weights one class per image; with model.head multilabel an image "
+                        "has several findings (leave class_weights out)")
+    if job.by_hospital and job.federated.partition.name in ("dirichlet", "shards"):
+        problems.append(f"federated.partition.name: {job.federated.partition.name} deals images by their one "
+                        "label; with several findings per image use iid, quantity or natural")
+    return problems
 
 
 def _check_gan(job: JobSpec) -> list[str]:

@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from orchestrator.spec.base import Spec
 
-Head = Literal["softmax", "sigmoid", "linear"]
+Head = Literal["softmax", "sigmoid", "linear", "multilabel"]
 SEQUENCE_MODELS = ("rnn", "lstm", "gru", "transformer")
 # MONAI's networks, 2D, built without a hub (no pretrained download): `model.init_from` a weights file
 MONAI_MODELS = ("resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0")
@@ -37,7 +37,9 @@ class ModelSpec(Spec):
         "batch for the ResNets, DenseNet and EfficientNet, model.batchnorm for mlp and cnn"))
     groups: Annotated[int, Field(ge=1, description="norm: group: channels are split into this many groups")] = 8
     head: Head = Field("softmax", description=(
-        "softmax: one output per class | sigmoid: one output, binary | linear: one output, regression"))
+        "softmax: one output per class | sigmoid: one output, binary | linear: one output, regression | "
+        "multilabel: one sigmoid output per finding, several findings per image (data.source images: a "
+        "manifest's label cells list them, split by data.label_separator)"))
     input_size: Annotated[int, Field(ge=1, description="sequence models: features per time step")] = 1
     latent_dim: Annotated[int, Field(ge=1, description="gan: the generator's noise inputs")] = 16
     heads: Annotated[int, Field(ge=1, description="transformer: attention heads")] = 2

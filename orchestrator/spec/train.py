@@ -10,7 +10,7 @@ from orchestrator.spec.base import Spec
 Loss = Literal["cross_entropy", "bce", "mse", "mae", "huber"]
 # Which head each loss trains: classification (softmax), binary (sigmoid), regression (linear).
 LOSS_HEAD = {"cross_entropy": "softmax", "bce": "sigmoid", "mse": "linear", "mae": "linear", "huber": "linear"}
-HEAD_LOSS = {"softmax": "cross_entropy", "sigmoid": "bce", "linear": "mse"}
+HEAD_LOSS = {"softmax": "cross_entropy", "sigmoid": "bce", "linear": "mse", "multilabel": "bce"}
 
 
 class OptimizerSpec(Spec):

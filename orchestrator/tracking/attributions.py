@@ -46,7 +46,8 @@ def _overlays(run, job, model: torch.nn.Module, split, classes: list[str], chann
     from orchestrator.tracking import plots
 
     baseline = standardizer(model).mean.detach().cpu().numpy()
-    _, first = np.unique(split.y_test, return_index=True)   # one image of each class first
+    multilabel = split.y_test.ndim == 2
+    _, first = np.unique(split.y_test, return_index=True, axis=0 if multilabel else None)   # each class first
     pick = list(np.sort(first)[:count]) + [i for i in range(len(split.y_test)) if i not in set(first)]
     pick = pick[:count]
     X, y = split.X_test[pick], split.y_test[pick]
@@ -54,8 +55,14 @@ def _overlays(run, job, model: torch.nn.Module, split, classes: list[str], chann
             for i in range(len(X))]
     images = [x.reshape(channels, side, side).mean(0) for x in X]
     with torch.no_grad():
-        predicted = model(torch.as_tensor(X, dtype=torch.float32)).argmax(1).tolist()
-    titles = [f"{classes[int(t)]} -> {classes[p]}" for t, p in zip(y, predicted)]
+        out = model(torch.as_tensor(X, dtype=torch.float32))
+    if multilabel:   # the findings shown -> the findings said (sigmoid >= 0.5)
+        def said(row) -> str:
+            return "|".join(c for c, v in zip(classes, row) if v) or "none"
+
+        titles = [f"{said(t > 0.5)} -> {said(p)}" for t, p in zip(y, (out >= 0).tolist())]
+    else:
+        titles = [f"{classes[int(t)]} -> {classes[p]}" for t, p in zip(y, out.argmax(1).tolist())]
     fig = plots.overlays(images, maps, titles, f"{job.name}: integrated gradients on held-out images")
     run.log_figure(fig, "plots/attributions_overlays.png")
     plots.close(fig)
@@ -84,8 +91,8 @@ def explain_attributions(run, job, plan, model: torch.nn.Module, at_hospitals: t
         return None
     name = job.model.name
     record = {"method": "integrated_gradients", "baseline": "the consortium's mean row", "steps": 32,
-              "rows": int(rows), "evaluated_on": where, "target": "predicted class" if not plan.regression
-              else "the prediction", **extra}
+              "rows": int(rows), "evaluated_on": where, "target": "the prediction" if plan.regression
+              else "the finding the model is surest of" if plan.task == "multilabel" else "predicted class", **extra}
     if name in IMAGE_MODELS and image_shape(len(values)) is not None:
         channels, side = image_shape(len(values)) or (1, 0)
         image = values.reshape(channels, side, side).sum(0)   # channels summed: where the model looks

@@ -63,7 +63,7 @@ def explain_run(run, job: JobSpec, plan, model: torch.nn.Module) -> Importance |
     if split is None or len(split.y_test) < 2:
         return None
     X, y = split.X_test[: job.explain.max_rows], split.y_test[: job.explain.max_rows]
-    objective = Objective.of(job, plan.num_classes, None, model)
+    objective = Objective.of(job, plan.num_classes, None, model, plan.schema.classes)
     imp = permutation_importance(model, objective, X, y, list(plan.schema.features), job.explain.repeats, job.seed)
     ranked = imp.ranked()
     where = "central held-out split" if job.kind == "federated" else "test split"

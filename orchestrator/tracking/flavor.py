@@ -174,6 +174,13 @@ class Predictor:
             out = self.net(torch.as_tensor(X)).float()
         if not self.classes:
             return pd.DataFrame({"prediction": out[:, 0].numpy().astype(np.float64)}, index=model_input.index)
+        if self.card["head"] == "multilabel":   # each finding its own probability; the prediction lists those >= 0.5
+            probs = torch.sigmoid(out).numpy()
+            sep = self.card.get("label_separator", "|")
+            answer = {"prediction": [sep.join(c for c, p in zip(self.classes, row) if p >= 0.5)
+                                     or self.card.get("no_finding") or "" for row in probs]}
+            answer.update({f"probability_{c}": probs[:, j].astype(np.float64) for j, c in enumerate(self.classes)})
+            return pd.DataFrame(answer, index=model_input.index)
         if self.card["head"] == "sigmoid":
             p1 = torch.sigmoid(out[:, 0])
             probs = torch.stack([1 - p1, p1], 1).numpy()

@@ -8,7 +8,7 @@ from orchestrator.core.dataplan import DataPlan
 
 
 def _confusion(job: JobSpec, plan: DataPlan, outcome) -> tuple[np.ndarray | None, str]:
-    if plan.regression:
+    if plan.task != "classification":   # a multi-label run: each finding's AUROC and F1 are its metrics
         return None, ""
     if getattr(outcome, "confusion", None) is not None:
         return outcome.confusion, "hospitals' test rows (federated evaluation, last round)"
@@ -18,7 +18,7 @@ def _confusion(job: JobSpec, plan: DataPlan, outcome) -> tuple[np.ndarray | None
     from orchestrator.core.training import Objective, confusion_counts, tensors
 
     where = "central held-out split" if job.kind == "federated" else "test split"
-    objective = Objective.of(job, plan.num_classes, None, outcome.model)
+    objective = Objective.of(job, plan.num_classes, None, outcome.model, plan.schema.classes)
     return confusion_counts(outcome.model, *tensors(split.X_test, split.y_test), plan.num_classes, objective), where
 
 

@@ -104,18 +104,20 @@ def test_a_hospital_started_on_its_own_file_refuses_a_demo_source():
     assert info.value.source == "hospital va" and "set data.source: csv" in info.value.problems[0]
 
 
-def test_image_hospitals_census_agrees_the_same_plan_as_reading_every_folder(tmp_path, monkeypatch):
-    """In a deployment each hospital describes its own image folder (counts, its labels, never a
-    pixel); the coordinator's plan equals the one made from reading every folder."""
+@pytest.mark.parametrize("config, data", [("images_digit_hospitals.yaml", "digit_hospitals"),
+                                          ("images_multilabel_findings.yaml", "digit_findings")])
+def test_image_hospitals_census_agrees_the_same_plan_as_reading_every_folder(tmp_path, monkeypatch, config, data):
+    """In a deployment each hospital describes its own image folder (counts, its labels or
+    findings, never a pixel); the coordinator's plan equals the one made from reading every folder."""
     from orchestrator.spec.loading import load_job
 
     monkeypatch.setenv("CONSORTIUM_HOME", str(tmp_path))
-    job = load_job(CONFIGS / "images_digit_hospitals.yaml",
-                   [f"data.path={CONFIGS / 'data' / 'digit_hospitals'}"])
-    folders = sorted((CONFIGS / "data" / "digit_hospitals").iterdir())
+    job = load_job(CONFIGS / config, [f"data.path={CONFIGS / 'data' / data}"])
+    folders = sorted((CONFIGS / "data" / data).iterdir())
     described = {i: describe_share(job, i, 3, str(f)) for i, f in enumerate(folders)}
     assert not any(k in d for d in described.values() for k in ("X", "pixels", "X_train"))
     census, files = plan_from_census(job, described), plan_data(job)
     assert census.schema == files.schema and len(census.schema.features) == 28 * 28
     assert census.hospitals == files.hospitals == ["hospital_a", "hospital_b", "hospital_c"]
     assert census.hospital_sizes == files.hospital_sizes == [400, 400, 400]
+    assert census.schema.multilabel == (config == "images_multilabel_findings.yaml")

@@ -15,10 +15,11 @@ import numpy as np
 from orchestrator.core.imaging.readers import is_image
 from orchestrator.spec.errors import DataError
 
-LABEL_NAMES = ("label", "labels", "class", "diagnosis", "finding", "findings", "target", "y", "category", "dx")
+LABEL_NAMES = ("label", "labels", "class", "diagnosis", "finding", "findings", "finding labels", "finding_labels",
+               "target", "y", "category", "dx")
 PATIENT_NAMES = ("patient", "patient_id", "patientid", "patient id", "subject", "subject_id", "subjectid",
                  "study", "study_id", "studyid", "case", "case_id")
-PATH_NAMES = ("path", "file", "filename", "image", "image_path", "img", "filepath", "file_path")
+PATH_NAMES = ("path", "file", "filename", "image", "image_path", "img", "filepath", "file_path", "image index")
 
 
 @dataclass

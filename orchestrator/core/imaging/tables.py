@@ -85,14 +85,73 @@ def _rel(path: Path, folder: Path) -> str:
     return str(path)
 
 
+def findings(label: str, spec) -> list[str]:
+    """An image's findings from its label cell ('Effusion|Infiltration'; data.no_finding: none)."""
+    parts = [p.strip() for p in str(label).split(spec.label_separator)]
+    return [p for p in dict.fromkeys(parts) if p and p != spec.no_finding]
+
+
+def multi_hot(samples: Samples, kept: np.ndarray, index: dict[str, int], spec) -> np.ndarray:
+    """(images, findings) of 0/1: which of the agreed findings each kept image shows."""
+    y = np.zeros((len(kept), len(index)), dtype=np.float32)
+    for row, i in enumerate(kept):
+        for f in findings(samples.labels[i], spec):
+            if f in index:
+                y[row, index[f]] = 1.0
+    return y
+
+
+def _check_single_label(found: list[Samples], spec) -> None:
+    """Label cells that list several findings ('Effusion|Infiltration') trained as one class each
+    would make every combination a class: say so, unless data.label_separator was set on purpose."""
+    if "label_separator" in spec.model_fields_set:
+        return
+    for s in found:
+        listed = [lab for lab in s.labels if spec.label_separator in lab]
+        if len(listed) >= max(1, len(s.labels) // 20):
+            raise DataError(f"hospital {s.name} ({s.folder})", [
+                f"{len(listed)} of {len(s.labels)} label cells list several findings (e.g. '{listed[0]}'): set "
+                "model.head: multilabel to train one output per finding (or set data.label_separator to "
+                "another text to keep each combination as one class)"])
+
+
+def _multilabel_tables(job, found: list[Samples], schema: Schema | None, pre: Preprocess) -> tuple[list[Table], Schema]:
+    spec = job.data
+    if schema is None:
+        labels = sorted({f for s in found for lab in s.labels for f in findings(lab, spec)})
+        if spec.classes:
+            absent = [c for c in spec.classes if c not in labels]
+            if absent:
+                raise DataError(str(spec.path), [f"data.classes: {absent} are not among the findings ({labels})"])
+            labels = list(spec.classes)
+        if not labels:
+            raise DataError(str(spec.path), ["model.head multilabel: no image has a finding (every label cell is "
+                                             f"empty or data.no_finding '{spec.no_finding}')"])
+        schema = Schema(pixel_names(pre), tuple(labels), multilabel=True)
+    index = {c: i for i, c in enumerate(schema.classes)}
+    tables = []
+    for s in found:
+        X, kept = decode(s, pre, spec.unreadable)
+        groups = group_ids([s.patients[i] for i in kept]) if s.patients is not None else None
+        notes = {k: v for k, v in s.notes.items() if k != "manifest"}
+        if len(kept) < len(s.paths):
+            notes["skipped_unreadable"] = len(s.paths) - len(kept)
+        tables.append(Table(X, multi_hot(s, kept, index, spec), s.name, groups=groups, notes=notes))
+    return tables, schema
+
+
 def image_tables(job, schema: Schema | None = None, path: Path | None = None) -> tuple[list[Table], Schema]:
     """The job's images as tables (one per hospital folder, else one) and the agreed schema.
-    `schema` (already agreed) and `path` (one hospital's own folder) serve the hospitals."""
+    `schema` (already agreed) and `path` (one hospital's own folder) serve the hospitals.
+    model.head multilabel: each label cell lists findings, y is (images, findings) of 0/1."""
     spec = job.data
     pre = Preprocess.of(spec)
     natural = job.federated.partition.name == "natural"   # kind centralized: the hospitals' images pooled
     folders = [path] if path is not None else hospital_folders(spec, natural)
     found = [list_samples(f, spec) for f in folders]
+    if job.model.head == "multilabel":
+        return _multilabel_tables(job, found, schema, pre)
+    _check_single_label(found, spec)
     if spec.classes:
         found = [_keep(s, spec.classes) for s in found]
     if schema is None:
@@ -136,12 +195,17 @@ def describe_images(job, folder: Path, partition_id: int) -> dict:
     spec = job.data
     pre = Preprocess.of(spec)
     samples = list_samples(folder, spec, hospital_name(folder.name))
-    if spec.classes:
+    multilabel = job.model.head == "multilabel"
+    if spec.classes and not multilabel:
         samples = _keep(samples, spec.classes)
     X, kept = decode(samples, pre, spec.unreadable)
-    labels = sorted({samples.labels[i] for i in kept})
-    index = {c: i for i, c in enumerate(labels)}
-    y = np.array([index[samples.labels[i]] for i in kept], dtype=np.int64)
+    if multilabel:
+        labels = sorted({f for i in kept for f in findings(samples.labels[i], spec)})
+        y = multi_hot(samples, kept, {c: i for i, c in enumerate(labels)}, spec)
+    else:
+        labels = sorted({samples.labels[i] for i in kept})
+        index = {c: i for i, c in enumerate(labels)}
+        y = np.array([index[samples.labels[i]] for i in kept], dtype=np.int64)
     groups = group_ids([samples.patients[i] for i in kept]) if samples.patients is not None else None
     split = own_split(X, y, job, partition_id, groups)
     return {"name": samples.name, "features": list(pixel_names(pre)), "labels": labels, "rows": int(len(y)),

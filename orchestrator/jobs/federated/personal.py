@@ -29,21 +29,21 @@ def personalize(grid, nodes: list[int], config, arrays, names: dict[int, str], n
         m = reply.content[P.METRICS]
         res = {k[len(P.EVAL_PREFIX):]: float(v) for k, v in m.items() if k.startswith(P.EVAL_PREFIX)}
         res[ROWS] = float(m[P.NUM_EXAMPLES])
-        if P.CONFUSION in reply.content:
-            sums = np.asarray(reply.content[P.CONFUSION]["counts"], dtype=np.int64).reshape(num_classes, num_classes)
-        else:
-            sums = np.asarray(reply.content[P.REGRESSION]["sums"], dtype=np.float64)
+        found_sums = P.read_sums(reply.content, num_classes)
+        if found_sums is None:
+            continue
+        sums = found_sums[1]
         found[names.get(int(m[P.PARTITION_ID]), str(m[P.PARTITION_ID]))] = (
             res, sums, reply.content[P.ARRAYS] if P.ARRAYS in reply.content else None)
     order = {name: i for i, name in enumerate(names.values())}
     return dict(sorted(found.items(), key=lambda item: order.get(item[0], len(order))))
 
 
-def log_personal(run, found: dict, step: int, regression: bool, keep_models: bool) -> None:
+def log_personal(run, found: dict, step: int, task: str, keep_models: bool) -> None:
     m = {}
     for name, (res, _, _) in found.items():
         m.update({f"hospital_{name}/personal/{k}": v for k, v in res.items() if not np.isnan(v)})
-    m.update({f"personal/{k}": v for k, v in pooled([(r, s) for r, s, _ in found.values()], regression).items()})
+    m.update({f"personal/{k}": v for k, v in pooled([(r, s) for r, s, _ in found.values()], task).items()})
     m.update({f"personal_site_mean/{k}": v for k, v in site_mean([r for r, _, _ in found.values()]).items()})
     m["personal/hospitals"] = len(found)
     run.log_metrics(m, step)

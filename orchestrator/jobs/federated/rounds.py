@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from orchestrator.core import metrics as M
-from orchestrator.core.protocol import CONFUSION, DP_EPSILON, NUM_EXAMPLES, PERSONAL_SUMS, REGRESSION
+from orchestrator.core.protocol import DP_EPSILON, NUM_EXAMPLES, PERSONAL_SUMS, SUMS_KEY, SUMS_RECORD, read_sums
 from strategies.base import RoundReport
 
 if TYPE_CHECKING:
@@ -28,8 +28,9 @@ def _weighted(hospitals: dict[int, dict[str, float]], key: str) -> float | None:
 class RoundLogger:
     """Turns Flower round reports into the run's metrics, one log_batch per round."""
 
-    def __init__(self, run: TrackedRun, names: dict[int, str] | list[str], num_classes: int):
-        self.run, self.num_classes = run, num_classes
+    def __init__(self, run: TrackedRun, names: dict[int, str] | list[str], num_classes: int,
+                 task: str = "classification"):
+        self.run, self.num_classes, self.task = run, num_classes, task
         self.names = names if isinstance(names, dict) else dict(enumerate(names))  # partition id -> hospital
         self.confusion: np.ndarray | None = None
         self.node_names: dict[int, str] = {}           # node id -> hospital, once the census has answered
@@ -42,7 +43,7 @@ class RoundLogger:
         key = "train_loss" if report.phase == "train" else "eval_loss"
         if (v := _weighted(report.hospitals, key)) is not None:
             m[f"{prefix}/loss"] = v
-        pooled_exactly = any(CONFUSION in e or REGRESSION in e for e in report.extras.values())
+        pooled_exactly = any(name in e for e in report.extras.values() for name in SUMS_KEY)
         extra_keys = {k for hm in report.hospitals.values() for k in hm
                       if k.startswith(f"{prefix}_") and k != key and (report.phase == "train" or not pooled_exactly)}
         for k in sorted(extra_keys):   # e.g. a GAN's d_loss and g_loss: row-weighted over hospitals
@@ -61,20 +62,18 @@ class RoundLogger:
             per_site = [{k[len("eval_"):]: v for k, v in hm.items() if k.startswith("eval_")}
                         for hm in report.hospitals.values()]
             m.update({f"site_mean/{k}": v for k, v in M.site_mean(per_site).items()})
-            if (v := _weighted(report.hospitals, "eval_auroc")) is not None and not np.isnan(v):
-                m["eval/auroc"] = v
+            for key in dict.fromkeys(k for hm in report.hospitals.values() for k in hm if k.startswith("eval_auroc")):
+                if (v := _weighted(report.hospitals, key)) is not None and not np.isnan(v):
+                    m[f"eval/{key[len('eval_'):]}"] = v   # AUROC (each finding's too): row-weighted
             own = [e[PERSONAL_SUMS] for e in report.extras.values() if PERSONAL_SUMS in e]
             if own:
                 m.update(self._personal(report, own))
-            counts = [e[CONFUSION]["counts"] for e in report.extras.values() if CONFUSION in e]
-            if counts:
-                k = self.num_classes
-                self.confusion = np.sum([np.asarray(c, dtype=np.int64).reshape(k, k) for c in counts], axis=0)
-                m.update({f"eval/{name}": v for name, v in M.from_confusion(self.confusion).items()})
-            sums = [e[REGRESSION]["sums"] for e in report.extras.values() if REGRESSION in e]
-            if sums:
-                pooled = np.sum([np.asarray(x, dtype=np.float64) for x in sums], axis=0)
-                m.update({f"eval/{name}": v for name, v in M.from_regression_sums(pooled).items()})
+            found = [s for e in report.extras.values() if (s := read_sums(e, self.num_classes)) is not None]
+            if found:
+                task, total = found[0][0], np.sum([s for _, s in found], axis=0)
+                if task == "classification":
+                    self.confusion = total.astype(np.int64)
+                m.update({f"eval/{name}": v for name, v in M.from_sums(total, task).items()})
         eps = [hm[DP_EPSILON] for hm in report.hospitals.values() if DP_EPSILON in hm]
         if eps:  # local DP: the most any hospital has spent
             m["dp/epsilon"] = max(eps)
@@ -85,11 +84,10 @@ class RoundLogger:
     def _personal(self, report: RoundReport, sums: list) -> dict[str, float]:
         """The hospitals' personal models this round: pooled exactly from their sums, and the plain
         mean over hospitals (federated.personalize with a stateful method)."""
-        k = self.num_classes
-        if "counts" in sums[0]:
-            pooled = M.from_confusion(np.sum([np.asarray(s["counts"], dtype=np.int64).reshape(k, k) for s in sums], 0))
-        else:
-            pooled = M.from_regression_sums(np.sum([np.asarray(s["sums"], dtype=np.float64) for s in sums], 0))
+        k, task = self.num_classes, self.task
+        key = SUMS_KEY[SUMS_RECORD[task]]
+        values = [np.asarray(s[key], dtype=np.float64) for s in sums]
+        pooled = M.from_sums(np.sum([v.reshape(k, k) if task == "classification" else v for v in values], 0), task)
         m = {f"personal/{name}": v for name, v in pooled.items()}
         if (v := _weighted(report.hospitals, "personal_loss")) is not None:
             m["personal/loss"] = v

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 
+from orchestrator.core.protocol import SUMS_KEY
 from orchestrator.spec.job import JobSpec
 from strategies.base import PARTITION_KEY, RoundReport
 
@@ -44,13 +45,13 @@ def _legacy_strategy(listener):
                 m = dict(res.metrics)
                 pid = int(m.get(PARTITION_KEY, -1))
                 extras: dict = {}
-                for name, key in (("confusion", "counts"), ("regression", "sums")):
+                for name, key in SUMS_KEY.items():
                     idx = sorted((int(k.rsplit("_", 1)[1]), v) for k, v in m.items() if k.startswith(f"{name}_"))
                     if idx:
                         extras[name] = {key: [v for _, v in idx]}
                 report.extras[pid] = extras
                 report.hospitals[pid] = {k: float(v) for k, v in m.items() if k != PARTITION_KEY
-                                         and not k.startswith(("confusion_", "regression_"))
+                                         and not k.startswith(tuple(f"{n}_" for n in SUMS_KEY))
                                          and isinstance(v, (int, float))}
             report.failures = [str(f) for f in failures]
             listener(report)

@@ -83,7 +83,7 @@ class Rounds:
 
     def __post_init__(self):
         self.logger = RoundLogger(self.run, dict(zip(self.plan.pids(), self.plan.hospitals)),
-                                  self.plan.num_classes)
+                                  self.plan.num_classes, self.plan.task)
         self.writer = RoundWriter()
         self.strategy: Any = None
         central = self.plan.central
@@ -104,7 +104,7 @@ class Rounds:
         res = None
         if self._central is not None and end.evaluated:
             self.model.load_state_dict(to_torch_state(arrays))
-            objective = Objective.of(self.job, self.plan.num_classes, None, self.model)
+            objective = Objective.of(self.job, self.plan.num_classes, None, self.model, self.plan.schema.classes)
             r = {k: v for k, v in evaluate(self.model, *self._central, objective).items() if k != "num_examples"}
             end.metrics.update({f"central/{k}": v for k, v in r.items()})
             res = MetricRecord({k: float(v) for k, v in r.items() if not np.isnan(v)})
@@ -122,7 +122,7 @@ class Rounds:
         fed = self.job.federated
         found = personalize(grid, nodes, config, final, dict(zip(self.plan.pids(), self.plan.hospitals)),
                             self.plan.num_classes, fed.round_timeout_s)
-        log_personal(self.run, found, fed.rounds, self.plan.regression, fed.personalize.share_models)
+        log_personal(self.run, found, fed.rounds, self.plan.task, fed.personalize.share_models)
         return {f"personal_{name}": arrays for name, (_, _, arrays) in found.items() if arrays is not None}
 
     def cross_validate(self, grid: Grid, nodes: list[int], config: ConfigRecord, final: ArrayRecord,

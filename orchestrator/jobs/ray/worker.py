@@ -72,8 +72,8 @@ def train_loop_per_worker(config: dict) -> None:
         X_np, y_np = X_np[tr], y_np[tr]
     start = Start(config.get("init_weights"))
     model, _ = initial_model(job, plan.num_features, plan.num_classes, start, X_np, y_np)
-    counts = None if plan.regression else np.bincount(y_np, minlength=plan.num_classes)
-    objective = Objective.of(job, plan.num_classes, class_weights(job.train, counts), model)
+    counts = None if plan.task != "classification" else np.bincount(y_np, minlength=plan.num_classes)
+    objective = Objective.of(job, plan.num_classes, class_weights(job.train, counts), model, plan.schema.classes)
     start_epoch, history = 1, {}
     checkpoint = ray.train.get_checkpoint()
     state = None
