@@ -71,7 +71,10 @@ def save_model(path, mlflow_model, pytorch_model, card: dict, signature=None, in
 
     from orchestrator.adapters.mlflow import save_example
 
-    tensor_example = model_inputs(card, input_example)
+    if image_dims(card) is not None:   # the example is images: the network reads them as rows of pixels
+        tensor_example = np.asarray(input_example, dtype=np.float32).reshape(len(input_example), -1)
+    else:
+        tensor_example = model_inputs(card, input_example)
     mlflow.pytorch.save_model(pytorch_model, path, mlflow_model=mlflow_model, input_example=tensor_example,
                               pip_requirements=pip_requirements)
     for name in ("input_example.json", "serving_input_example.json"):
@@ -122,18 +125,31 @@ def model_inputs(card: dict, frame) -> np.ndarray:
     return np.where(np.isnan(X), fill[None, :], X).astype(np.float32)
 
 
+def image_dims(card: dict) -> tuple[int, int, int] | None:
+    """(channels, rows, columns) of an image model's input; None for a model of columns."""
+    image = card.get("image")
+    if not image:
+        return None
+    return int(image["channels"]), int(image["size"]), int(image["size"])
+
+
 def signature_and_example(card: dict, rows: np.ndarray):
-    """The column signature and an input example of raw rows (a DataFrame, one column per feature)."""
+    """The signature and an input example: raw rows (a DataFrame, one column per feature), or for an
+    image model a tensor (images, channels, rows, columns) of float32 pixels in [0, 1]."""
     import pandas as pd
-    from mlflow.models import infer_signature
-    from mlflow.types import ColSpec, DataType, Schema
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import ColSpec, DataType, Schema, TensorSpec
     from mlflow.types.schema import AnyType
 
+    dims = image_dims(card)
+    if dims is not None:
+        images = np.asarray(rows, dtype=np.float32).reshape(-1, *dims)
+        outputs = infer_signature(images, Predictor(None, card).describe(len(images))).outputs
+        return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *dims))]), outputs=outputs), images
     example = raw_rows(card, rows)
     text = card.get("categories", {})
     inputs = Schema([ColSpec(DataType.string if c in text else AnyType(), c) for c in columns_of(card)])
     outputs = infer_signature(example, Predictor(None, card).describe(len(example))).outputs
-    from mlflow.models import ModelSignature
 
     return ModelSignature(inputs=inputs, outputs=outputs), example
 
@@ -160,7 +176,19 @@ class Predictor:
         import pandas as pd
         import torch
 
-        if not isinstance(model_input, pd.DataFrame):
+        dims = image_dims(self.card)
+        if dims is not None and not isinstance(model_input, pd.DataFrame):   # images (n, channels, rows, cols)
+            images = np.asarray(model_input, dtype=np.float32)
+            if images.ndim == len(dims):
+                images = images[None]
+            if tuple(images.shape[1:]) != dims:
+                from mlflow.exceptions import MlflowException
+
+                raise MlflowException.invalid_parameter_value(
+                    f"images of shape {list(images.shape[1:])}: this model reads (channels, rows, columns) "
+                    f"= {list(dims)} (POST image files to /images to have them read and resized)")
+            model_input = pd.DataFrame(images.reshape(len(images), -1), columns=self.features)
+        elif not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(np.asarray(model_input), columns=self.features)
         bad = text_in_numbers(model_input, self.card)
         if bad:   # the check MLflow's `double` made, which its `Any` type leaves to the model

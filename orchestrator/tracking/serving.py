@@ -84,9 +84,116 @@ class StrictModel:
 
 
 def scoring_app(model_uri: str, tracking_uri: str):
+    """MLflow's scoring app; for an image model also `POST /images`: image files as they are."""
     from mlflow.pyfunc import scoring_server
 
-    return scoring_server.init(StrictModel(_open(model_uri, tracking_uri)))
+    from orchestrator.tracking.flavor import CARD_KEY
+
+    model = _open(model_uri, tracking_uri)
+    app = scoring_server.init(StrictModel(model))
+    card = (model.metadata.metadata or {}).get(CARD_KEY) or {}
+    if card.get("image"):
+        add_image_route(app, model, card)
+    return app
+
+
+# What an upload's name says it is, else its first bytes (Pillow reads any picture by its content).
+MEDIA_SUFFIX = {"image/png": ".png", "image/jpeg": ".jpg", "image/tiff": ".tif", "application/dicom": ".dcm"}
+
+
+def upload_suffix(name: str | None, content_type: str | None, data: bytes) -> str:
+    if name:
+        lower = name.lower()
+        for suffix in (".nii.gz", ".nii", ".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
+            if lower.endswith(suffix):
+                return suffix
+    if content_type in MEDIA_SUFFIX:
+        return MEDIA_SUFFIX[content_type]
+    if data[128:132] == b"DICM":
+        return ".dcm"
+    if data[:2] == b"\x1f\x8b":
+        return ".nii.gz"
+    if data[344:348] in (b"n+1\x00", b"ni1\x00"):
+        return ".nii"
+    return ".img"   # a picture: Pillow finds its format in its bytes
+
+
+def read_uploads(files: list[tuple[str, bytes, str | None]], card: dict):
+    """(images as the model reads them (n, channels, size, size), problems by file name): each file
+    decoded with the preprocessing the model was trained with, as `consortium predict` does."""
+    import tempfile
+
+    import numpy as np
+
+    from orchestrator.core.imaging.readers import UnreadableImage, read_image
+    from orchestrator.tracking.flavor import image_dims
+
+    pre = _preprocess(card)
+    images, problems = [], []
+    with tempfile.TemporaryDirectory(prefix="consortium-upload-") as tmp:
+        for i, (name, data, content_type) in enumerate(files):
+            path = Path(tmp) / f"upload{i}{upload_suffix(name, content_type, data)}"
+            path.write_bytes(data)
+            try:
+                images.append(read_image(path, pre))
+            except UnreadableImage as exc:
+                problems.append(f"{name or f'file {i + 1}'}: {exc}")
+    dims = image_dims(card) or (1, pre.size, pre.size)
+    return np.stack(images).astype(np.float32) if images else np.zeros((0, *dims), np.float32), problems
+
+
+def _preprocess(card: dict):
+    from orchestrator.core.imaging.readers import Preprocess
+
+    image = card["image"]
+    return Preprocess(int(image["size"]), int(image["channels"]), image["fit"],
+                      tuple(image["window"]) if image.get("window") else None,
+                      tuple(image["spacing"]) if image.get("spacing") else None)
+
+
+def add_image_route(app, model, card: dict) -> None:
+    """`POST /images`: one image file as the body (its name in `?name=`, else its Content-Type or
+    its first bytes say what it is), or JSON {"images": [{"name": ..., "data": BASE64}, ...]}.
+    Answers {"predictions": [{"name", "prediction", "probability_<class>" ...}]}; a file that
+    cannot be read is a 400 naming it and why."""
+    import base64
+    import binascii
+    import json
+
+    import pandas as pd
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
+    async def images(request: Request):
+        body = await request.body()
+        files: list[tuple[str, bytes, str | None]]
+        content_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+        if content_type == "application/json":
+            try:
+                sent = json.loads(body)["images"]
+                files = [(str(f.get("name") or f"file {i + 1}"), base64.b64decode(f["data"], validate=True), None)
+                         for i, f in enumerate(sent)]
+            except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+                return JSONResponse({"error_code": "BAD_REQUEST", "message": (
+                    'expected {"images": [{"name": "scan.dcm", "data": "<base64 of the file>"}, ...]}: '
+                    f"{type(exc).__name__}: {str(exc)[:200]}")}, status_code=400)
+        else:
+            name = request.query_params.get("name")
+            files = [(name or "the body", body, content_type or None)]
+        if not files or not any(len(f[1]) for f in files):
+            return JSONResponse({"error_code": "BAD_REQUEST", "message": "no image sent"}, status_code=400)
+        import asyncio
+
+        pixels, problems = await asyncio.to_thread(read_uploads, files, card)
+        if problems:
+            return JSONResponse({"error_code": "BAD_REQUEST", "message": "; ".join(problems[:8])}, status_code=400)
+        answers = pd.DataFrame(await asyncio.to_thread(model.predict, pixels))
+        rows = [{"name": f[0], **{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}}
+                for f, row in zip(files, answers.to_dict(orient="records"))]
+        return JSONResponse({"predictions": rows})
+
+    images.__annotations__["request"] = Request   # a class, not this module's postponed string: FastAPI injects it
+    app.post("/images")(images)
 
 
 def serve(model_uri: str, tracking_uri: str | None, host: str, port: int, log=print) -> None:
@@ -95,7 +202,10 @@ def serve(model_uri: str, tracking_uri: str | None, host: str, port: int, log=pr
     from orchestrator.tracking.ui import _port_free, stop, wait_healthy
 
     uri = resolve_uri(tracking_uri)
-    _open(model_uri, uri, info_only=True)  # a wrong URI is exit 2 here, not a dead child
+    from orchestrator.tracking.flavor import CARD_KEY
+
+    info = _open(model_uri, uri, info_only=True)  # a wrong URI is exit 2 here, not a dead child
+    image = "image" in ((info.metadata or {}).get(CARD_KEY) or {})
     if not _port_free(port, host):
         raise UserError("--port", [f"{host}:{port} is in use: pick another with --port"])
     stop_on_sigterm()
@@ -106,9 +216,15 @@ def serve(model_uri: str, tracking_uri: str | None, host: str, port: int, log=pr
     try:
         wait_healthy(port, proc, timeout=120, what=f"the model server for {model_uri}", host=host)
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        log(f"serving {model_uri} (up in {time.monotonic() - t0:.1f} s)\n"
-            f"  POST http://{shown}:{port}/invocations  (JSON {{\"dataframe_split\": {{\"columns\": [...], "
-            f"\"data\": [[...]]}}}} or CSV)\nCtrl-C stops it.")
+        if image:
+            how = (f"  POST http://{shown}:{port}/images?name=scan.dcm  (the file as the body: PNG, JPEG, TIFF, "
+                   f"DICOM, NIfTI; or JSON {{\"images\": [{{\"name\": ..., \"data\": BASE64}}]}})\n"
+                   f"  POST http://{shown}:{port}/invocations  (JSON {{\"inputs\": images x channels x rows x "
+                   f"columns, pixels in [0, 1]}})")
+        else:
+            how = (f"  POST http://{shown}:{port}/invocations  (JSON {{\"dataframe_split\": {{\"columns\": [...], "
+                   f"\"data\": [[...]]}}}} or CSV)")
+        log(f"serving {model_uri} (up in {time.monotonic() - t0:.1f} s)\n{how}\nCtrl-C stops it.")
         proc.wait()
     except KeyboardInterrupt:
         pass
@@ -183,7 +299,7 @@ def predict_images(model_uri: str, where: Path, out: Path | None, tracking_uri: 
     probabilities; every file read with the preprocessing the model was trained with."""
     import pandas as pd
 
-    from orchestrator.core.imaging.readers import Preprocess, UnreadableImage, is_image, read_image
+    from orchestrator.core.imaging.readers import UnreadableImage, is_image, read_image
     from orchestrator.spec.data import DataSpec
     from orchestrator.spec.errors import DataError
     from orchestrator.tracking.flavor import CARD_KEY
@@ -194,9 +310,7 @@ def predict_images(model_uri: str, where: Path, out: Path | None, tracking_uri: 
     image = card.get("image")
     if image is None:
         raise UserError(model_uri, ["this model was not trained on images: predict a CSV of its feature columns"])
-    pre = Preprocess(int(image["size"]), int(image["channels"]), image["fit"],
-                     tuple(image["window"]) if image.get("window") else None,
-                     tuple(image["spacing"]) if image.get("spacing") else None)
+    pre = _preprocess(card)
     folder = where if where.is_dir() else where.parent
     spec = DataSpec.model_validate({"source": "images", "path": str(folder),
                                     "manifest": None if where.is_dir() else where.name})
@@ -223,8 +337,10 @@ def predict_images(model_uri: str, where: Path, out: Path | None, tracking_uri: 
         raise UserError(str(where), bad[:8] + ([f"... and {len(bad) - 8} more"] if len(bad) > 8 else []))
     import numpy as np
 
-    frame = pd.DataFrame(np.stack(pixels).astype(np.float32), columns=card["features"])
-    answers = pd.DataFrame(model.predict(frame)).reset_index(drop=True)
+    from orchestrator.tracking.flavor import image_dims
+
+    images = np.stack(pixels).astype(np.float32).reshape(len(pixels), *(image_dims(card) or (-1,)))
+    answers = pd.DataFrame(model.predict(images)).reset_index(drop=True)
     table = pd.DataFrame({"path": [str(p) for p in paths]})
     if labels is not None:
         table["label"] = labels

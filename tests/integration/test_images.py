@@ -199,3 +199,83 @@ def test_findings_train_pooled_and_each_hospital_alone(tmp_path, extra):
                    "--json", "-q", cwd=tmp_path)
     final = _result(proc)["final"]
     assert final["eval/auroc"] > 0.8 and "eval/auroc_round" in final, final
+
+
+def test_a_served_image_model_answers_files_as_predict_does_and_names_a_bad_one(tmp_path):
+    """The model is logged with an image signature (images x channels x rows x columns); `consortium
+    serve` answers image files POSTed as they are (DICOM, PNG by its bytes, NIfTI and JPEG in one
+    JSON batch) with the probabilities `consortium predict` writes for the same files."""
+    import base64
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    import mlflow
+    import pandas as pd
+
+    from tests.conftest import free_port
+
+    data = CONFIGS / "data" / "digit_hospitals"
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    result = _result(run_cli("run", CONFIG, f"data.path={data}", f"tracking.uri={uri}", "federated.rounds=2",
+                             "--json", "-q", cwd=tmp_path))
+    mlflow.set_tracking_uri(uri)
+    inputs = mlflow.models.get_model_info(result["model_uri"]).signature.inputs
+    assert inputs.is_tensor_spec() and list(inputs.inputs[0].shape) == [-1, 1, 28, 28]
+    files = [sorted((data / "hospital_b" / "dicom").glob("*.dcm"))[0], sorted((data / "hospital_a" / "digit_3").glob("*.png"))[0],
+             sorted((data / "hospital_c" / "scans").glob("*.nii.gz"))[0], sorted((data / "hospital_c" / "scans").glob("*.jpg"))[0]]
+    manifest = tmp_path / "four.csv"
+    pd.DataFrame({"file": [str(f) for f in files], "label": ["?"] * 4}).to_csv(manifest, index=False)
+    assert run_cli("predict", result["model_uri"], str(manifest), "--tracking-uri", uri, cwd=tmp_path).returncode == 0
+    expected = pd.read_csv(tmp_path / "four.predictions.csv")
+
+    port = free_port()
+    env = {**os.environ, "CONSORTIUM_HOME": str(tmp_path / ".consortium")}
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve", result["model_uri"], "--port", str(port),
+                             "--tracking-uri", uri], cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def post(path: str, body: bytes, content_type: str) -> tuple[int, dict]:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, headers={"Content-Type": content_type})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    try:
+        t0 = time.monotonic()
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() - t0 < 120, proc.stdout.read() if proc.poll() else ""
+                time.sleep(0.3)
+        answers = [post(f"/images?name={files[0].name}", files[0].read_bytes(), "application/octet-stream"),
+                   post("/images", files[1].read_bytes(), "application/octet-stream")]   # a PNG known by its bytes
+        status, batch = post("/images", json.dumps({"images": [
+            {"name": f.name, "data": base64.b64encode(f.read_bytes()).decode()} for f in files[2:]]}).encode(),
+            "application/json")
+        assert status == 200 and all(s == 200 for s, _ in answers), (answers, batch)
+        got = [a["predictions"][0] for _, a in answers] + batch["predictions"]
+        assert [g["name"] for g in got[2:]] == [f.name for f in files[2:]]
+        for g, (_, row) in zip(got, expected.iterrows()):
+            assert g["prediction"] == row["prediction"]
+            assert all(abs(g[c] - row[c]) < 1e-5 for c in expected.columns if c.startswith("probability_"))
+        # the tensor the signature names, through MLflow's own route
+        from orchestrator.core.imaging.readers import Preprocess, read_image
+
+        pixels = read_image(files[0], Preprocess(28, 1, "pad", None, None))
+        status, direct = post("/invocations", json.dumps({"inputs": [pixels.tolist()]}).encode(), "application/json")
+        assert status == 200 and direct["predictions"][0]["prediction"] == got[0]["prediction"], direct
+        status, bad = post("/images?name=broken.dcm", b"\x00" * 200, "application/octet-stream")
+        assert status == 400 and "broken.dcm: not a DICOM file" in bad["message"], bad
+    finally:
+        import signal
+
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
