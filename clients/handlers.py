@@ -20,8 +20,8 @@ from orchestrator.adapters.flower import Records, metric_record, to_torch_state
 from orchestrator.core import protocol as P
 from orchestrator.core.data import Schema, Split
 from orchestrator.core.models import build_model, standardizer
-from orchestrator.core.splits import column_fill, fill
-from orchestrator.core.training import Objective, pooled_sums, scored, tensors, train_epochs
+from orchestrator.core.splits import column_fill, fill, has_nan
+from orchestrator.core.training import Objective, forward, pooled_sums, scored, tensors, train_epochs
 from orchestrator.spec.job import JobSpec
 from strategies.registry import hospital_hook
 
@@ -42,7 +42,7 @@ class Hospital:
         filled with the model's input mean, so it contributes nothing after standardisation."""
         if self._ready is None:
             r = self.raw
-            gaps = np.isnan(r.X_train).any() or np.isnan(r.X_test).any()   # the statistics only fill gaps
+            gaps = has_nan(r.X_train) or has_nan(r.X_test)   # the statistics only fill gaps
             values = column_fill(r.X_train, self.job.data.impute, fallback=input_mean) if gaps else None
             self._ready = (*tensors(fill(r.X_train, values), r.y_train), *tensors(fill(r.X_test, values), r.y_test))
         return self._ready
@@ -221,8 +221,8 @@ def evaluate(message: Message, context: Context) -> Message:
         own.eval()
     model.eval()
     with torch.no_grad():
-        out = model(X) if len(y) else None
-        own_out = own(X) if own is not None and len(y) else None
+        out = forward(model, X) if len(y) else None
+        own_out = forward(own, X) if own is not None and len(y) else None
     return evaluation_reply(h, message, _objective(h, model, message), out, y,
                             personal_out=own_out if own is not None else False)
 

@@ -70,9 +70,9 @@ class Net(nn.Module):
 
 def norm_layer(kind: str, channels: int, groups: int, dims: int = 2) -> nn.Module | None:
     """model.norm as a layer: batch norm, GroupNorm (groups dividing the channels: fewer where they
-    do not), or none."""
+    do not), or none. `dims`: 1 (features), 2 (images), 3 (volumes)."""
     if kind == "batch":
-        return nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
+        return {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims](channels)
     if kind == "group":
         g = max(d for d in range(1, min(groups, channels) + 1) if channels % d == 0)
         return nn.GroupNorm(g, channels)
@@ -90,55 +90,57 @@ def to_group_norm(module: nn.Module, groups: int) -> None:
 
 class ConvBody(nn.Module):
     """Conv(3x3) [+norm] + activation + 2x2 pool per entry of `channels`. Input: flat square images
-    of `in_channels` planes (grey 1, RGB 3)."""
+    of `in_channels` planes (grey 1, RGB 3); `dims` 3: flat cubic volumes (Conv3d, 2x2x2 pools)."""
 
     def __init__(self, side: int, channels: list[int], activation: str, dropout: float, norm: str,
-                 groups: int = 8, in_channels: int = 1):
+                 groups: int = 8, in_channels: int = 1, dims: int = 2):
         super().__init__()
-        self.side, self.in_channels = side, in_channels
+        self.side, self.in_channels, self.dims = side, in_channels, dims
+        conv, pool = (nn.Conv2d, nn.MaxPool2d) if dims == 2 else (nn.Conv3d, nn.MaxPool3d)
         layers: list[nn.Module] = []
         c_in, s = in_channels, side
         for c in channels:
-            layers.append(nn.Conv2d(c_in, c, 3, padding=1))
-            layer = norm_layer(norm, c, groups)
+            layers.append(conv(c_in, c, 3, padding=1))
+            layer = norm_layer(norm, c, groups, dims)
             if layer is not None:
                 layers.append(layer)
             layers.append(ACTIVATIONS[activation]())
             if s >= 4:
-                layers.append(nn.MaxPool2d(2))
+                layers.append(pool(2))
                 s //= 2
             c_in = c
         self.features = nn.Sequential(*layers)
         self.out = nn.Sequential(nn.Flatten(), nn.Dropout(dropout))
-        self.width = c_in * s * s
+        self.width = c_in * s**dims
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.features(x.reshape(-1, self.in_channels, self.side, self.side)))
+        return self.out(self.features(x.reshape(-1, self.in_channels, *(self.side,) * self.dims)))
 
 
 class MonaiBody(nn.Module):
-    """One of MONAI's 2D networks without its classifier: flat images in, pooled features out (the
-    head is ours, so `model.freeze: [input, body]` fine-tunes the head alone)."""
+    """One of MONAI's networks (2D, or 3D with `dims` 3) without its classifier: flat images in,
+    pooled features out (the head is ours, so `model.freeze: [input, body]` fine-tunes the head alone)."""
 
-    def __init__(self, name: str, side: int, in_channels: int, norm: str, groups: int, dropout: float):
+    def __init__(self, name: str, side: int, in_channels: int, norm: str, groups: int, dropout: float,
+                 dims: int = 2):
         super().__init__()
         from monai.networks import nets
 
-        self.side, self.in_channels = side, in_channels
+        self.side, self.in_channels, self.dims = side, in_channels, dims
         monai_norm: str | tuple = ("group", {"num_groups": groups}) if norm == "group" else \
             ("batch" if norm == "batch" else "instance")
         if name.startswith("resnet"):
-            net = getattr(nets, name)(spatial_dims=2, n_input_channels=in_channels, num_classes=1,
+            net = getattr(nets, name)(spatial_dims=dims, n_input_channels=in_channels, num_classes=1,
                                       feed_forward=False, norm=monai_norm, conv1_t_size=7 if side >= 64 else 3,
                                       conv1_t_stride=2 if side >= 64 else 1, no_max_pool=side < 64)
             self.width = 2048 if name == "resnet50" else 512   # layer4's planes x its block's expansion
         elif name == "densenet121":
-            net = nets.DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=1, norm=monai_norm,
+            net = nets.DenseNet121(spatial_dims=dims, in_channels=in_channels, out_channels=1, norm=monai_norm,
                                    dropout_prob=0.0)
             self.width = cast(nn.Linear, net.class_layers.out).in_features
             setattr(net.class_layers, "out", nn.Identity())
         else:  # efficientnet_b0
-            net = nets.EfficientNetBN("efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=in_channels,
+            net = nets.EfficientNetBN("efficientnet-b0", pretrained=False, spatial_dims=dims, in_channels=in_channels,
                                       num_classes=1, norm=monai_norm)
             self.width = net._fc.in_features
             setattr(net, "_fc", nn.Identity())
@@ -151,7 +153,7 @@ class MonaiBody(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.net(x.reshape(-1, self.in_channels, self.side, self.side)))
+        return self.drop(self.net(x.reshape(-1, self.in_channels, *(self.side,) * self.dims)))
 
 
 class RecurrentBody(nn.Module):
@@ -191,19 +193,19 @@ class TransformerBody(nn.Module):
         return self.encoder(h).mean(1)
 
 
-def image_side(num_features: int) -> int | None:
-    shape = image_shape(num_features)
+def image_side(num_features: int, dims: int = 2) -> int | None:
+    shape = image_shape(num_features, dims)
     return shape[1] if shape else None
 
 
-def image_shape(num_features: int) -> tuple[int, int] | None:
+def image_shape(num_features: int, dims: int = 2) -> tuple[int, int] | None:
     """(channels, side) of flat square images: side x side grey, or 3 x side x side RGB (3 s^2 is
-    never a square, so the two never mix up)."""
+    never a square, so the two never mix up); `dims` 3: cubic volumes, side^3 or 3 x side^3."""
     for channels in (1, 3):
         if num_features % channels:
             continue
-        side = int(round((num_features // channels) ** 0.5))
-        if side * side * channels == num_features:
+        side = int(round((num_features // channels) ** (1.0 / dims)))
+        if side**dims * channels == num_features:
             return channels, side
     return None
 
@@ -220,17 +222,19 @@ def _body(spec: ModelSpec, num_features: int) -> tuple[nn.Module, int]:
     if spec.name == "logistic":
         return nn.Identity(), num_features
     if spec.name in IMAGE_MODELS:
-        shape = image_shape(num_features)
+        dims = spec.spatial_dims
+        shape = image_shape(num_features, dims)
         if shape is None:
-            raise ValueError(f"model.name: {spec.name} needs square images as pixel columns (side x side grey, "
-                             f"or 3 x side x side RGB; got {num_features})")
+            what = "square images" if dims == 2 else "cubic volumes (model.spatial_dims 3)"
+            raise ValueError(f"model.name: {spec.name} needs {what} as pixel columns (side^{dims} grey, "
+                             f"or 3 x side^{dims} RGB; got {num_features})")
         in_channels, side = shape
         image_body: ConvBody | MonaiBody
         if spec.name == "cnn":
             image_body = ConvBody(side, spec.channels, spec.activation, spec.dropout, norm_kind(spec), spec.groups,
-                                  in_channels)
+                                  in_channels, dims)
         else:
-            image_body = MonaiBody(spec.name, side, in_channels, norm_kind(spec), spec.groups, spec.dropout)
+            image_body = MonaiBody(spec.name, side, in_channels, norm_kind(spec), spec.groups, spec.dropout, dims)
         return image_body, image_body.width
     if spec.name in RecurrentBody.CELLS:
         recurrent = RecurrentBody(spec.name, spec.input_size, spec.hidden, spec.dropout)
@@ -322,9 +326,15 @@ def image_channels(job) -> int | None:
 
 def moments(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-column observed count, sum and sum of squares: what a hospital may share for scaling."""
-    obs = ~np.isnan(X)
-    Xz = np.where(obs, X, 0.0).astype(np.float64)
-    return obs.sum(0).astype(np.float64), Xz.sum(0), (Xz**2).sum(0)
+    count, total, sumsq = (np.zeros(X.shape[1:], dtype=np.float64) for _ in range(3))
+    for i in range(0, len(X), 4096):   # a chunk at a time: a memory-mapped archive is read, never copied whole
+        part = X[i:i + 4096]
+        obs = ~np.isnan(part)
+        Xz = np.where(obs, part, 0.0).astype(np.float64)
+        count += obs.sum(0)
+        total += Xz.sum(0)
+        sumsq += (Xz**2).sum(0)
+    return count, total, sumsq
 
 
 def mean_scale(count: np.ndarray, total: np.ndarray, sumsq: np.ndarray, channels: int | None = None

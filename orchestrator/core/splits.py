@@ -81,8 +81,37 @@ def column_fill(X: np.ndarray, how: str, fallback: np.ndarray | None = None) -> 
     return stat.astype(np.float32)
 
 
+def has_nan(X: np.ndarray, chunk: int = 4096) -> bool:
+    """Any missing cell, read `chunk` rows at a time (a memory-mapped archive is never copied whole)."""
+    return any(bool(np.isnan(X[i:i + chunk]).any()) for i in range(0, len(X), chunk))
+
+
+def take_rows(X: np.ndarray, rows: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """X[rows]; for a memory-mapped cache (`imaging.tables.decode`), written `chunk` rows at a time
+    to a file beside it and mapped in turn, so a hospital's train and test sides never sit in memory."""
+    filename = getattr(X, "filename", None)
+    if not isinstance(X, np.memmap) or filename is None:
+        return X[rows]
+    import hashlib
+    import os
+    from pathlib import Path
+
+    rows = np.asarray(rows, dtype=np.int64)
+    source = Path(filename)
+    file = source.with_name(f"{source.stem}.rows-{hashlib.sha256(rows.tobytes()).hexdigest()[:16]}.npy")
+    if not file.exists():
+        tmp = file.with_name(f"{file.stem}.{os.getpid()}.tmp.npy")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=X.dtype, shape=(len(rows), *X.shape[1:]))
+        for i in range(0, len(rows), chunk):
+            out[i:i + chunk] = X[rows[i:i + chunk]]
+        out.flush()
+        del out
+        os.replace(tmp, file)
+    return np.load(file, mmap_mode="c")
+
+
 def fill(X: np.ndarray, values: np.ndarray) -> np.ndarray:
-    if not np.isnan(X).any():
+    if not has_nan(X):
         return X
     return np.where(np.isnan(X), values[None, :], X).astype(np.float32)
 
@@ -130,4 +159,4 @@ def own_split(X: np.ndarray, y: np.ndarray, job, partition_id: int, groups: np.n
     if groups is not None and len(np.unique(groups)) < 2:
         groups = None   # one patient: nothing to keep apart
     tr, te = split_indices(y, job.data.test_fraction, job.seed + 1000 + partition_id, groups)
-    return Split(X[tr], y[tr], X[te], y[te])
+    return Split(take_rows(X, tr), y[tr], take_rows(X, te), y[te])

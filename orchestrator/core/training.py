@@ -268,12 +268,20 @@ def train_epochs(model: nn.Module, X: torch.Tensor, y: torch.Tensor, spec: Train
     return last
 
 
+def forward(model: nn.Module, X: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """The model's outputs on every row of X, `batch` rows at a time: an image network's activations
+    for a whole test split never sit in memory at once (nor does a memory-mapped split)."""
+    if len(X) <= batch:
+        return model(X)
+    return torch.cat([model(X[i:i + batch]) for i in range(0, len(X), batch)])
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, objective: Objective | None = None) -> dict:
     """Loss and every metric of the task, plus num_examples."""
     objective = objective or Objective("softmax", "cross_entropy", 0)
     model.eval()
-    return scored(model(X) if len(y) else None, y, objective)
+    return scored(forward(model, X) if len(y) else None, y, objective)
 
 
 def scored(out: torch.Tensor | None, y: torch.Tensor, objective: Objective) -> dict:
@@ -288,7 +296,7 @@ def confusion_counts(model: nn.Module, X: torch.Tensor, y: torch.Tensor, num_cla
                      objective: Objective | None = None) -> np.ndarray:
     model.eval()
     objective = objective or Objective("softmax", "cross_entropy", num_classes)
-    return confusion_of(model(X) if len(y) else None, y, num_classes, objective)
+    return confusion_of(forward(model, X) if len(y) else None, y, num_classes, objective)
 
 
 def pooled_sums(out: torch.Tensor | None, y: torch.Tensor, num_classes: int, objective: Objective) -> np.ndarray:

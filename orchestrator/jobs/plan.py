@@ -26,7 +26,8 @@ def load_tables(job: JobSpec) -> tuple[list[Table], Schema]:
 
 def plan_data(job: JobSpec) -> DataPlan:
     tables, schema = load_tables(job)
-    empty = [f for j, f in enumerate(schema.features) if all(np.isnan(t.X[:, j]).all() for t in tables)]
+    images = job.data.source == "images"   # decoded pixels: never missing (and read, not copied, from their cache)
+    empty = [] if images else [f for j, f in enumerate(schema.features) if all(np.isnan(t.X[:, j]).all() for t in tables)]
     if empty:
         raise DataError(job.data.path or job.data.source,
                         [f"column '{c}' has no values in any row: drop it or fill it" for c in empty])
@@ -47,7 +48,7 @@ def plan_data(job: JobSpec) -> DataPlan:
     if job.data.source == "images":
         notes["data.images"] = int(sum(len(t.y) for t in tables))
         notes["data.split"] = "by patient" if all(t.groups is not None for t in tables) else "by image"
-    missing = int(sum(np.isnan(t.X).sum() for t in tables))
+    missing = 0 if images else int(sum(np.isnan(t.X).sum() for t in tables))
     notes["data.missing_cells"] = missing
     notes["data.imputation"] = (
         f"{job.data.impute} of each hospital's own training rows" if job.by_hospital
@@ -101,12 +102,14 @@ def plan_data(job: JobSpec) -> DataPlan:
 def check_schema(job: JobSpec, schema: Schema, source: str) -> None:
     """What the model asks of the agreed schema (whoever agreed it: the files here, or the
     hospitals' census in a deployment)."""
-    if job.model.name in IMAGE_MODELS and image_side(len(schema.features)) is None:
+    dims = job.model.spatial_dims
+    if job.model.name in IMAGE_MODELS and image_side(len(schema.features), dims) is None:
+        what = "square images" if dims == 2 else "cubic volumes (model.spatial_dims 3)"
         raise DataError(source,
-                        [f"model.name: {job.model.name} needs square images, but the data has {len(schema.features)} "
+                        [f"model.name: {job.model.name} needs {what}, but the data has {len(schema.features)} "
                          "feature columns"])
     smallest = MIN_SIDE.get(job.model.name, 0)
-    side = image_side(len(schema.features)) or 0
+    side = image_side(len(schema.features), dims) or 0
     if job.model.name in IMAGE_MODELS and side < smallest:
         raise DataError(source, [f"model.name: {job.model.name} halves an image five times: it needs images of at "
                                  f"least {smallest}x{smallest} pixels (these are {side}x{side}: set "

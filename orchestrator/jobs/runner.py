@@ -160,7 +160,7 @@ def model_card(plan: DataPlan, job: JobSpec, model) -> dict:
         spec = job.data
         out["image"] = {"size": spec.image_size, "channels": spec.channels, "fit": spec.fit,
                         "window": list(spec.window) if spec.window else None,
-                        "spacing": list(spec.spacing) if spec.spacing else None}
+                        "spacing": list(spec.spacing) if spec.spacing else None, "dims": job.model.spatial_dims}
     if job.model.head == "multilabel":   # how a prediction lists its findings, as the manifests did
         out.update(label_separator=job.data.label_separator, no_finding=job.data.no_finding)
     return out

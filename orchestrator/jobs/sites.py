@@ -12,7 +12,7 @@ import torch
 from clients.handlers import Hospital
 from orchestrator.core import metrics as M
 from orchestrator.core.models import standardizer
-from orchestrator.core.training import Objective, pooled_sums, scored
+from orchestrator.core.training import Objective, forward, pooled_sums, scored
 
 # what a site's scores hold besides metrics
 ROWS = "num_examples"
@@ -41,7 +41,7 @@ def score(h: Hospital, model: torch.nn.Module, objective: Objective) -> tuple[di
     X, y = tensors(fill(h.raw.X_test, values), h.raw.y_test)
     was = model.training
     model.eval()
-    out = model(X) if len(y) else None
+    out = forward(model, X) if len(y) else None
     if was:
         model.train()
     return scored(out, y, objective), pooled_sums(out, y, len(h.schema.classes), objective)

@@ -61,6 +61,8 @@ def _vectorized_cannot(job: Any) -> str | None:
     if job.model.name in ("resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0"):
         return (f"batches the small families (mlp, cnn, recurrent, transformer), not {job.model.name}: "
                 "set federated.engine: inline or simulation")
+    if job.model.spatial_dims == 3:
+        return "batches 2D networks, not 3D ones (model.spatial_dims 3): set federated.engine: inline or simulation"
     if job.model.head == "multilabel":
         return ("scores softmax, sigmoid and linear heads, not model.head multilabel: "
                 "set federated.engine: inline or simulation")

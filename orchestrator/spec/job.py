@@ -101,6 +101,8 @@ class JobSpec(Spec):
             problems.append("train.augment: changes images; the data are not images (data.source images or digits)")
         if self.data.source == "images" and self.model.head == "linear":
             problems.append("model.head: linear is for regression, but images have class labels")
+        if self.model.spatial_dims == 3:
+            problems += _check_volumes(self)
         if self.model.head == "multilabel":
             problems += _check_multilabel(self)
         elif self.train.loss is not None and LOSS_HEAD[self.train.loss] != self.model.head:
@@ -136,6 +138,21 @@ class JobSpec(Spec):
         if problems:
             raise Problems(problems)
         return self
+
+
+def _check_volumes(job: JobSpec) -> list[str]:
+    """model.spatial_dims 3: whole volumes (NIfTI, multi-frame DICOM) into a 3D network."""
+    problems: list[str] = []
+    if job.data.source != "images":
+        problems.append(f"model.spatial_dims: 3 reads volumes (data.source images: NIfTI or multi-frame DICOM "
+                        f"files); data.source is '{job.data.source}'")
+    if job.data.spacing is not None:
+        problems.append("data.spacing: resamples 2D images to [row, column] millimetres; with model.spatial_dims 3 "
+                        "each volume is resized to data.image_size voxels per axis (leave data.spacing out)")
+    if job.train.augment.enabled:
+        problems.append("train.augment: flips, rotations and shifts of 2D images; with model.spatial_dims 3 leave "
+                        "train.augment out")
+    return problems
 
 
 def _check_multilabel(job: JobSpec) -> list[str]:

@@ -22,7 +22,8 @@ class ModelSpec(Spec):
     name: Literal["mlp", "logistic", "cnn", "rnn", "lstm", "gru", "transformer", "gan", "resnet18", "resnet34",
                   "resnet50", "densenet121", "efficientnet_b0"] = Field("mlp", description=(
         "mlp | logistic | cnn (square images as flat pixel columns, e.g. digits 8x8) | resnet18 | resnet34 | "
-        "resnet50 | densenet121 | efficientnet_b0 (MONAI's 2D networks, for data.source images) | rnn | lstm | gru | "
+        "resnet50 | densenet121 | efficientnet_b0 (MONAI's networks, 2D or 3D: model.spatial_dims, for data.source "
+        "images) | rnn | lstm | gru | "
         "transformer (sequences as flat rows of steps x input_size columns) | gan (a generator and a "
         "discriminator of tabular rows, conditioned on the label: synthetic data, federated)"))
     channels: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [16, 32],
@@ -40,6 +41,9 @@ class ModelSpec(Spec):
         "softmax: one output per class | sigmoid: one output, binary | linear: one output, regression | "
         "multilabel: one sigmoid output per finding, several findings per image (data.source images: a "
         "manifest's label cells list them, split by data.label_separator)"))
+    spatial_dims: Literal[2, 3] = Field(2, description=(
+        "cnn and MONAI's networks: 2 (images) | 3 (volumes: each NIfTI volume or multi-frame DICOM read whole, "
+        "resized to data.image_size voxels along every axis; Conv3d / MONAI's 3D networks)"))
     input_size: Annotated[int, Field(ge=1, description="sequence models: features per time step")] = 1
     latent_dim: Annotated[int, Field(ge=1, description="gan: the generator's noise inputs")] = 16
     heads: Annotated[int, Field(ge=1, description="transformer: attention heads")] = 2
@@ -64,6 +68,8 @@ class ModelSpec(Spec):
                              f"({' | '.join(WEIGHT_FILES)}) (got {self.init_from!r})")
         if self.norm is not None and self.batchnorm and self.norm != "batch":
             raise ValueError(f"norm: '{self.norm}' and batchnorm: true disagree: set one of them")
+        if self.spatial_dims == 3 and self.name not in IMAGE_MODELS:
+            raise ValueError(f"spatial_dims: 3 is for the image networks ({', '.join(IMAGE_MODELS)}), not {self.name}")
         if self.name == "efficientnet_b0" and self.norm == "none":
             raise ValueError("norm: efficientnet_b0 needs batch or group norm")
         return self

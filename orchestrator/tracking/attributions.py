@@ -93,13 +93,18 @@ def explain_attributions(run, job, plan, model: torch.nn.Module, at_hospitals: t
     record = {"method": "integrated_gradients", "baseline": "the consortium's mean row", "steps": 32,
               "rows": int(rows), "evaluated_on": where, "target": "the prediction" if plan.regression
               else "the finding the model is surest of" if plan.task == "multilabel" else "predicted class", **extra}
-    if name in IMAGE_MODELS and image_shape(len(values)) is not None:
-        channels, side = image_shape(len(values)) or (1, 0)
-        image = values.reshape(channels, side, side).sum(0)   # channels summed: where the model looks
+    dims = job.model.spatial_dims
+    if name in IMAGE_MODELS and image_shape(len(values), dims) is not None:
+        channels, side = image_shape(len(values), dims) or (1, 0)
+        image = values.reshape(channels, *(side,) * dims).sum(0)   # channels summed: where the model looks
+        what = "pixel"
+        if dims == 3:   # a volume's map: every voxel kept in the record, its maximum over the slices drawn
+            record["volume"] = image.round(6).tolist()
+            image, what = image.max(0), "voxel (maximum over the axial slices)"
         record["image"] = image.round(6).tolist()
-        fig = plots.heatmap(image, f"{job.name}: integrated gradients, mean |attribution| per pixel\n({where})")
+        fig = plots.heatmap(image, f"{job.name}: integrated gradients, mean |attribution| per {what}\n({where})")
         artifact = "plots/attributions_pixels.png"
-        if split is not None and len(split.y_test) >= 2 and job.data.source == "images":
+        if split is not None and len(split.y_test) >= 2 and job.data.source == "images" and dims == 2:
             _overlays(run, job, model, split, list(plan.schema.classes), channels, side)
     elif name in SEQUENCE_MODELS:
         channels = job.model.input_size

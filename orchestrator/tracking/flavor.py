@@ -125,12 +125,13 @@ def model_inputs(card: dict, frame) -> np.ndarray:
     return np.where(np.isnan(X), fill[None, :], X).astype(np.float32)
 
 
-def image_dims(card: dict) -> tuple[int, int, int] | None:
-    """(channels, rows, columns) of an image model's input; None for a model of columns."""
+def image_dims(card: dict) -> tuple[int, ...] | None:
+    """(channels, rows, columns) of an image model's input, (channels, slices, rows, columns) of a
+    volume model's; None for a model of columns."""
     image = card.get("image")
     if not image:
         return None
-    return int(image["channels"]), int(image["size"]), int(image["size"])
+    return (int(image["channels"]), *(int(image["size"]),) * int(image.get("dims", 2)))
 
 
 def signature_and_example(card: dict, rows: np.ndarray):

@@ -138,7 +138,7 @@ def read_uploads(files: list[tuple[str, bytes, str | None]], card: dict):
                 images.append(read_image(path, pre))
             except UnreadableImage as exc:
                 problems.append(f"{name or f'file {i + 1}'}: {exc}")
-    dims = image_dims(card) or (1, pre.size, pre.size)
+    dims = image_dims(card) or pre.shape
     return np.stack(images).astype(np.float32) if images else np.zeros((0, *dims), np.float32), problems
 
 
@@ -148,7 +148,7 @@ def _preprocess(card: dict):
     image = card["image"]
     return Preprocess(int(image["size"]), int(image["channels"]), image["fit"],
                       tuple(image["window"]) if image.get("window") else None,
-                      tuple(image["spacing"]) if image.get("spacing") else None)
+                      tuple(image["spacing"]) if image.get("spacing") else None, int(image.get("dims", 2)))
 
 
 def add_image_route(app, model, card: dict) -> None:

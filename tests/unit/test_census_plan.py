@@ -105,7 +105,8 @@ def test_a_hospital_started_on_its_own_file_refuses_a_demo_source():
 
 
 @pytest.mark.parametrize("config, data", [("images_digit_hospitals.yaml", "digit_hospitals"),
-                                          ("images_multilabel_findings.yaml", "digit_findings")])
+                                          ("images_multilabel_findings.yaml", "digit_findings"),
+                                          ("images_volumes_3d.yaml", "volume_hospitals")])
 def test_image_hospitals_census_agrees_the_same_plan_as_reading_every_folder(tmp_path, monkeypatch, config, data):
     """In a deployment each hospital describes its own image folder (counts, its labels or
     findings, never a pixel); the coordinator's plan equals the one made from reading every folder."""
@@ -114,10 +115,10 @@ def test_image_hospitals_census_agrees_the_same_plan_as_reading_every_folder(tmp
     monkeypatch.setenv("CONSORTIUM_HOME", str(tmp_path))
     job = load_job(CONFIGS / config, [f"data.path={CONFIGS / 'data' / data}"])
     folders = sorted((CONFIGS / "data" / data).iterdir())
-    described = {i: describe_share(job, i, 3, str(f)) for i, f in enumerate(folders)}
+    described = {i: describe_share(job, i, len(folders), str(f)) for i, f in enumerate(folders)}
     assert not any(k in d for d in described.values() for k in ("X", "pixels", "X_train"))
     census, files = plan_from_census(job, described), plan_data(job)
-    assert census.schema == files.schema and len(census.schema.features) == 28 * 28
-    assert census.hospitals == files.hospitals == ["hospital_a", "hospital_b", "hospital_c"]
-    assert census.hospital_sizes == files.hospital_sizes == [400, 400, 400]
+    assert census.schema == files.schema and len(census.schema.features) == (16**3 if "volume" in data else 28 * 28)
+    assert census.hospitals == files.hospitals == [f.name for f in folders]
+    assert census.hospital_sizes == files.hospital_sizes == ([120, 120] if "volume" in data else [400, 400, 400])
     assert census.schema.multilabel == (config == "images_multilabel_findings.yaml")

@@ -1,4 +1,5 @@
-"""One image file as the model sees it: a float32 array [channels, size, size] in [0, 1].
+"""One image file as the model sees it: a float32 array [channels, size, size] in [0, 1] (or, for a 3D
+network, a volume [channels, size, size, size]: `read_volume`).
 
 PNG, JPEG, TIFF and BMP through Pillow; DICOM through pydicom (the modality LUT, i.e. rescale slope
 and intercept, then the window from YAML or the file, MONOCHROME1 inverted, a multi-frame file's
@@ -32,11 +33,16 @@ class Preprocess:
     fit: str = "pad"                       # pad | crop | stretch: how a non-square image becomes square
     window: tuple[float, float] | None = None   # DICOM / NIfTI: (centre, width) in the file's units
     spacing: tuple[float, float] | None = None  # mm per pixel (rows, columns): resampled, field of view kept
+    dims: int = 2                          # 3: a volume [channels, size, size, size] (model.spatial_dims)
 
     @classmethod
-    def of(cls, spec) -> Preprocess:
+    def of(cls, spec, dims: int = 2) -> Preprocess:
         return cls(spec.image_size, spec.channels, spec.fit, tuple(spec.window) if spec.window else None,
-                   tuple(spec.spacing) if spec.spacing else None)
+                   tuple(spec.spacing) if spec.spacing else None, int(dims))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.channels, *(self.size,) * self.dims)
 
 
 def is_image(path: Path) -> bool:
@@ -64,7 +70,9 @@ def kind_of(path: Path) -> str:
 
 
 def read_image(path: Path, pre: Preprocess) -> np.ndarray:
-    """The file as [channels, size, size] float32 in [0, 1]."""
+    """The file as [channels, size, size] float32 in [0, 1] (pre.dims 3: `read_volume`)."""
+    if pre.dims == 3:
+        return read_volume(path, pre)
     kind = kind_of(path)
     spacing: tuple[float, float] | None = None
     try:
@@ -89,6 +97,88 @@ def read_image(path: Path, pre: Preprocess) -> np.ndarray:
         cols = max(1, int(round(image.shape[2] * spacing[1] / pre.spacing[1])))
         image = _resample(image, rows, cols)
     return _pad_crop(image, pre.size)
+
+
+def read_volume(path: Path, pre: Preprocess) -> np.ndarray:
+    """A NIfTI volume (reoriented to RAS+) or a multi-frame DICOM, whole: [channels, size, size, size]
+    float32 in [0, 1], axial slices along the first axis (inferior to superior), each slice's rows
+    and columns as the 2D reader shows them; windowed over the whole volume."""
+    kind = kind_of(path)
+    try:
+        if kind == "nifti":
+            volume = _nifti_volume(path, pre.window)
+        elif kind == "dicom":
+            volume = _dicom_volume(path, pre.window)
+        else:
+            raise UnreadableImage("a 2D picture: model.spatial_dims 3 reads volumes (NIfTI, multi-frame DICOM)")
+    except UnreadableImage:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every decoder has its own errors: name the file, say why
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnreadableImage(f"cannot read as {kind}: {first[:200]}") from None
+    channels = np.repeat(volume[None], 3, axis=0) if pre.channels == 3 else volume[None]
+    return resize_volume(channels, pre.size, pre.fit)
+
+
+def _nifti_volume(path: Path, window: tuple[float, float] | None) -> np.ndarray:
+    import nibabel as nib
+
+    img = nib.as_closest_canonical(nib.load(str(path)))
+    data = np.asarray(img.dataobj, dtype=np.float64)
+    while data.ndim > 3:                                # 4D (time, echoes): the first volume
+        data = data[..., 0]
+    if data.ndim != 3 or min(data.shape) < 2:
+        raise UnreadableImage(f"a NIfTI image of shape {img.shape}: a 3D network needs a volume (x, y, z), "
+                              "not a 2D slice")
+    # RAS+ (x, y, z) -> (z, rows, columns): each axial slice as `_nifti` shows a 2D one
+    return _windowed(np.flip(data.transpose(2, 1, 0), axis=1), window)
+
+
+def _dicom_volume(path: Path, window: tuple[float, float] | None) -> np.ndarray:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        ds = pydicom.dcmread(path)
+    except pydicom.errors.InvalidDicomError as exc:
+        raise UnreadableImage(f"not a DICOM file ({str(exc).strip()[:120]})") from None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames < 2:
+        raise UnreadableImage("a single-frame DICOM: a 3D network reads volumes (a multi-frame DICOM, or NIfTI)")
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise UnreadableImage("a colour multi-frame DICOM: a volume is read as grey values")
+    values = np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float64)
+    volume = _windowed(values, window if window is not None else _file_window(ds))
+    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+        volume = 1.0 - volume
+    return volume
+
+
+def resize_volume(volume: np.ndarray, size: int, fit: str) -> np.ndarray:
+    """[C, D, H, W] -> [C, size, size, size]: each slice squared as `data.fit` says (pad, crop or
+    stretch), then resampled along every axis (area averaging where every axis shrinks, else
+    trilinear)."""
+    import torch
+    import torch.nn.functional as F
+
+    c, d, h, w = volume.shape
+    if fit == "crop" and h != w:
+        s = min(h, w)
+        volume = volume[:, :, (h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+    elif fit == "pad" and h != w:
+        s = max(h, w)
+        square = np.zeros((c, d, s, s), dtype=np.float32)
+        square[:, :, (s - h) // 2 : (s - h) // 2 + h, (s - w) // 2 : (s - w) // 2 + w] = volume
+        volume = square
+    t = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None]
+    if tuple(t.shape[-3:]) == (size, size, size):
+        return t[0].numpy()
+    shrinking = all(n > size for n in t.shape[-3:])
+    out = F.interpolate(t, size=(size, size, size), mode="area") if shrinking else \
+        F.interpolate(t, size=(size, size, size), mode="trilinear", align_corners=False)
+    return out[0].clamp_(0.0, 1.0).numpy()
 
 
 # --------------------------------------------------------------------------- decoders

@@ -24,7 +24,12 @@ CHANNEL_NAMES = {1: ("pixel",), 3: ("red", "green", "blue")}
 
 
 def pixel_names(pre: Preprocess) -> tuple[str, ...]:
-    """The model's input columns: pixel_ROW_COL (grey), red_/green_/blue_ROW_COL (RGB)."""
+    """The model's input columns: pixel_ROW_COL (grey), red_/green_/blue_ROW_COL (RGB); a volume's
+    voxel_SLICE_ROW_COL (grey), red_/green_/blue_SLICE_ROW_COL."""
+    if pre.dims == 3:
+        names = ("voxel",) if pre.channels == 1 else CHANNEL_NAMES[3]
+        return tuple(f"{c}_{d}_{r}_{k}" for c in names for d in range(pre.size) for r in range(pre.size)
+                     for k in range(pre.size))
     return tuple(f"{c}_{r}_{k}" for c in CHANNEL_NAMES[pre.channels] for r in range(pre.size) for k in range(pre.size))
 
 
@@ -33,23 +38,29 @@ def cache_dir() -> Path:
     return (Path(home) if home else Path.cwd() / ".consortium") / "cache" / "images"
 
 
+CHUNK = 256   # images decoded (and held) at a time: a hospital's archive never sits in memory whole
+
+
 def decode(samples: Samples, pre: Preprocess, unreadable: str = "error", workers: int | None = None
            ) -> tuple[np.ndarray, np.ndarray]:
-    """(pixels [n, channels * size * size] float32, indices of the samples kept). Cached on disk.
+    """(pixels [n, channels * size * size] float32, indices of the samples kept).
 
-    A file that cannot be read stops here, named with its hospital (`unreadable: skip`: left out)."""
+    Decoded CHUNK images at a time straight into a cache file on the hospital's disk, which is then
+    memory-mapped: later rounds, runs and processes read no DICOM again, and a hospital with more
+    images than memory pages them in as its batches ask (`splits.take_rows` keeps train and test
+    mapped too). A file that cannot be read stops here, named with its hospital (`unreadable: skip`:
+    left out)."""
     stats = []
     for p in samples.paths:
         st = p.stat()
         stats.append((str(p), st.st_size, st.st_mtime_ns))
-    key = hashlib.sha256(json.dumps([stats, pre.size, pre.channels, pre.fit, pre.window, pre.spacing, unreadable,
-                                     1]).encode()).hexdigest()[:32]
-    file = cache_dir() / f"{key}.npz"
-    if file.exists():
+    key = hashlib.sha256(json.dumps([stats, pre.size, pre.channels, pre.fit, pre.window, pre.spacing, pre.dims,
+                                     unreadable, 2]).encode()).hexdigest()[:32]
+    file, kept_file = cache_dir() / f"{key}.npy", cache_dir() / f"{key}.kept.npy"
+    if file.exists() and kept_file.exists():
         try:
-            with np.load(file, allow_pickle=False) as z:
-                return z["X"], z["kept"]
-        except (OSError, ValueError, KeyError):
+            return np.load(file, mmap_mode="c"), np.load(kept_file)
+        except (OSError, ValueError):
             pass   # torn or old: decode again
     n_workers = workers or min(4, os.cpu_count() or 1)
 
@@ -59,23 +70,44 @@ def decode(samples: Samples, pre: Preprocess, unreadable: str = "error", workers
         except UnreadableImage as exc:
             return str(exc)
 
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f"{key}.{os.getpid()}.tmp.npy")
+    width = int(np.prod(pre.shape))
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(samples.paths), width))
+    kept_rows: list[int] = []
+    bad: list[tuple[Path, str]] = []
     with ThreadPoolExecutor(n_workers) as pool:   # the decoders release the GIL for most of their work
-        images = list(pool.map(one, samples.paths))
-    bad = [(p, r) for p, r in zip(samples.paths, images) if isinstance(r, str)]
+        for start in range(0, len(samples.paths), CHUNK):
+            chunk = samples.paths[start:start + CHUNK]
+            for i, image in enumerate(pool.map(one, chunk), start):
+                if isinstance(image, str):
+                    bad.append((samples.paths[i], image))
+                    continue
+                out[len(kept_rows)] = image.reshape(-1)
+                kept_rows.append(i)
     if bad and unreadable == "error":
+        del out
+        tmp.unlink(missing_ok=True)
         shown = [f"{_rel(p, samples.folder)}: {reason}" for p, reason in bad[:8]]
         more = [f"... and {len(bad) - 8} more"] if len(bad) > 8 else []
         raise DataError(f"hospital {samples.name} ({samples.folder})",
                         shown + more + ["fix or remove these files, or set data.unreadable: skip to leave them out"])
-    kept = np.array([i for i, r in enumerate(images) if not isinstance(r, str)], dtype=np.int64)
-    if len(kept) == 0:
+    if not kept_rows:
+        del out
+        tmp.unlink(missing_ok=True)
         raise DataError(f"hospital {samples.name} ({samples.folder})", ["no image could be read"])
-    X = np.stack([images[i] for i in kept]).reshape(len(kept), -1).astype(np.float32)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, X=X, kept=kept)
+    out.flush()
+    del out
+    if len(kept_rows) < len(samples.paths):   # skipped files: the kept rows are the file's first rows
+        full = np.load(tmp, mmap_mode="r")
+        np.save(file.with_name(f"{key}.{os.getpid()}.short.npy"), full[: len(kept_rows)])
+        del full
+        os.replace(file.with_name(f"{key}.{os.getpid()}.short.npy"), tmp)
+    kept = np.asarray(kept_rows, dtype=np.int64)
+    np.save(kept_file.with_name(f"{key}.{os.getpid()}.kept.tmp.npy"), kept)
+    os.replace(kept_file.with_name(f"{key}.{os.getpid()}.kept.tmp.npy"), kept_file)
     os.replace(tmp, file)
-    return X, kept
+    return np.load(file, mmap_mode="c"), kept
 
 
 def _rel(path: Path, folder: Path) -> str:
@@ -145,7 +177,7 @@ def image_tables(job, schema: Schema | None = None, path: Path | None = None) ->
     `schema` (already agreed) and `path` (one hospital's own folder) serve the hospitals.
     model.head multilabel: each label cell lists findings, y is (images, findings) of 0/1."""
     spec = job.data
-    pre = Preprocess.of(spec)
+    pre = Preprocess.of(spec, job.model.spatial_dims)
     natural = job.federated.partition.name == "natural"   # kind centralized: the hospitals' images pooled
     folders = [path] if path is not None else hospital_folders(spec, natural)
     found = [list_samples(f, spec) for f in folders]
@@ -193,7 +225,7 @@ def describe_images(job, folder: Path, partition_id: int) -> dict:
     from orchestrator.core.splits import hospital_name, own_split
 
     spec = job.data
-    pre = Preprocess.of(spec)
+    pre = Preprocess.of(spec, job.model.spatial_dims)
     samples = list_samples(folder, spec, hospital_name(folder.name))
     multilabel = job.model.head == "multilabel"
     if spec.classes and not multilabel:
