@@ -75,6 +75,7 @@ def worker(data: Path, size: int) -> dict:
     plan = plan_data(job)
     name, split = hospital_share(job, plan.schema, 0, 1)
     h = Hospital(job, plan.schema, 0, name, split)
+    torch.manual_seed(job.seed)   # the same initial weights at every size
     model = build_model(job.model, plan.num_features, plan.num_classes)
     X, y, Xt, yt = h.tensors(standardizer(model).mean.numpy())
     train_epochs(model, X, y, job.train, 1, 0)

@@ -326,9 +326,12 @@ def image_channels(job) -> int | None:
 
 def moments(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-column observed count, sum and sum of squares: what a hospital may share for scaling."""
+    from orchestrator.core.splits import rows_per_chunk
+
     count, total, sumsq = (np.zeros(X.shape[1:], dtype=np.float64) for _ in range(3))
-    for i in range(0, len(X), 4096):   # a chunk at a time: a memory-mapped archive is read, never copied whole
-        part = X[i:i + 4096]
+    chunk = rows_per_chunk(X, 24)   # a chunk at a time: a memory-mapped archive is read, never copied whole
+    for i in range(0, len(X), chunk):
+        part = X[i:i + chunk]
         obs = ~np.isnan(part)
         Xz = np.where(obs, part, 0.0).astype(np.float64)
         count += obs.sum(0)

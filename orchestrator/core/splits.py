@@ -81,13 +81,23 @@ def column_fill(X: np.ndarray, how: str, fallback: np.ndarray | None = None) -> 
     return stat.astype(np.float32)
 
 
-def has_nan(X: np.ndarray, chunk: int = 4096) -> bool:
-    """Any missing cell, read `chunk` rows at a time (a memory-mapped archive is never copied whole)."""
+CHUNK_BYTES = 1 << 26   # 64 MiB: what a pass over a (memory-mapped) table holds at once
+
+
+def rows_per_chunk(X: np.ndarray, bytes_per_value: int = 8) -> int:
+    """Rows of X whose values, at `bytes_per_value` each, fill about CHUNK_BYTES (at least one)."""
+    width = int(np.prod(X.shape[1:])) if X.ndim > 1 else 1
+    return max(1, CHUNK_BYTES // max(1, width * bytes_per_value))
+
+
+def has_nan(X: np.ndarray) -> bool:
+    """Any missing cell, read a chunk of rows at a time (a memory-mapped archive is never copied whole)."""
+    chunk = rows_per_chunk(X, 5)
     return any(bool(np.isnan(X[i:i + chunk]).any()) for i in range(0, len(X), chunk))
 
 
-def take_rows(X: np.ndarray, rows: np.ndarray, chunk: int = 2048) -> np.ndarray:
-    """X[rows]; for a memory-mapped cache (`imaging.tables.decode`), written `chunk` rows at a time
+def take_rows(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """X[rows]; for a memory-mapped cache (`imaging.tables.decode`), written a chunk of rows at a time
     to a file beside it and mapped in turn, so a hospital's train and test sides never sit in memory."""
     filename = getattr(X, "filename", None)
     if not isinstance(X, np.memmap) or filename is None:
@@ -102,6 +112,7 @@ def take_rows(X: np.ndarray, rows: np.ndarray, chunk: int = 2048) -> np.ndarray:
     if not file.exists():
         tmp = file.with_name(f"{file.stem}.{os.getpid()}.tmp.npy")
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=X.dtype, shape=(len(rows), *X.shape[1:]))
+        chunk = rows_per_chunk(X, 2 * X.dtype.itemsize)
         for i in range(0, len(rows), chunk):
             out[i:i + chunk] = X[rows[i:i + chunk]]
         out.flush()

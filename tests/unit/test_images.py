@@ -12,6 +12,7 @@ import pytest
 
 from orchestrator.core.imaging.readers import Preprocess, UnreadableImage, read_image
 from orchestrator.spec.errors import DataError
+from tests.conftest import CONFIGS
 
 ROOT = Path(__file__).resolve().parents[2]
 DICOMS = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -339,3 +340,36 @@ def test_spacing_resamples_two_scanners_to_the_same_millimetres_per_pixel(tmp_pa
     assert abs(area[0] - area[1]) / area[1] < 0.1 and abs(area[1] - np.pi * 10**2) / (np.pi * 100) < 0.1
     resized = [read_image(p, Preprocess(32, 1, "pad", window))[0] for p in (fine, coarse)]
     assert float((resized[0] > 0.5).sum()) > 3 * float((resized[1] > 0.5).sum())
+
+
+def test_a_hospitals_images_are_memory_mapped_from_their_cache_and_its_splits_too(monkeypatch, tmp_path):
+    """Decoded in chunks into a cache file that is then mapped (never the archive whole in memory),
+    its train and test sides mapped beside it; what they hold is what a plain decode and split give."""
+    from orchestrator.core import splits
+    from orchestrator.core.imaging import tables
+    from orchestrator.core.imaging.folders import list_samples
+    from orchestrator.core.models import moments
+    from orchestrator.spec.data import DataSpec
+
+    monkeypatch.setenv("CONSORTIUM_HOME", str(tmp_path))
+    monkeypatch.setattr(tables, "CHUNK", 7)                  # many chunks, one short at the end
+    monkeypatch.setattr(splits, "CHUNK_BYTES", 28 * 28 * 8 * 5)   # statistics and row copies 5 rows at a time
+    folder = CONFIGS / "data" / "digit_hospitals" / "hospital_b"
+    spec = DataSpec.model_validate({"source": "images", "path": str(folder.parent), "image_size": 28})
+    samples = list_samples(folder, spec)
+    samples = tables.Samples(samples.name, folder, samples.paths[:40], samples.labels[:40], samples.patients[:40])
+    pre = Preprocess.of(spec)
+    X, kept = tables.decode(samples, pre)
+    assert isinstance(X, np.memmap) and X.shape == (40, 28 * 28) and list(kept) == list(range(40))
+    plain = np.stack([read_image(p, pre).reshape(-1) for p in samples.paths])
+    assert np.array_equal(np.asarray(X), plain)
+    rows = np.array([3, 0, 17, 39, 8])
+    taken = splits.take_rows(X, rows)
+    assert isinstance(taken, np.memmap) and np.array_equal(np.asarray(taken), plain[rows])
+    for got, want in zip(moments(X), (np.full(784, 40.0), plain.astype(np.float64).sum(0),
+                                      (plain.astype(np.float64) ** 2).sum(0))):
+        assert np.allclose(got, want)
+    assert not splits.has_nan(X)
+    again, _ = tables.decode(samples, pre)   # the cache, mapped again: no file is decoded
+    monkeypatch.setattr(tables, "read_image", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
+    assert np.array_equal(np.asarray(tables.decode(samples, pre)[0]), plain)
