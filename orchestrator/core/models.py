@@ -149,11 +149,55 @@ class MonaiBody(nn.Module):
         for m in net.modules():   # in-place activations break per-example gradients (Opacus' hooks)
             if getattr(m, "inplace", False) is True:
                 setattr(m, "inplace", False)
+        out_of_place_residuals(net)
         self.net = net
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.net(x.reshape(-1, self.in_channels, *(self.side,) * self.dims)))
+
+
+def _residual_forward(self, x: torch.Tensor) -> torch.Tensor:
+    out = self.act(self.bn1(self.conv1(x)))
+    out = self.bn2(self.conv2(out))
+    if hasattr(self, "conv3"):   # a bottleneck block
+        out = self.bn3(self.conv3(self.act(out)))
+    residual = self.downsample(x) if self.downsample is not None else x
+    return self.act(out + residual)
+
+
+OUT_OF_PLACE = ("OutOfPlaceResNetBlock", "OutOfPlaceResNetBottleneck")
+
+
+def _out_of_place_classes() -> dict[type, type]:
+    """MONAI's block class -> the same block adding out of place; made once, kept in this module's
+    namespace under its own name (so a pickled model, sent to the tracking process, loads back)."""
+    from monai.networks.nets import resnet
+
+    found: dict[type, type] = {}
+    for kind, name in zip((resnet.ResNetBlock, resnet.ResNetBottleneck), OUT_OF_PLACE):
+        if name not in globals():
+            globals()[name] = type(name, (kind,), {"forward": _residual_forward, "__module__": __name__})
+        found[kind] = globals()[name]
+    return found
+
+
+def __getattr__(name: str):
+    """Module attributes made on first use: MONAI's ResNet blocks made out of place."""
+    if name in OUT_OF_PLACE:
+        _out_of_place_classes()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def out_of_place_residuals(net: nn.Module) -> None:
+    """MONAI's ResNet blocks add their shortcut in place (`out += residual`) onto their last norm
+    layer's output, which Opacus' backward hooks forbid; the same blocks, adding out of place (the
+    weights and their names unchanged)."""
+    classes = _out_of_place_classes()
+    for m in net.modules():
+        if type(m) in classes:
+            m.__class__ = classes[type(m)]
 
 
 class RecurrentBody(nn.Module):

@@ -280,11 +280,12 @@ def _check_federated(job: JobSpec) -> list[str]:
             problems.append(f"federated.dp: central DP clips and noises FedAvg's average; strategy is '{name}' "
                             "(set federated.strategy.name: fedavg, or dp.mode: local)")
         if fed.dp.mode == "local":
-            # Opacus' per-example gradients: MONAI's ResNet blocks add their shortcut in place (`out +=`),
-            # which its hooks refuse; EfficientNet is not checked yet
-            if job.model.name not in ("mlp", "logistic", "cnn", "densenet121") or job.model.norm == "batch":
+            # Opacus' per-example gradients: every feedforward and image network (MONAI's ResNet blocks
+            # add their shortcut out of place here: `models.out_of_place_residuals`), never batch norm
+            if job.model.name not in ("mlp", "logistic", *IMAGE_MODELS) or job.model.norm == "batch":
                 problems.append("federated.dp: local DP-SGD needs per-example gradients: model.name mlp, logistic, "
-                                "cnn or densenet121, without batch norm (model.norm: group)")
+                                f"or an image network ({', '.join(IMAGE_MODELS)}), without batch norm "
+                                "(model.norm: group)")
         if fed.secure:
             problems.append("federated.dp: combine DP with secagg is not supported yet (choose one)")
     if fed.secure:
