@@ -137,6 +137,9 @@ def image_starter(name: str, data: Path) -> tuple[str, str]:
     folders = hospital_folders(spec, natural=silos)
     first = list_samples(folders[0], spec).paths[0]
     side, colour = _first_image(first, kind_of(first))
+    depth = _slices(first, kind_of(first))
+    if depth > 1:   # volumes (a 3D NIfTI, a multi-frame DICOM): read whole by a 3D CNN
+        return _volume_starter(name, data, folders, silos, side, depth)
     size = 28 if side <= 32 else 64
     lines = [f"# consortium run {name}.yaml",
              "# yaml-language-server: $schema=consortium.schema.json",
@@ -158,6 +161,48 @@ def image_starter(name: str, data: Path) -> tuple[str, str]:
     what = (f"{len(folders)} hospitals, one per folder of images in {data}" if silos
             else f"3 simulated hospitals sharing the images in {data}")
     return "\n".join(lines) + "\n", f"{what}; classification of images ({size}x{size}, {'RGB' if colour else 'grey'})"
+
+
+def _slices(path: Path, kind: str) -> int:
+    """How many slices the file holds: a 3D NIfTI's third axis, a DICOM's frames; 1 for a picture."""
+    try:
+        if kind == "nifti":
+            import nibabel as nib
+
+            shape = tuple(nib.load(str(path)).shape)
+            return int(shape[2]) if len(shape) >= 3 else 1
+        if kind == "dicom":
+            import pydicom
+
+            return int(pydicom.dcmread(path, stop_before_pixels=True).get("NumberOfFrames", 1) or 1)
+    except Exception:  # noqa: BLE001 - unreadable here: the job's validation names it
+        return 1
+    return 1
+
+
+def _volume_starter(name: str, data: Path, folders: list[Path], silos: bool, side: int, depth: int
+                    ) -> tuple[str, str]:
+    size = 16 if max(side, depth) <= 32 else 32
+    lines = [f"# consortium run {name}.yaml",
+             "# yaml-language-server: $schema=consortium.schema.json",
+             f"# Made by `consortium init`: edit freely; `consortium validate {name}.yaml` checks it.",
+             f"name: {name}", "kind: federated", "seed: 42", "data:",
+             "  source: images", f"  path: {data}",
+             f"  image_size: {size}             # every volume resized to this many voxels per axis "
+             f"(first one: {side} px, {depth} slices)", "  test_fraction: 0.2",
+             "  unreadable: error          # or skip: leave files that cannot be read out, counted",
+             "model: {name: cnn, spatial_dims: 3, channels: [8, 16], dropout: 0.1, norm: group}",
+             "train:", "  loss: cross_entropy", "  optimizer: {name: adam, lr: 0.003}", "  batch_size: 16",
+             "  epochs: 2", "federated:"]
+    if silos:
+        lines += ["  num_clients: null        # one hospital per folder", "  rounds: 10", "  partition: {name: natural}"]
+    else:
+        lines += ["  num_clients: 3           # simulated hospitals sharing the volumes", "  rounds: 10",
+                  "  partition: {name: iid}"]
+    lines += ["  strategy: {name: fedavg}", "tracking:", f"  experiment: {name}", f"  register_model: {name}"]
+    what = (f"{len(folders)} hospitals, one per folder of volumes in {data}" if silos
+            else f"3 simulated hospitals sharing the volumes in {data}")
+    return "\n".join(lines) + "\n", f"{what}; classification of 3D volumes ({size}x{size}x{size}, a 3D CNN)"
 
 
 def _first_image(path: Path, kind: str) -> tuple[int, bool]:

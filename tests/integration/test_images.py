@@ -303,3 +303,16 @@ def test_two_hospitals_volumes_train_a_3d_network_and_predict_reads_them_whole(t
     rows = pd.read_csv(tmp_path / "p.csv")
     assert len(rows) == 120 and rows["path"].str.endswith(".nii.gz").all()
     assert float((rows["prediction"] == rows["label"]).mean()) > 0.6
+
+
+def test_init_on_a_directory_of_volumes_writes_a_3d_job_that_trains(tmp_path):
+    import yaml
+
+    data = CONFIGS / "data" / "volume_hospitals"
+    out = run_cli("init", "scans3d", "--data", str(data), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "2 hospitals, one per folder of volumes" in out.stdout, out.stdout
+    job = yaml.safe_load((tmp_path / "scans3d.yaml").read_text())
+    assert job["model"]["spatial_dims"] == 3 and job["data"]["image_size"] == 16
+    ran = run_cli("run", "scans3d.yaml", "federated.rounds=3", "--json", "-q", cwd=tmp_path)
+    assert _result(ran)["final"]["eval/accuracy"] > 0.5
