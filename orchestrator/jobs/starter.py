@@ -169,7 +169,8 @@ def _slices(path: Path, kind: str) -> int:
         if kind == "nifti":
             import nibabel as nib
 
-            shape = tuple(nib.load(str(path)).shape)
+            image: Any = nib.load(str(path))   # a NIfTI image (nibabel types it as any file-based image)
+            shape = tuple(image.shape)
             return int(shape[2]) if len(shape) >= 3 else 1
         if kind == "dicom":
             import pydicom
