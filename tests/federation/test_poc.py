@@ -67,3 +67,22 @@ def test_a_hospital_whose_csv_lacks_the_target_fails_the_deployed_run_naming_tha
     (run,) = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("heart-disease").experiment_id])
     assert run.info.status == "FAILED"
     assert "hospital va" in run.data.tags["consortium.error"]
+
+
+def test_image_hospitals_with_several_findings_federate_through_the_deployment_engine_as_inline(tmp_path):
+    """Three hospitals' image exports (PNG, DICOM, NIfTI + JPEG) listed with several findings each:
+    each SuperNode reads only its own folder and the census carries counts and pixel sums, never a
+    pixel; the multi-label metrics are the inline engine's."""
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    config = str(CONFIGS / "images_multilabel_findings.yaml")
+    common = [f"data.path={CONFIGS / 'data' / 'digit_findings'}", "federated.rounds=2", f"tracking.uri={uri}",
+              "tracking.log_model=false"]
+    deployed = _result(run_cli("federation", "poc", config, *common, "--json", cwd=tmp_path, timeout=900))
+    inline = _result(run_cli("run", config, *common, "federated.engine=inline", "--json", cwd=tmp_path))
+    assert {"eval/auroc_even", "eval/auroc_large", "eval/auroc_round", "eval/hamming_loss"} <= deployed["final"].keys()
+    for k, v in inline["final"].items():
+        if not k.startswith("time/"):
+            assert deployed["final"][k] == pytest.approx(v, abs=1e-6), k
+    run = MlflowClient(uri).get_run(deployed["run_id"])
+    assert run.data.params["data.schema_from"] == "the hospitals' census"
+    assert run.data.tags["federated.engine"] == "deployment"
