@@ -109,7 +109,9 @@ def test_init_on_a_directory_of_image_exports_writes_a_job_that_trains(tmp_path)
       "federated.dp.clipping_norm=1.0"], "dp/epsilon"),                 # Opacus on a GroupNorm CNN
     (["model.norm=batch", "federated.personalize.method=fedbn"], "personal/accuracy"),   # batch norm kept local
     (["train.augment.rotate=10", "train.augment.shift=0.08", "train.augment.jitter=0.1"], "eval/accuracy"),
-], ids=["dp-groupnorm", "fedbn", "augment"])
+    (["federated.engine=simulation", "federated.strategy.name=fedprox", "federated.strategy.mu=0.01",
+      "federated.crossval=true"], "crossval/global/mean_accuracy"),   # Flower's simulation engine, Ray actors
+], ids=["dp-groupnorm", "fedbn", "augment", "simulation-fedprox-crossval"])
 def test_what_the_tables_have_works_for_images(tmp_path, extra, metric):
     proc = run_cli("run", CONFIG, f"data.path={CONFIGS / 'data' / 'digit_hospitals'}",
                    f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}", "federated.rounds=2",
@@ -316,3 +318,26 @@ def test_init_on_a_directory_of_volumes_writes_a_3d_job_that_trains(tmp_path):
     assert job["model"]["spatial_dims"] == 3 and job["data"]["image_size"] == 16
     ran = run_cli("run", "scans3d.yaml", "federated.rounds=3", "--json", "-q", cwd=tmp_path)
     assert _result(ran)["final"]["eval/accuracy"] > 0.5
+
+
+def test_a_sweep_tunes_an_image_job_and_registers_the_best_trial(tmp_path):
+    import yaml
+
+    job = yaml.safe_load((CONFIGS / "images_digit_hospitals.yaml").read_text())
+    job.update(name="images-sweep", kind="sweep", explain={"enabled": False})
+    job["data"]["path"] = str(CONFIGS / "data" / "digit_hospitals")
+    job["federated"]["rounds"] = 2
+    job["sweep"] = {"trial_kind": "federated", "search": "grid", "space": {"train.optimizer.lr": [0.0001, 0.003]},
+                    "metric": "eval/accuracy", "mode": "max", "max_concurrent": 2, "register_best": True}
+    job["tracking"] = {"experiment": "images-sweep", "register_model": "images-sweep-best"}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(job))
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    proc = run_cli("run", "sweep.yaml", f"tracking.uri={uri}", "--json", "-q", cwd=tmp_path, timeout=900)
+    result = _result(proc)
+    client = MlflowClient(uri)
+    trials = client.search_runs([client.get_experiment_by_name("images-sweep").experiment_id],
+                                "tags.mlflow.parentRunId != ''")
+    assert len(trials) == 2
+    best = max(trials, key=lambda r: r.data.metrics["eval/accuracy"])
+    assert best.data.params["train.optimizer.lr"] == "0.003"   # two rounds at lr 1e-4 barely move a CNN
+    assert result["registered"] == "models:/images-sweep-best/1"
