@@ -111,9 +111,19 @@ def _holds_images(folder: Path, look: int = 2000) -> bool:
 
     for i, p in enumerate(folder.rglob("*")):
         if i >= look:
-            return False
+            break
         if p.is_file() and p.suffix.lower() != ".csv" and is_image(p):
             return True
+    # hospitals' folders holding only a manifest, its images kept elsewhere (paths relative to it)
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir())[:5]:
+        manifests = sorted(sub.glob("*.csv"))
+        if len(manifests) == 1:
+            import csv
+
+            with open(manifests[0], newline="") as f:
+                rows = [r for _, r in zip(range(6), csv.reader(f))][1:]
+            if any(is_image(Path(cell.strip())) for row in rows for cell in row):
+                return True
     return False
 
 
@@ -135,7 +145,10 @@ def image_starter(name: str, data: Path) -> tuple[str, str]:
             raise
         silos = True
     folders = hospital_folders(spec, natural=silos)
-    first = list_samples(folders[0], spec).paths[0]
+    samples = list_samples(folders[0], spec)
+    first = samples.paths[0]
+    listed = [lab for lab in samples.labels if spec.label_separator in lab]
+    multilabel = len(listed) >= max(1, len(samples.labels) // 20)   # label cells that list findings: a|b
     side, colour = _first_image(first, kind_of(first))
     depth = _slices(first, kind_of(first))
     if depth > 1:   # volumes (a 3D NIfTI, a multi-frame DICOM): read whole by a 3D CNN
@@ -149,8 +162,11 @@ def image_starter(name: str, data: Path) -> tuple[str, str]:
              f"  image_size: {size}             # every image resized to this square (first one: {side} px)",
              f"  channels: {3 if colour else 1}                 # 1 grey, 3 RGB", "  test_fraction: 0.2",
              "  unreadable: error          # or skip: leave files that cannot be read out, counted",
-             f"model: {{name: cnn, channels: [16, 32{', 64' if size > 32 else ''}], dropout: 0.1, norm: group}}",
-             "train:", "  loss: cross_entropy", "  optimizer: {name: adam, lr: 0.002}", "  batch_size: 32",
+             f"model: {{name: cnn, channels: [16, 32{', 64' if size > 32 else ''}], dropout: 0.1, norm: group"
+             f"{', head: multilabel' if multilabel else ''}}}"
+             + ("   # label cells list several findings: one sigmoid output each" if multilabel else ""),
+             "train:", f"  loss: {'bce' if multilabel else 'cross_entropy'}", "  optimizer: {name: adam, lr: 0.002}",
+             "  batch_size: 32",
              "  epochs: 1", "federated:"]
     if silos:
         lines += ["  num_clients: null        # one hospital per folder", "  rounds: 15", "  partition: {name: natural}"]
@@ -160,7 +176,8 @@ def image_starter(name: str, data: Path) -> tuple[str, str]:
     lines += ["  strategy: {name: fedavg}", "tracking:", f"  experiment: {name}", f"  register_model: {name}"]
     what = (f"{len(folders)} hospitals, one per folder of images in {data}" if silos
             else f"3 simulated hospitals sharing the images in {data}")
-    return "\n".join(lines) + "\n", f"{what}; classification of images ({size}x{size}, {'RGB' if colour else 'grey'})"
+    task = "several findings per image" if multilabel else "classification of images"
+    return "\n".join(lines) + "\n", f"{what}; {task} ({size}x{size}, {'RGB' if colour else 'grey'})"
 
 
 def _slices(path: Path, kind: str) -> int:

@@ -307,6 +307,20 @@ def test_two_hospitals_volumes_train_a_3d_network_and_predict_reads_them_whole(t
     assert float((rows["prediction"] == rows["label"]).mean()) > 0.6
 
 
+def test_init_on_manifests_that_list_findings_writes_a_multilabel_job_that_trains(tmp_path):
+    """Hospitals' folders holding only a manifest (the images kept elsewhere), whose label cells list
+    several findings: init writes one sigmoid output per finding."""
+    import yaml
+
+    out = run_cli("init", "findings", "--data", str(CONFIGS / "data" / "digit_findings"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "several findings per image" in out.stdout, out.stdout
+    job = yaml.safe_load((tmp_path / "findings.yaml").read_text())
+    assert job["model"]["head"] == "multilabel" and job["train"]["loss"] == "bce"
+    ran = run_cli("run", "findings.yaml", "federated.rounds=3", "--json", "-q", cwd=tmp_path)
+    assert _result(ran)["final"]["eval/auroc"] > 0.8
+
+
 def test_init_on_a_directory_of_volumes_writes_a_3d_job_that_trains(tmp_path):
     import yaml
 
