@@ -75,7 +75,7 @@ def test_image_hospitals_with_several_findings_federate_through_the_deployment_e
     pixel; the multi-label metrics are the inline engine's."""
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     config = str(CONFIGS / "images_multilabel_findings.yaml")
-    common = [f"data.path={CONFIGS / 'data' / 'digit_findings'}", "federated.rounds=2", f"tracking.uri={uri}",
+    common = [f"data.path={CONFIGS / 'data' / 'digit_findings'}", "federated.rounds=1", f"tracking.uri={uri}",
               "tracking.log_model=false"]
     deployed = _result(run_cli("federation", "poc", config, *common, "--json", cwd=tmp_path, timeout=900))
     inline = _result(run_cli("run", config, *common, "federated.engine=inline", "--json", cwd=tmp_path))
