@@ -167,15 +167,8 @@ def image_starter(name: str, data: Path) -> tuple[str, str]:
              + ("   # label cells list several findings: one sigmoid output each" if multilabel else ""),
              "train:", f"  loss: {'bce' if multilabel else 'cross_entropy'}", "  optimizer: {name: adam, lr: 0.002}",
              "  batch_size: 32",
-             "  epochs: 1", "federated:"]
-    if silos:
-        lines += ["  num_clients: null        # one hospital per folder", "  rounds: 15", "  partition: {name: natural}"]
-    else:
-        lines += ["  num_clients: 3           # simulated hospitals sharing the images", "  rounds: 15",
-                  "  partition: {name: iid}"]
-    lines += ["  strategy: {name: fedavg}", "tracking:", f"  experiment: {name}", f"  register_model: {name}"]
-    what = (f"{len(folders)} hospitals, one per folder of images in {data}" if silos
-            else f"3 simulated hospitals sharing the images in {data}")
+             "  epochs: 1"]
+    what = _federation(lines, name, data, len(folders), silos, "images", 15)
     task = "several findings per image" if multilabel else "classification of images"
     return "\n".join(lines) + "\n", f"{what}; {task} ({size}x{size}, {'RGB' if colour else 'grey'})"
 
@@ -198,6 +191,20 @@ def _slices(path: Path, kind: str) -> int:
     return 1
 
 
+def _federation(lines: list[str], name: str, data: Path, folders: int, silos: bool, what: str, rounds: int) -> str:
+    """An image job's federated and tracking sections (appended to `lines`); says who holds the data."""
+    lines.append("federated:")
+    if silos:
+        lines += ["  num_clients: null        # one hospital per folder", f"  rounds: {rounds}",
+                  "  partition: {name: natural}"]
+    else:
+        lines += [f"  num_clients: 3           # simulated hospitals sharing the {what}", f"  rounds: {rounds}",
+                  "  partition: {name: iid}"]
+    lines += ["  strategy: {name: fedavg}", "tracking:", f"  experiment: {name}", f"  register_model: {name}"]
+    return (f"{folders} hospitals, one per folder of {what} in {data}" if silos
+            else f"3 simulated hospitals sharing the {what} in {data}")
+
+
 def _volume_starter(name: str, data: Path, folders: list[Path], silos: bool, side: int, depth: int
                     ) -> tuple[str, str]:
     size = 16 if max(side, depth) <= 32 else 32
@@ -211,15 +218,8 @@ def _volume_starter(name: str, data: Path, folders: list[Path], silos: bool, sid
              "  unreadable: error          # or skip: leave files that cannot be read out, counted",
              "model: {name: cnn, spatial_dims: 3, channels: [8, 16], dropout: 0.1, norm: group}",
              "train:", "  loss: cross_entropy", "  optimizer: {name: adam, lr: 0.003}", "  batch_size: 16",
-             "  epochs: 2", "federated:"]
-    if silos:
-        lines += ["  num_clients: null        # one hospital per folder", "  rounds: 10", "  partition: {name: natural}"]
-    else:
-        lines += ["  num_clients: 3           # simulated hospitals sharing the volumes", "  rounds: 10",
-                  "  partition: {name: iid}"]
-    lines += ["  strategy: {name: fedavg}", "tracking:", f"  experiment: {name}", f"  register_model: {name}"]
-    what = (f"{len(folders)} hospitals, one per folder of volumes in {data}" if silos
-            else f"3 simulated hospitals sharing the volumes in {data}")
+             "  epochs: 2"]
+    what = _federation(lines, name, data, len(folders), silos, "volumes", 10)
     return "\n".join(lines) + "\n", f"{what}; classification of 3D volumes ({size}x{size}x{size}, a 3D CNN)"
 
 

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom", ".nii", ".nii.gz")
 
@@ -74,21 +77,15 @@ def read_image(path: Path, pre: Preprocess) -> np.ndarray:
     if pre.dims == 3:
         return read_volume(path, pre)
     kind = kind_of(path)
-    spacing: tuple[float, float] | None = None
-    try:
+
+    def decode() -> tuple[np.ndarray, tuple[float, float] | None]:
         if kind == "dicom":
-            plane, spacing = _dicom(path, pre.window)
-        elif kind == "nifti":
-            plane, spacing = _nifti(path, pre.window)
-        else:
-            plane = _picture(path)
-    except UnreadableImage:
-        raise
-    except MemoryError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - every decoder has its own errors: name the file, say why
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnreadableImage(f"cannot read as {kind}: {first[:200]}") from None
+            return _dicom(path, pre.window)
+        if kind == "nifti":
+            return _nifti(path, pre.window)
+        return _picture(path), None
+
+    plane, spacing = _decoded(kind, decode)
     image = to_channels(plane, pre.channels)
     if pre.spacing is None:
         return resize(image, pre.size, pre.fit)
@@ -99,25 +96,31 @@ def read_image(path: Path, pre: Preprocess) -> np.ndarray:
     return _pad_crop(image, pre.size)
 
 
+def _decoded(kind: str, decode: Callable[[], T]) -> T:
+    """`decode()`, any decoder's own error turned into UnreadableImage naming the format and why."""
+    try:
+        return decode()
+    except (UnreadableImage, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - every decoder has its own errors: name the file, say why
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnreadableImage(f"cannot read as {kind}: {first[:200]}") from None
+
+
 def read_volume(path: Path, pre: Preprocess) -> np.ndarray:
     """A NIfTI volume (reoriented to RAS+) or a multi-frame DICOM, whole: [channels, size, size, size]
     float32 in [0, 1], axial slices along the first axis (inferior to superior), each slice's rows
     and columns as the 2D reader shows them; windowed over the whole volume."""
     kind = kind_of(path)
-    try:
+
+    def decode() -> np.ndarray:
         if kind == "nifti":
-            volume = _nifti_volume(path, pre.window)
-        elif kind == "dicom":
-            volume = _dicom_volume(path, pre.window)
-        else:
-            raise UnreadableImage("a 2D picture: model.spatial_dims 3 reads volumes (NIfTI, multi-frame DICOM)")
-    except UnreadableImage:
-        raise
-    except MemoryError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - every decoder has its own errors: name the file, say why
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnreadableImage(f"cannot read as {kind}: {first[:200]}") from None
+            return _nifti_volume(path, pre.window)
+        if kind == "dicom":
+            return _dicom_volume(path, pre.window)
+        raise UnreadableImage("a 2D picture: model.spatial_dims 3 reads volumes (NIfTI, multi-frame DICOM)")
+
+    volume = _decoded(kind, decode)
     channels = np.repeat(volume[None], 3, axis=0) if pre.channels == 3 else volume[None]
     return resize_volume(channels, pre.size, pre.fit)
 
