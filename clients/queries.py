@@ -36,8 +36,8 @@ def query(message: Message, context: Context) -> Message:
         labels: list[int] = []
     elif h.schema.multilabel:   # images with each finding
         labels = np.asarray(h.raw.y_train).sum(0).astype(np.int64).tolist()
-    else:
-        labels = np.bincount(h.raw.y_train, minlength=len(h.schema.classes)).tolist()
+    else:   # a segmentation's: pixels of each label
+        labels = np.bincount(np.asarray(h.raw.y_train).reshape(-1), minlength=len(h.schema.classes)).tolist()
     content = RecordDict({
         P.STATS: ArrayRecord(stats),
         P.METRICS: MetricRecord({P.PARTITION_ID: h.partition_id, P.NUM_EXAMPLES: len(h.raw.y_train)}),

@@ -138,6 +138,62 @@ def multilabel(y: np.ndarray, probs: np.ndarray, labels: tuple[str, ...] = ()) -
     return out
 
 
+# ----------------------------------------------------------------------- segmentation (a label per pixel)
+def segmentation_sums(y: np.ndarray, pred: np.ndarray, k: int, hd95: np.ndarray | None = None) -> np.ndarray:
+    """What pooled Dice, IoU and pixel accuracy need, summed over cases: (n, per class: Dice summed
+    over the cases whose truth holds it, those cases, IoU summed, true positives, false positives,
+    false negatives (pixels), HD95 summed, its cases). `y`, `pred`: (cases, pixels) class indices;
+    `hd95`: (cases, classes) distances (NaN where undefined) or None. Class 0 is the background.
+    A case whose truth lacks a class counts for none of its per-case means (MONAI's ignore_empty)."""
+    y, pred = np.asarray(y).reshape(len(y), -1), np.asarray(pred).reshape(len(pred), -1)
+    n = len(y)
+    out = np.zeros(1 + 8 * k, dtype=np.float64)
+    out[0] = n
+    if n == 0:
+        return out
+    dice_sum, dice_n, iou_sum, tp, fp, fn, hd_sum, hd_n = (out[1 + j * k: 1 + (j + 1) * k] for j in range(8))
+    for c in range(k):
+        t, p = y == c, pred == c
+        inter, st, sp = (t & p).sum(1), t.sum(1), p.sum(1)
+        present = st > 0
+        dice_sum[c] = float((2.0 * inter[present] / (st[present] + sp[present])).sum())
+        iou_sum[c] = float((inter[present] / (st[present] + sp[present] - inter[present])).sum())
+        dice_n[c] = float(present.sum())
+        tp[c], fp[c], fn[c] = inter.sum(), (sp - inter).sum(), (st - inter).sum()
+        if hd95 is not None:
+            d = np.asarray(hd95, dtype=np.float64)[:, c]
+            ok = present & np.isfinite(d)
+            hd_sum[c], hd_n[c] = float(d[ok].sum()), float(ok.sum())
+    return out
+
+
+def from_segmentation_sums(s: np.ndarray, labels: tuple[str, ...] = ()) -> dict[str, float]:
+    """dice and iou (the mean over the labelled structures of each one's mean per-case score),
+    dice_<label> and iou_<label> of each, hd95 (millimetres, where the job fixes the spacing) and
+    pixel_accuracy. The background (class 0) is scored in none of the means."""
+    s = np.asarray(s, dtype=np.float64)
+    k = (len(s) - 1) // 8
+    if s[0] == 0:
+        return {"dice": float("nan")}
+    dice_sum, dice_n, iou_sum, tp, fp, fn, hd_sum, hd_n = (s[1 + j * k: 1 + (j + 1) * k] for j in range(8))
+    names = [metric_label(lab) for lab in labels] if len(labels) == k else [str(c) for c in range(k)]
+    out: dict[str, float] = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dice, iou, hd = dice_sum / dice_n, iou_sum / dice_n, hd_sum / hd_n
+    for name, metric in (("dice", dice), ("iou", iou)):
+        fg = metric[1:][~np.isnan(metric[1:])]
+        out[name] = float(fg.mean()) if len(fg) else float("nan")
+    if hd_n[1:].sum() > 0:
+        fg = hd[1:][~np.isnan(hd[1:])]
+        out["hd95"] = float(fg.mean())
+    out["pixel_accuracy"] = float(tp.sum() / max((tp + fn).sum(), 1.0))
+    for c in range(1, k):
+        out[f"dice_{names[c]}"], out[f"iou_{names[c]}"] = float(dice[c]), float(iou[c])
+        if hd_n[c] > 0:
+            out[f"hd95_{names[c]}"] = float(hd[c])
+    return out
+
+
 def regression_sums(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """(n, sum sq err, sum abs err, sum y, sum y²): what pooled MSE/MAE/R² need."""
     y, pred = np.asarray(y, dtype=np.float64), np.asarray(pred, dtype=np.float64)
@@ -157,9 +213,11 @@ def regression(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return from_regression_sums(regression_sums(y, pred))
 
 
-def from_sums(total: np.ndarray, task: str) -> dict[str, float]:
+def from_sums(total: np.ndarray, task: str, labels: tuple[str, ...] = ()) -> dict[str, float]:
     """The metrics pooled exactly from hospitals' summed counts: confusion counts (classification),
-    regression sums, or multi-label sums."""
+    regression sums, multi-label sums or segmentation sums (`labels`: the masks' label names)."""
+    if task == "segmentation":
+        return from_segmentation_sums(total, labels)
     if task == "regression":
         return from_regression_sums(total)
     if task == "multilabel":
@@ -184,13 +242,15 @@ def site_mean(results: list[dict[str, float]], skip: tuple[str, ...] = ("num_exa
 # The metrics a person looks at first, in order: what the summary leads with, what progress shows.
 HEADLINE_CLASSIFICATION = ("accuracy", "f1", "auroc")
 HEADLINE_REGRESSION = ("mse", "r2")
+HEADLINE_SEGMENTATION = ("dice", "iou", "hd95")
 HEADLINE_SCOPES = ("central", "eval", "site_mean", "val", "personal", "personal_site_mean")
 
 
 def headline(metrics: dict[str, float], limit: int | None = None) -> list[str]:
     """The headline keys present in `metrics`: accuracy/F1/AUROC (or MSE/R²) on the server's held-out
     rows (`central/`), then over the hospitals' or the test rows (`eval/`), then validation."""
-    names = HEADLINE_CLASSIFICATION if any(k.endswith("/accuracy") for k in metrics) else HEADLINE_REGRESSION
+    names = HEADLINE_CLASSIFICATION if any(k.endswith("/accuracy") for k in metrics) else \
+        HEADLINE_SEGMENTATION if any(k.endswith("/dice") for k in metrics) else HEADLINE_REGRESSION
     keys = [f"{scope}/{name}" for scope in HEADLINE_SCOPES for name in names if f"{scope}/{name}" in metrics]
     keys = [k for k in keys if not (isinstance(metrics[k], float) and math.isnan(metrics[k]))]
     return keys[:limit] if limit else keys

@@ -20,8 +20,10 @@ STATS, LABELS = "stats", "labels"                      # census reply
 DESCRIPTION = "description"                            # deployment census: a hospital's facts, or its error
 CONFUSION, REGRESSION = "confusion", "regression"      # evaluate reply: sums the server pools
 MULTILABEL = "multilabel"                               # ... several findings per image: their counts
-SUMS_RECORD = {"classification": CONFUSION, "regression": REGRESSION, "multilabel": MULTILABEL}
-SUMS_KEY = {CONFUSION: "counts", REGRESSION: "sums", MULTILABEL: "sums"}   # the record's one list
+SEGMENTATION = "segmentation"                           # ... a label per pixel: Dice/IoU sums, never a mask
+SUMS_RECORD = {"classification": CONFUSION, "regression": REGRESSION, "multilabel": MULTILABEL,
+               "segmentation": SEGMENTATION}
+SUMS_KEY = {CONFUSION: "counts", REGRESSION: "sums", MULTILABEL: "sums", SEGMENTATION: "sums"}   # the record's one list
 
 
 def read_sums(records, num_classes: int) -> tuple[str, np.ndarray] | None:

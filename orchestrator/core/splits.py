@@ -21,8 +21,8 @@ def split_indices(y: np.ndarray, test_fraction: float, seed: int, groups: np.nda
     n = len(y)
     rng = np.random.default_rng(seed)
     n_test = min(max(1, int(round(n * test_fraction))), n - 1)
-    labels, counts = np.unique(y, return_counts=True)
-    if np.issubdtype(y.dtype, np.integer) and len(labels) > 1 and counts.min() >= 2 and n_test >= len(labels) and n - n_test >= len(labels):
+    labels, counts = np.unique(y, return_counts=True) if y.ndim == 1 else (np.zeros(0), np.zeros(0))
+    if y.ndim == 1 and np.issubdtype(y.dtype, np.integer) and len(labels) > 1 and counts.min() >= 2 and n_test >= len(labels) and n - n_test >= len(labels):
         test = []
         for lab in labels:
             idx = rng.permutation(np.flatnonzero(y == lab))
@@ -46,8 +46,8 @@ def group_split(y: np.ndarray, groups: np.ndarray, test_fraction: float, seed: i
         raise ValueError(f"{len(uniq)} patient: a split by patient needs two or more")
     rng = np.random.default_rng(seed)
     sizes = np.bincount(inverse, minlength=len(uniq))
-    label = np.array([np.bincount(y[inverse == g].astype(np.int64)).argmax() if np.issubdtype(y.dtype, np.integer)
-                      else 0 for g in range(len(uniq))])
+    label = np.array([np.bincount(y[inverse == g].astype(np.int64)).argmax() if y.ndim == 1
+                      and np.issubdtype(y.dtype, np.integer) else 0 for g in range(len(uniq))])
     by_class = [list(rng.permutation(np.flatnonzero(label == c))) for c in np.unique(label)]
     order = []
     while any(by_class):                 # round-robin over classes: the test side holds each class

@@ -31,6 +31,8 @@ class Schema:
     columns: tuple[str, ...] = ()          # the files' feature columns, in order (() = the features)
     categories: tuple[tuple[str, tuple[str, ...]], ...] = ()   # text column -> its agreed values
     multilabel: bool = False               # classes are findings, several per row: y is (rows, findings) 0/1
+    segmentation: bool = False             # classes label pixels: y is (rows, pixels) of class indices
+    values: tuple[int, ...] = ()           # segmentation: the masks' label value of each class
 
     @property
     def regression(self) -> bool:
@@ -38,7 +40,9 @@ class Schema:
 
     @property
     def task(self) -> str:
-        """classification | regression | multilabel: which metrics, sums and loss."""
+        """classification | regression | multilabel | segmentation: which metrics, sums and loss."""
+        if self.segmentation:
+            return "segmentation"
         return "regression" if self.regression else "multilabel" if self.multilabel else "classification"
 
     @property
@@ -55,12 +59,15 @@ class Schema:
             d.update(columns=list(self.columns), categories={c: list(v) for c, v in self.categories})
         if self.multilabel:
             d["multilabel"] = True
+        if self.segmentation:
+            d.update(segmentation=True, values=list(self.values))
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Schema:
         return cls(tuple(d["features"]), tuple(d["classes"]), tuple(d.get("columns", ())),
-                   tuple((c, tuple(v)) for c, v in d.get("categories", {}).items()), bool(d.get("multilabel", False)))
+                   tuple((c, tuple(v)) for c, v in d.get("categories", {}).items()), bool(d.get("multilabel", False)),
+                   bool(d.get("segmentation", False)), tuple(int(v) for v in d.get("values", ())))
 
     @classmethod
     def of(cls, columns, classes, vocabulary: dict[str, tuple[str, ...]]) -> Schema:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,6 +82,8 @@ class Objective:
 
     softmax/cross_entropy: one logit per class. sigmoid/bce: one logit, P(second class).
     multilabel/bce: one logit per finding, each its own P(finding); labels are (rows, findings) 0/1.
+    segmentation/dice_ce|dice_focal: one logit per label at every pixel [rows, labels, *spatial];
+    labels are (rows, pixels) class indices; `spacing` (mm per pixel, where the job fixes it) adds HD95.
     linear/mse|mae|huber: one value; the loss is taken on residuals divided by the target's
     standard deviation (the model's output scale), so the learning rate does not depend on units.
     """
@@ -91,6 +94,7 @@ class Objective:
     weights: list[float] | None = None
     target_scale: float = 1.0
     labels: tuple[str, ...] = ()   # multilabel: the findings, naming their metrics (auroc_<finding>)
+    spacing: tuple[float, ...] | None = None   # segmentation: mm per pixel of the grid (HD95)
 
     @classmethod
     def of(cls, job, num_classes: int, weights: list[float] | None = None, model: nn.Module | None = None,
@@ -98,8 +102,9 @@ class Objective:
         scale = 1.0
         if job.model.head == "linear" and model is not None:
             scale = float(model.output.scale)
+        spacing = tuple(job.data.spacing) if job.model.head == "segmentation" and job.data.spacing else None
         return cls(job.model.head, job.train.loss or HEAD_LOSS[job.model.head], num_classes, weights, scale,
-                   tuple(labels))
+                   tuple(labels), spacing)
 
     @property
     def regression(self) -> bool:
@@ -109,7 +114,21 @@ class Objective:
     def multilabel(self) -> bool:
         return self.head == "multilabel"
 
+    @property
+    def segmentation(self) -> bool:
+        return self.head == "segmentation"
+
+    def _dice(self):
+        if getattr(self, "_dice_loss", None) is None:
+            from orchestrator.core.segmentation import dice_loss
+
+            self._dice_loss = dice_loss(self.loss)
+        return self._dice_loss
+
     def per_example(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.segmentation:   # Dice is a ratio over a whole mask: one value per image
+            target = y.reshape(out.shape[0], 1, *out.shape[2:])
+            return torch.stack([self._dice()(out[i:i + 1].float(), target[i:i + 1]) for i in range(len(out))])
         if self.multilabel:   # one binary cross-entropy per finding, their mean per image
             return F.binary_cross_entropy_with_logits(out.float(), y.float(), reduction="none").mean(1)
         if self.loss == "cross_entropy":
@@ -126,6 +145,8 @@ class Objective:
         raise ValueError(f"train.loss: unknown loss {self.loss!r}")
 
     def __call__(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.segmentation:
+            return self._dice()(out.float(), y.reshape(out.shape[0], 1, *out.shape[2:]))
         losses = self.per_example(out, y)
         if self.weights is None or self.regression or self.multilabel:
             return losses.mean()
@@ -148,7 +169,23 @@ class Objective:
             return M.regression(yn, out[:, 0].float().cpu().numpy())
         if self.multilabel:
             return M.multilabel(yn, self.probabilities(out), self.labels)
+        if self.segmentation:
+            return M.from_segmentation_sums(self.sums(out, y), self.labels)
         return M.classification(yn, self.probabilities(out))
+
+    def sums(self, out: torch.Tensor | None, y: torch.Tensor) -> np.ndarray:
+        """Segmentation: the case sums `metrics.from_segmentation_sums` pools (HD95 where `spacing`)."""
+        k = self.num_classes
+        if out is None or len(y) == 0:
+            return M.segmentation_sums(np.zeros((0, 1), dtype=np.int64), np.zeros((0, 1), dtype=np.int64), k)
+        pred, truth = self.predict(out), y.cpu().numpy().reshape(len(y), -1)
+        hd = None
+        if self.spacing is not None:
+            from orchestrator.core.segmentation import hausdorff95
+
+            spatial = tuple(out.shape[2:])
+            hd = hausdorff95(pred.reshape(-1, *spatial), truth.reshape(-1, *spatial), k, self.spacing)
+        return M.segmentation_sums(truth, pred, k, hd)
 
     def predict(self, out: torch.Tensor) -> np.ndarray:
         """Labels (rows,); a regression's values; multilabel: (rows, findings) of 0/1."""
@@ -156,6 +193,8 @@ class Objective:
             return out[:, 0].float().cpu().numpy()
         if self.multilabel:
             return (self.probabilities(out) >= 0.5).astype(np.int64)
+        if self.segmentation:   # (rows, pixels): each pixel's most likely label
+            return out.argmax(1).reshape(out.shape[0], -1).cpu().numpy()
         return self.probabilities(out).argmax(1)
 
 
@@ -170,7 +209,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn, X: torch.
                 y: torch.Tensor, batches, autocast_dtype: torch.dtype | None = None,
                 proximal: tuple[float, list[torch.Tensor]] | None = None,
                 grad_clip: float | None = None, correction: list[torch.Tensor] | None = None,
-                augment=None) -> tuple[float, int]:
+                augment=None, patches=None) -> tuple[float, int]:
     """One pass over `batches` (index tensors); returns (sum of per-example losses, examples).
 
     `proximal=(mu, anchor)` adds FedProx's (mu/2)·||w - anchor||² to every step's loss; the
@@ -187,12 +226,16 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn, X: torch.
         if len(idx) < 2 and any(isinstance(m, BATCH_NORMS) for m in model.modules()):
             continue  # batch norm cannot normalise a batch of one
         opt.zero_grad(set_to_none=True)
-        xb = X[idx] if augment is None else augment(X[idx])   # train.augment: training batches only
+        xb, yb = X[idx], y[idx]
+        if patches is not None:   # segmentation: one patch per image (model.patch_size)
+            xb, yb = patches(xb, yb)
+        elif augment is not None:   # train.augment: training batches only
+            xb = augment(xb)
         if autocast_dtype is not None:
             with torch.autocast(device_type=X.device.type, dtype=autocast_dtype):
-                loss = loss_fn(model(xb), y[idx])
+                loss = loss_fn(model(xb), yb)
         else:
-            loss = loss_fn(model(xb), y[idx])
+            loss = loss_fn(model(xb), yb)
         if proximal is not None and proximal[0] > 0:
             mu, anchor = proximal
             penalty = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
@@ -209,6 +252,17 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn, X: torch.
         total += float(loss.detach()) * len(idx)
         seen += len(idx)
     return total, seen
+
+
+def segmentation_patches(model: nn.Module, seed: int):
+    """A segmentation network's patch sampler (model.patch_size), else None."""
+    base: Any = getattr(model, "module", model)   # DDP wraps it
+    patch = getattr(base, "patch", None)
+    if patch is None:
+        return None
+    from orchestrator.core.segmentation import Patches
+
+    return Patches(patch, base.side, base.input.channels, base.dims, seed * 53 + 29)
 
 
 def shuffled_batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -252,13 +306,15 @@ def train_epochs(model: nn.Module, X: torch.Tensor, y: torch.Tensor, spec: Train
         from orchestrator.core.augment import Augment
 
         augment = Augment(spec.augment, X.shape[1], seed * 31 + 17)
+    patches = segmentation_patches(model, seed)
     last = float("nan")
     steps, lr_sum = 0, 0.0
     for epoch in range(epochs):
         lr = set_lr(opt, spec.optimizer.lr, lr_factor(spec.schedule, epoch_offset + epoch, total_epochs))
         batches = shuffled_batches(len(y), spec.batch_size, gen)
         total, seen = train_epoch(model, opt, loss_fn, X, y, batches,
-                                  proximal=proximal, grad_clip=spec.grad_clip, correction=correction, augment=augment)
+                                  proximal=proximal, grad_clip=spec.grad_clip, correction=correction, augment=augment,
+                                  patches=patches)
         steps, lr_sum = steps + len(batches), lr_sum + lr * len(batches)
         if stats is not None:
             stats.update(steps=steps, lr_sum=lr_sum)
@@ -307,6 +363,8 @@ def pooled_sums(out: torch.Tensor | None, y: torch.Tensor, num_classes: int, obj
     regression sums, or multi-label sums."""
     if objective.regression:
         return M.regression_sums(y.cpu().numpy(), objective.predict(out) if out is not None else np.zeros(0))
+    if objective.segmentation:
+        return objective.sums(out, y)
     if objective.multilabel:
         return M.multilabel_sums(y.cpu().numpy(),
                                  objective.predict(out) if out is not None else np.zeros((0, num_classes)))

@@ -64,7 +64,7 @@ def run_local(ctx: Context) -> Outcome:
         progress.step("hospital", len(models), len(hospitals),
                       {f"eval/{k}": last[k] for k in ("accuracy", "mse") if k in last}, note=h.name)
     for r in range(1, rounds + 1):
-        m = {f"eval/{k}": v for k, v in pooled(scores[r], plan.task).items()}
+        m = {f"eval/{k}": v for k, v in pooled(scores[r], plan.task, plan.schema.classes).items()}
         m.update({f"site_mean/{k}": v for k, v in site_mean([res for res, _ in scores[r]]).items()})
         m["eval/hospitals"] = len(scores[r])
         m["time/round_end_s"] = time.perf_counter() - t0

@@ -133,7 +133,11 @@ def report_and_log_model(job: JobSpec, plan: DataPlan, run: Run, outcome, report
 
         log_report(run, job, plan, outcome)
         explain_run(run, job, plan, outcome.model)
-        if job.explain.integrated_gradients:
+        if plan.task == "segmentation":   # what the network segments: a few held-out images, truth and prediction
+            from orchestrator.tracking.plots import log_segmentation_overlays
+
+            log_segmentation_overlays(run, job, plan, outcome.model)
+        elif job.explain.integrated_gradients:
             from orchestrator.tracking.attributions import explain_attributions
 
             explain_attributions(run, job, plan, outcome.model, outcome.attributions)
@@ -163,6 +167,8 @@ def model_card(plan: DataPlan, job: JobSpec, model) -> dict:
                         "spacing": list(spec.spacing) if spec.spacing else None, "dims": job.model.spatial_dims}
     if job.model.head == "multilabel":   # how a prediction lists its findings, as the manifests did
         out.update(label_separator=job.data.label_separator, no_finding=job.data.no_finding)
+    if job.model.head == "segmentation":   # a predicted mask holds the masks' own label values
+        out["values"] = list(plan.schema.values)
     return out
 
 

@@ -47,13 +47,14 @@ def score(h: Hospital, model: torch.nn.Module, objective: Objective) -> tuple[di
     return scored(out, y, objective), pooled_sums(out, y, len(h.schema.classes), objective)
 
 
-def pooled(results: list[tuple[dict[str, float], np.ndarray]], task: str) -> dict[str, float]:
+def pooled(results: list[tuple[dict[str, float], np.ndarray]], task: str, labels: tuple[str, ...] = ()
+           ) -> dict[str, float]:
     """The consortium's metrics from every hospital's: exact from the sums (as a federated round
     pools them), the loss and AUROC (each finding's too) row-weighted."""
     if not results:
         return {}
     total = np.sum([s for _, s in results], axis=0)
-    out = M.from_sums(total, task)
+    out = M.from_sums(total, task, labels)
     rows = [r.get(ROWS, 0) for r, _ in results]
     for key in ["loss", *dict.fromkeys(k for r, _ in results for k in r if k.startswith("auroc"))]:
         pairs = [(r[key], n) for r, n in zip((r for r, _ in results), rows)

@@ -10,7 +10,7 @@ from orchestrator.spec.base import Spec
 DataSource = Literal["breast_cancer", "digits", "wine", "diabetes", "xor", "sequences", "csv", "images"]
 FILE_SOURCES = ("csv", "images")   # the user's own files (data.path, or each hospital's --data)
 IMAGE_ONLY = ("image_size", "channels", "fit", "window", "spacing", "image_column", "patient_column", "manifest",
-              "unreadable")
+              "unreadable", "mask_column", "mask_pattern")
 LABELLED_SOURCES = ("breast_cancer", "digits", "wine", "xor", "sequences")   # class labels
 TABULAR_SOURCES = ("breast_cancer", "digits", "wine", "diabetes", "xor")     # not sequences
 
@@ -79,6 +79,14 @@ class DataSpec(Spec):
     no_finding: str | None = Field("No Finding", description=(
         "images, model.head multilabel: the label cell of an image with no finding (no output set); "
         "null: every value is a finding"))
+    mask_column: str | None = Field(None, description=(
+        "images, segmentation: the manifest's column of mask paths, relative to the manifest (default: found by "
+        "its name: mask, segmentation, label_map, seg ...)"))
+    mask_pattern: str | None = Field(None, description=(
+        "images, segmentation: where each image's mask lies beside it, e.g. '{stem}_mask.png' or "
+        "'../masks/{name}' ({name}: the image's file name, {stem}: without its suffix, {suffix}: the suffix, "
+        "e.g. .nii.gz); files that are masks are not images. Masks: PNG label maps, NIfTI label volumes, "
+        "DICOM SEG"))
     unreadable: Literal["error", "skip"] = Field("error", description=(
         "images: a file that cannot be read stops the job before training (naming it and its hospital), "
         "or is skipped and counted in the run (data.skipped_unreadable)"))
@@ -101,6 +109,11 @@ class DataSpec(Spec):
             used = [k for k in IMAGE_ONLY if getattr(self, k) != type(self).model_fields[k].default]
             if used:
                 raise ValueError(f"{used[0]}: only used with data.source 'images' (source is '{self.source}')")
+        if self.mask_column and self.mask_pattern:
+            raise ValueError("mask_pattern: masks are named by data.mask_column or found by data.mask_pattern, not both")
+        if self.mask_pattern is not None and not any(k in self.mask_pattern for k in ("{stem}", "{name}")):
+            raise ValueError(f"mask_pattern: '{self.mask_pattern}' names the same file for every image: use "
+                             "{stem} or {name}, e.g. '{stem}_mask.png'")
         if self.window is not None and self.window[1] <= 0:
             raise ValueError(f"window: [centre, width] needs a positive width (got {list(self.window)})")
         if self.source != "csv":

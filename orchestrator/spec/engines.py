@@ -63,8 +63,8 @@ def _vectorized_cannot(job: Any) -> str | None:
                 "set federated.engine: inline or simulation")
     if job.model.spatial_dims == 3:
         return "batches 2D networks, not 3D ones (model.spatial_dims 3): set federated.engine: inline or simulation"
-    if job.model.head == "multilabel":
-        return ("scores softmax, sigmoid and linear heads, not model.head multilabel: "
+    if job.model.head in ("multilabel", "segmentation"):
+        return (f"scores softmax, sigmoid and linear heads, not model.head {job.model.head}: "
                 "set federated.engine: inline or simulation")
     if job.train.augment.enabled:
         return ("cannot augment each hospital's images in its batched step (train.augment): "

@@ -17,7 +17,7 @@ from orchestrator.spec.data import FILE_SOURCES, LABELLED_SOURCES, TABULAR_SOURC
 from orchestrator.spec.engines import refusal as engine_refusal
 from orchestrator.spec.errors import Problems
 from orchestrator.spec.federated import FederatedSpec
-from orchestrator.spec.model import IMAGE_MODELS, SEQUENCE_MODELS, ModelSpec
+from orchestrator.spec.model import IMAGE_MODELS, SEGMENTATION_MODELS, SEQUENCE_MODELS, ModelSpec
 from orchestrator.spec.sweep import SweepSpec
 from orchestrator.spec.tracking import ExplainSpec, TrackingSpec
 from strategies.registry import declared
@@ -70,7 +70,7 @@ class JobSpec(Spec):
 
     @property
     def task(self) -> str:
-        return "regression" if self.model.head == "linear" else "classification"
+        return {"linear": "regression", "segmentation": "segmentation"}.get(self.model.head, "classification")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> JobSpec:
@@ -105,6 +105,11 @@ class JobSpec(Spec):
             problems += _check_volumes(self)
         if self.model.head == "multilabel":
             problems += _check_multilabel(self)
+        elif self.model.head == "segmentation":
+            problems += _check_segmentation(self)
+        elif self.data.mask_column or self.data.mask_pattern:
+            problems.append(f"data.{'mask_column' if self.data.mask_column else 'mask_pattern'}: masks are what a "
+                            f"segmentation learns (model.name unet or segresnet); model.name is {self.model.name}")
         elif self.train.loss is not None and LOSS_HEAD[self.train.loss] != self.model.head:
             problems.append(f"train.loss: '{self.train.loss}' trains a {LOSS_HEAD[self.train.loss]} head, but "
                             f"model.head is '{self.model.head}' (set model.head: {LOSS_HEAD[self.train.loss]})")
@@ -152,6 +157,26 @@ def _check_volumes(job: JobSpec) -> list[str]:
     if job.train.augment.enabled:
         problems.append("train.augment: flips, rotations and shifts of 2D images; with model.spatial_dims 3 leave "
                         "train.augment out")
+    return problems
+
+
+def _check_segmentation(job: JobSpec) -> list[str]:
+    """model.head segmentation: a label per pixel (voxel), from a mask beside each image."""
+    problems: list[str] = []
+    if job.data.source != "images":
+        problems.append(f"model.name: {job.model.name} segments images with masks beside them (data.source "
+                        f"images); data.source is '{job.data.source}'")
+    if job.train.loss is not None and LOSS_HEAD[job.train.loss] != "segmentation":
+        problems.append(f"train.loss: '{job.train.loss}'; a segmentation trains dice_ce or dice_focal")
+    if job.train.class_weights is not None:
+        problems.append("train.class_weights: weights one class per image; a segmentation labels every pixel "
+                        "(leave class_weights out: the Dice term already weighs each label alike)")
+    if job.train.augment.enabled:
+        problems.append("train.augment: moves images but not their masks; with a segmentation leave train.augment "
+                        "out (model.patch_size draws patches from each image instead)")
+    if job.by_hospital and job.federated.partition.name in ("dirichlet", "shards"):
+        problems.append(f"federated.partition.name: {job.federated.partition.name} deals images by their one "
+                        "label; a mask has many: use iid, quantity or natural")
     return problems
 
 
@@ -282,7 +307,8 @@ def _check_federated(job: JobSpec) -> list[str]:
         if fed.dp.mode == "local":
             # Opacus' per-example gradients: every feedforward and image network (MONAI's ResNet blocks
             # add their shortcut out of place here: `models.out_of_place_residuals`), never batch norm
-            if job.model.name not in ("mlp", "logistic", *IMAGE_MODELS) or job.model.norm == "batch":
+            if job.model.name not in ("mlp", "logistic", *IMAGE_MODELS, *SEGMENTATION_MODELS) \
+                    or job.model.norm == "batch":
                 problems.append("federated.dp: local DP-SGD needs per-example gradients: model.name mlp, logistic, "
                                 f"or an image network ({', '.join(IMAGE_MODELS)}), without batch norm "
                                 "(model.norm: group)")

@@ -7,10 +7,13 @@ from pydantic import Field, model_validator
 
 from orchestrator.spec.base import Spec
 
-Loss = Literal["cross_entropy", "bce", "mse", "mae", "huber"]
-# Which head each loss trains: classification (softmax), binary (sigmoid), regression (linear).
-LOSS_HEAD = {"cross_entropy": "softmax", "bce": "sigmoid", "mse": "linear", "mae": "linear", "huber": "linear"}
-HEAD_LOSS = {"softmax": "cross_entropy", "sigmoid": "bce", "linear": "mse", "multilabel": "bce"}
+Loss = Literal["cross_entropy", "bce", "mse", "mae", "huber", "dice_ce", "dice_focal"]
+# Which head each loss trains: classification (softmax), binary (sigmoid), regression (linear),
+# segmentation (one softmax per pixel: MONAI's Dice + cross-entropy, or Dice + focal).
+LOSS_HEAD = {"cross_entropy": "softmax", "bce": "sigmoid", "mse": "linear", "mae": "linear", "huber": "linear",
+             "dice_ce": "segmentation", "dice_focal": "segmentation"}
+HEAD_LOSS = {"softmax": "cross_entropy", "sigmoid": "bce", "linear": "mse", "multilabel": "bce",
+             "segmentation": "dice_ce"}
 
 
 class OptimizerSpec(Spec):
@@ -77,7 +80,8 @@ class AugmentSpec(Spec):
 
 class TrainSpec(Spec):
     loss: Loss | None = Field(None, description=(
-        "null: the loss of model.head (softmax: cross_entropy, sigmoid: bce, linear: mse); or mae | huber"))
+        "null: the loss of model.head (softmax: cross_entropy, sigmoid: bce, linear: mse, segmentation: dice_ce); "
+        "or mae | huber (regression), dice_focal (segmentation: Dice + focal loss)"))
     class_weights: list[Annotated[float, Field(gt=0.0)]] | Literal["balanced"] | None = Field(None, description=(
         "per-class loss weights in class order, or balanced (n / (classes x count))"))
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)

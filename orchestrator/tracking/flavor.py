@@ -75,8 +75,11 @@ def save_model(path, mlflow_model, pytorch_model, card: dict, signature=None, in
         tensor_example = np.asarray(input_example, dtype=np.float32).reshape(len(input_example), -1)
     else:
         tensor_example = model_inputs(card, input_example)
+    # a segmentation network slides windows over an image of any size (data-dependent control flow,
+    # which torch.export's pt2 cannot trace): pickled, as mlflow.pytorch saved models before pt2
+    fmt = "pickle" if card.get("head") == "segmentation" else None
     mlflow.pytorch.save_model(pytorch_model, path, mlflow_model=mlflow_model, input_example=tensor_example,
-                              pip_requirements=pip_requirements)
+                              pip_requirements=pip_requirements, serialization_format=fmt)
     for name in ("input_example.json", "serving_input_example.json"):
         Path(path, name).unlink(missing_ok=True)
     mlflow_model.signature = signature
@@ -169,6 +172,9 @@ class Predictor:
 
         if not self.classes:
             return pd.DataFrame({"prediction": np.zeros(n)})
+        if self.card["head"] == "segmentation":
+            side = (int(self.card["image"]["size"]),) * int(self.card["image"].get("dims", 2))
+            return self._masks(np.zeros((n, *side), dtype=np.int64), None)
         cols = {"prediction": [self.classes[0]] * n}
         cols.update({f"probability_{c}": np.zeros(n) for c in self.classes})
         return pd.DataFrame(cols)
@@ -210,6 +216,8 @@ class Predictor:
                                      or self.card.get("no_finding") or "" for row in probs]}
             answer.update({f"probability_{c}": probs[:, j].astype(np.float64) for j, c in enumerate(self.classes)})
             return pd.DataFrame(answer, index=model_input.index)
+        if self.card["head"] == "segmentation":
+            return self._masks(out.argmax(1).numpy(), model_input.index)
         if self.card["head"] == "sigmoid":
             p1 = torch.sigmoid(out[:, 0])
             probs = torch.stack([1 - p1, p1], 1).numpy()
@@ -218,6 +226,19 @@ class Predictor:
         answer = {"prediction": [self.classes[i] for i in probs.argmax(1)]}
         answer.update({f"probability_{c}": probs[:, j].astype(np.float64) for j, c in enumerate(self.classes)})
         return pd.DataFrame(answer, index=model_input.index)
+
+
+    def _masks(self, labels: np.ndarray, index):
+        """Segmentation: each image's mask (nested lists of the masks' own label values, on the model's
+        grid) and its pixels of each label."""
+        import pandas as pd
+
+        values = np.asarray(self.card.get("values") or range(len(self.classes)), dtype=np.int64)
+        masks = values[labels]
+        answer: dict = {"mask": [m.tolist() for m in masks]}
+        flat = labels.reshape(len(labels), -1)
+        answer.update({f"pixels_{c}": (flat == j).sum(1).astype(np.int64) for j, c in enumerate(self.classes)})
+        return pd.DataFrame(answer, index=index)
 
 
 def _load_pyfunc(data_path, model_config=None) -> Predictor:

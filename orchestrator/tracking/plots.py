@@ -107,6 +107,64 @@ def overlays(images: list[np.ndarray], maps: list[np.ndarray], titles: list[str]
     return fig
 
 
+def segmentations(images: list[np.ndarray], truths: list[np.ndarray], preds: list[np.ndarray], labels: int,
+                  titles: list[str], title: str) -> Figure:
+    """Each image in grey three times: alone, with its true mask over it, with the predicted one."""
+    n = len(images)
+    fig, axes = plt.subplots(3, n, figsize=(2.0 * n, 6.3), dpi=110, squeeze=False)
+    for j, (image, truth, pred, sub) in enumerate(zip(images, truths, preds, titles)):
+        for i, (mask, row) in enumerate(((None, "image"), (truth, "truth"), (pred, "prediction"))):
+            ax = axes[i][j]
+            ax.imshow(image, cmap="gray")
+            if mask is not None:
+                shown = np.ma.masked_where(mask == 0, mask)
+                ax.imshow(shown, cmap="tab10", vmin=0, vmax=max(labels - 1, 1), alpha=0.55, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(row, fontsize=8)
+        axes[0][j].set_title(sub, fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def log_segmentation_overlays(run, job, plan, model, count: int = 6) -> None:
+    """A few held-out images (the server's split, or the pooled test split) with their true and
+    predicted masks (the middle axial slice of a volume): plots/segmentation_overlays.png. A
+    federation whose images all stay with the hospitals has none to draw."""
+    import torch
+
+    from orchestrator.core.training import Objective, forward, tensors
+
+    split = plan.central if job.kind == "federated" else plan.centralized
+    if split is None or len(split.y_test) == 0:
+        return
+    k = min(count, len(split.y_test))
+    X, y = tensors(np.asarray(split.X_test[:k]), np.asarray(split.y_test[:k]))
+    model.eval()
+    with torch.no_grad():
+        out = forward(model, X)
+    objective = Objective.of(job, plan.num_classes, None, model, plan.schema.classes)
+    dims, side = job.model.spatial_dims, int(out.shape[-1])
+    channels = int(X.shape[1]) // side**dims
+    pred = objective.predict(out).reshape(k, *(side,) * dims)
+    truth = y.numpy().reshape(k, *(side,) * dims)
+    images = X.numpy().reshape(k, channels, *(side,) * dims).mean(1)
+    if dims == 3:
+        images, truth, pred = images[:, side // 2], truth[:, side // 2], pred[:, side // 2]
+    titles = []
+    for t, p in zip(truth, pred):
+        fg = [c for c in range(1, plan.num_classes) if (t == c).any()]
+        dice = [2 * ((t == c) & (p == c)).sum() / max((t == c).sum() + (p == c).sum(), 1) for c in fg]
+        titles.append(f"Dice {np.mean(dice):.2f}" if dice else "no structure")
+    where = "central held-out split" if job.kind == "federated" else "test split"
+    fig = segmentations(list(images), list(truth), list(pred), plan.num_classes, titles,
+                        f"{job.name}: segmentations on the {where}")
+    run.log_figure(fig, "plots/segmentation_overlays.png")
+    close(fig)
+
+
 def close(fig: Figure) -> None:
     plt.close(fig)
 

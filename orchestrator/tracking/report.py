@@ -31,6 +31,7 @@ def log_report(run, job: JobSpec, plan: DataPlan, outcome) -> None:
     for name, wanted, ylabel in [("loss", ("train/loss", "val/loss", "eval/loss", "central/loss"), "loss"),
                                  ("accuracy", ("val/accuracy", "eval/accuracy", "central/accuracy"), "accuracy"),
                                  ("f1", ("val/f1_macro", "eval/f1_macro", "central/f1_macro"), "macro F1"),
+                                 ("dice", ("val/dice", "eval/dice", "central/dice"), "mean Dice"),
                                  ("r2", ("val/r2", "eval/r2", "central/r2"), "R²"),
                                  ("mae", ("val/mae", "eval/mae", "central/mae"), "mean absolute error")]:
         present = [k for k in wanted if k in keys]

@@ -20,6 +20,8 @@ LABEL_NAMES = ("label", "labels", "class", "diagnosis", "finding", "findings", "
 PATIENT_NAMES = ("patient", "patient_id", "patientid", "patient id", "subject", "subject_id", "subjectid",
                  "study", "study_id", "studyid", "case", "case_id")
 PATH_NAMES = ("path", "file", "filename", "image", "image_path", "img", "filepath", "file_path", "image index")
+MASK_NAMES = ("mask", "masks", "mask_path", "segmentation", "seg", "label_map", "labelmap", "annotation", "ground_truth",
+              "truth")
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Samples:
     labels: list[str]
     patients: list[str] | None = None
     notes: dict = field(default_factory=dict)   # counted, never listed: dropped_unlabelled ...
+    masks: list[Path] | None = None             # segmentation: each image's mask
 
 
 def hospital_folders(spec, natural: bool) -> list[Path]:
@@ -58,6 +61,92 @@ def list_samples(folder: Path, spec, name: str | None = None) -> Samples:
     if manifest is not None:
         return _from_manifest(manifest, spec, name, folder)
     return _from_class_folders(folder, name)
+
+
+def list_masked(folder: Path, spec, name: str | None = None) -> Samples:
+    """A hospital's images and their masks (segmentation): from its manifest's mask column, or each
+    image's mask found beside it by `data.mask_pattern`."""
+    from orchestrator.core.imaging.masks import find_mask
+
+    name = name or folder.name
+    where = f"hospital {name} ({folder})"
+    manifest = _manifest(folder, spec)
+    if manifest is not None:
+        return _masked_manifest(manifest, spec, name, folder)
+    if spec.mask_pattern is None:
+        raise DataError(where, ["no manifest CSV: name where each image's mask lies with data.mask_pattern (e.g. "
+                                "'{stem}_mask.png'), or list images and masks in a manifest (columns image, mask)"])
+    files = sorted(p.resolve() for p in folder.rglob("*") if p.is_file() and is_image(p)
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    masks = {find_mask(p, spec.mask_pattern) for p in files}
+    images = [p for p in files if p not in masks]
+    if not images:
+        raise DataError(where, ["it holds no images (.png .jpg .tif .dcm .nii .nii.gz)"])
+    found = [find_mask(p, spec.mask_pattern) for p in images]
+    missing = [p for p, m in zip(images, found) if not m.is_file()]
+    if missing:
+        raise DataError(where, [f"{len(missing)} of {len(images)} images have no mask where data.mask_pattern "
+                                f"'{spec.mask_pattern}' points, e.g. {_short(missing[0], folder)} -> "
+                                f"{_short(find_mask(missing[0], spec.mask_pattern), folder)}"])
+    return Samples(name, folder, images, [""] * len(images), None, {}, found)
+
+
+def _short(path: Path, folder: Path) -> str:
+    for base in (folder.resolve(), folder):
+        if path.is_relative_to(base):
+            return str(path.relative_to(base))
+    return str(path)
+
+
+def _masked_manifest(manifest: Path, spec, name: str, folder: Path) -> Samples:
+    from orchestrator.core.imaging.masks import find_mask
+
+    where = f"hospital {name} ({manifest})"
+    df = _read_manifest(manifest, where)
+    columns = [str(c) for c in df.columns]
+    mask_col = _pick(columns, spec.mask_column, MASK_NAMES, "data.mask_column", where)
+    if mask_col is None and spec.mask_pattern is None:   # a manifest's mask column wins over the pattern
+        if mask_col is None:
+            raise DataError(where, [f"no column of mask paths found (columns: {', '.join(columns[:16])}): name it "
+                                    "with data.mask_column, or find masks beside the images with data.mask_pattern"])
+    rest = [c for c in columns if c != mask_col]
+    path_col = _pick(rest, spec.image_column, PATH_NAMES, "data.image_column", where)
+    if path_col is None:
+        path_col = next((c for c in rest if df[c].dropna().map(lambda v: is_image(Path(v))
+                                                               or (manifest.parent / v).is_file()).mean() > 0.8), None)
+    if path_col is None:
+        raise DataError(where, [f"no column of image paths found (columns: {', '.join(columns[:16])}): name it "
+                                "with data.image_column"])
+    patient_col = _pick(columns, spec.patient_column, PATIENT_NAMES, "data.patient_column", where)
+    for col, what in ((path_col, "image paths"), (mask_col, "mask paths"), (patient_col, "patients")):
+        if col is not None and df[col].isna().any():
+            lines = (df.index[df[col].isna()] + 2).tolist()[:5]
+            raise DataError(where, [f"column '{col}' ({what}) has empty cells (lines {lines})"])
+    images = [(manifest.parent / str(v)).resolve() for v in df[path_col]]
+    masks = [(manifest.parent / str(v)).resolve() for v in df[mask_col]] if mask_col is not None \
+        else [find_mask(p, spec.mask_pattern) for p in images]
+    problems = []
+    for files, what in ((images, "image"), (masks, "mask")):
+        missing = [str(p) for p in files if not p.is_file()]
+        if missing:
+            problems.append(f"{len(missing)} {what} files listed do not exist, e.g. "
+                            f"{', '.join(_short(Path(m), folder) for m in missing[:3])}")
+    if problems:
+        raise DataError(where, problems)
+    if not images:
+        raise DataError(where, ["the manifest lists no images"])
+    patients = [str(v).strip() for v in df[patient_col]] if patient_col else None
+    return Samples(name, folder, images, [""] * len(images), patients, {}, masks)
+
+
+def _read_manifest(manifest: Path, where: str):
+    import pandas as pd
+
+    try:
+        return pd.read_csv(manifest, dtype=str, keep_default_na=False, na_values=[""], skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(where, [f"cannot parse the manifest as CSV: {first}"]) from None
 
 
 def _manifest(folder: Path, spec) -> Path | None:
@@ -112,14 +201,8 @@ def _pick(columns: list[str], wanted: str | None, names: tuple[str, ...], key: s
 
 
 def _from_manifest(manifest: Path, spec, name: str, folder: Path) -> Samples:
-    import pandas as pd
-
     where = f"hospital {name} ({manifest})"
-    try:
-        df = pd.read_csv(manifest, dtype=str, keep_default_na=False, na_values=[""], skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(where, [f"cannot parse the manifest as CSV: {first}"]) from None
+    df = _read_manifest(manifest, where)
     columns = [str(c) for c in df.columns]
     path_col = _pick(columns, spec.image_column, PATH_NAMES, "data.image_column", where)
     if path_col is None:   # the column whose values name image files

@@ -39,11 +39,11 @@ def personalize(grid, nodes: list[int], config, arrays, names: dict[int, str], n
     return dict(sorted(found.items(), key=lambda item: order.get(item[0], len(order))))
 
 
-def log_personal(run, found: dict, step: int, task: str, keep_models: bool) -> None:
+def log_personal(run, found: dict, step: int, task: str, keep_models: bool, labels: tuple[str, ...] = ()) -> None:
     m = {}
     for name, (res, _, _) in found.items():
         m.update({f"hospital_{name}/personal/{k}": v for k, v in res.items() if not np.isnan(v)})
-    m.update({f"personal/{k}": v for k, v in pooled([(r, s) for r, s, _ in found.values()], task).items()})
+    m.update({f"personal/{k}": v for k, v in pooled([(r, s) for r, s, _ in found.values()], task, labels).items()})
     m.update({f"personal_site_mean/{k}": v for k, v in site_mean([r for r, _, _ in found.values()]).items()})
     m["personal/hospitals"] = len(found)
     run.log_metrics(m, step)

@@ -29,8 +29,8 @@ class RoundLogger:
     """Turns Flower round reports into the run's metrics, one log_batch per round."""
 
     def __init__(self, run: TrackedRun, names: dict[int, str] | list[str], num_classes: int,
-                 task: str = "classification"):
-        self.run, self.num_classes, self.task = run, num_classes, task
+                 task: str = "classification", labels: tuple[str, ...] = ()):
+        self.run, self.num_classes, self.task, self.labels = run, num_classes, task, tuple(labels)
         self.names = names if isinstance(names, dict) else dict(enumerate(names))  # partition id -> hospital
         self.confusion: np.ndarray | None = None
         self.node_names: dict[int, str] = {}           # node id -> hospital, once the census has answered
@@ -73,7 +73,7 @@ class RoundLogger:
                 task, total = found[0][0], np.sum([s for _, s in found], axis=0)
                 if task == "classification":
                     self.confusion = total.astype(np.int64)
-                m.update({f"eval/{name}": v for name, v in M.from_sums(total, task).items()})
+                m.update({f"eval/{name}": v for name, v in M.from_sums(total, task, self.labels).items()})
         eps = [hm[DP_EPSILON] for hm in report.hospitals.values() if DP_EPSILON in hm]
         if eps:  # local DP: the most any hospital has spent
             m["dp/epsilon"] = max(eps)
@@ -87,7 +87,7 @@ class RoundLogger:
         k, task = self.num_classes, self.task
         key = SUMS_KEY[SUMS_RECORD[task]]
         values = [np.asarray(s[key], dtype=np.float64) for s in sums]
-        pooled = M.from_sums(np.sum([v.reshape(k, k) if task == "classification" else v for v in values], 0), task)
+        pooled = M.from_sums(np.sum([v.reshape(k, k) if task == "classification" else v for v in values], 0), task, self.labels)
         m = {f"personal/{name}": v for name, v in pooled.items()}
         if (v := _weighted(report.hospitals, "personal_loss")) is not None:
             m["personal/loss"] = v

@@ -83,7 +83,7 @@ class Rounds:
 
     def __post_init__(self):
         self.logger = RoundLogger(self.run, dict(zip(self.plan.pids(), self.plan.hospitals)),
-                                  self.plan.num_classes, self.plan.task)
+                                  self.plan.num_classes, self.plan.task, self.plan.schema.classes)
         self.writer = RoundWriter()
         self.strategy: Any = None
         central = self.plan.central
@@ -122,7 +122,8 @@ class Rounds:
         fed = self.job.federated
         found = personalize(grid, nodes, config, final, dict(zip(self.plan.pids(), self.plan.hospitals)),
                             self.plan.num_classes, fed.round_timeout_s)
-        log_personal(self.run, found, fed.rounds, self.plan.task, fed.personalize.share_models)
+        log_personal(self.run, found, fed.rounds, self.plan.task, fed.personalize.share_models,
+                     self.plan.schema.classes)
         return {f"personal_{name}": arrays for name, (_, _, arrays) in found.items() if arrays is not None}
 
     def cross_validate(self, grid: Grid, nodes: list[int], config: ConfigRecord, final: ArrayRecord,
