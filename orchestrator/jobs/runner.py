@@ -168,7 +168,7 @@ def model_card(plan: DataPlan, job: JobSpec, model) -> dict:
     if job.model.head == "multilabel":   # how a prediction lists its findings, as the manifests did
         out.update(label_separator=job.data.label_separator, no_finding=job.data.no_finding)
     if job.model.head == "segmentation":   # a predicted mask holds the masks' own label values
-        out["values"] = list(plan.schema.values)
+        out.update(values=list(plan.schema.values), mask_pattern=job.data.mask_pattern)
     return out
 
 

@@ -10,6 +10,9 @@ class UserError(Exception):
         self.problems = list(problems)
         super().__init__(self.render())
 
+    def __reduce__(self):   # pickled whole (a Ray worker's error reaches the driver as it was raised)
+        return (type(self), (self.source, self.problems))
+
     def render(self) -> str:
         n = len(self.problems)
         head = f"{self.source} has {n} problem{'s' if n != 1 else ''}"

@@ -118,9 +118,10 @@ def upload_suffix(name: str | None, content_type: str | None, data: bytes) -> st
     return ".img"   # a picture: Pillow finds its format in its bytes
 
 
-def read_uploads(files: list[tuple[str, bytes, str | None]], card: dict):
+def read_uploads(files: list[tuple[str, bytes, str | None]], card: dict, grids: list | None = None):
     """(images as the model reads them (n, channels, size, size), problems by file name): each file
-    decoded with the preprocessing the model was trained with, as `consortium predict` does."""
+    decoded with the preprocessing the model was trained with, as `consortium predict` does.
+    `grids`, if given, receives each read file's (grid, spacing): where a mask goes back to."""
     import tempfile
 
     import numpy as np
@@ -136,6 +137,10 @@ def read_uploads(files: list[tuple[str, bytes, str | None]], card: dict):
             path.write_bytes(data)
             try:
                 images.append(read_image(path, pre))
+                if grids is not None:
+                    from orchestrator.core.imaging.masks import image_grid, image_spacing
+
+                    grids.append((image_grid(path, pre.dims), image_spacing(path)))
             except UnreadableImage as exc:
                 problems.append(f"{name or f'file {i + 1}'}: {exc}")
     dims = image_dims(card) or pre.shape
@@ -184,16 +189,30 @@ def add_image_route(app, model, card: dict) -> None:
             return JSONResponse({"error_code": "BAD_REQUEST", "message": "no image sent"}, status_code=400)
         import asyncio
 
-        pixels, problems = await asyncio.to_thread(read_uploads, files, card)
+        grids: list = []
+        pixels, problems = await asyncio.to_thread(read_uploads, files, card, grids)
         if problems:
             return JSONResponse({"error_code": "BAD_REQUEST", "message": "; ".join(problems[:8])}, status_code=400)
         answers = pd.DataFrame(await asyncio.to_thread(model.predict, pixels))
+        if card.get("head") == "segmentation":   # each mask on its upload's own grid, as predict writes it
+            answers["mask"] = [_on_grid(m, g, card) for m, g in zip(answers["mask"], grids)]
         rows = [{"name": f[0], **{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}}
                 for f, row in zip(files, answers.to_dict(orient="records"))]
         return JSONResponse({"predictions": rows})
 
     images.__annotations__["request"] = Request   # a class, not this module's postponed string: FastAPI injects it
     app.post("/images")(images)
+
+
+def _on_grid(mask, grid: tuple, card: dict) -> list:
+    import numpy as np
+
+    from orchestrator.core.imaging.writers import to_file_grid
+
+    shape, spacing = grid
+    labels = np.asarray(mask, dtype=np.int64)
+    pre = _preprocess(card)
+    return (to_file_grid(labels, shape, pre, spacing) if shape is not None else labels).tolist()
 
 
 def serve(model_uri: str, tracking_uri: str | None, host: str, port: int, log=print) -> None:
@@ -310,6 +329,10 @@ def predict_images(model_uri: str, where: Path, out: Path | None, tracking_uri: 
     image = card.get("image")
     if image is None:
         raise UserError(model_uri, ["this model was not trained on images: predict a CSV of its feature columns"])
+    if card.get("head") == "segmentation":   # a mask per case, in its image's format and grid
+        from orchestrator.tracking.segment import predict_masks
+
+        return predict_masks(model, card, where, out)
     pre = _preprocess(card)
     folder = where if where.is_dir() else where.parent
     spec = DataSpec.model_validate({"source": "images", "path": str(folder),

@@ -183,6 +183,23 @@ def image_grid(path: Path, dims: int) -> tuple[int, ...] | None:
         return None
 
 
+def image_spacing(path: Path) -> tuple[float, float] | None:
+    """An image file's (row, column) mm per pixel from its header (None: a picture, or unsaid)."""
+    kind = kind_of(path)
+    try:
+        if kind == "nifti":
+            zooms = _canonical(path).header.get_zooms()
+            return (float(zooms[1]), float(zooms[0])) if len(zooms) >= 2 else None
+        if kind == "dicom":
+            import pydicom
+
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            return _pair(ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"))
+    except Exception:  # noqa: BLE001 - the image's own reader names its problem
+        return None
+    return None
+
+
 # --------------------------------------------------------------------------- geometry, nearest neighbour
 def _nearest(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     import torch

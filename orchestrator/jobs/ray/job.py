@@ -42,7 +42,7 @@ def run_ray(job: JobSpec, plan, run, session: RaySession, start=None, resume: bo
     inbox = Inbox(run, job.train.epochs, ray.util.get_node_ip_address())   # rank 0 reports here, the driver logs
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": job.model_dump_json(), "inbox": inbox.for_workers(),
+        train_loop_config={"job": _for_workers(job).model_dump_json(), "inbox": inbox.for_workers(),
                            "init_weights": start.weights if start is not None else None},
         scaling_config=ray.train.ScalingConfig(num_workers=job.ray.num_workers, use_gpu=job.ray.use_gpu,
                                                resources_per_worker=worker_resources(job)),
@@ -155,3 +155,11 @@ def _warm_up_reporting(job: JobSpec, export: bool) -> None:
 
 
 KIND = RayJob()
+
+
+def _for_workers(job):
+    """The job as the workers read it: a relative data.path resolved here (a worker's directory is
+    Ray's, not the one the job was started from)."""
+    if not job.data.path or Path(job.data.path).is_absolute():
+        return job
+    return job.model_copy(update={"data": job.data.model_copy(update={"path": str(Path(job.data.path).resolve())})})
