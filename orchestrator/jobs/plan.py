@@ -165,8 +165,13 @@ def plan_from_census(job: JobSpec, described: dict[int, dict]) -> DataPlan:
                         "SuperNode its own partition-id and data file")
     if problems:
         raise DataError(where, problems)
-    if job.model.head == "linear":
-        classes: tuple[str, ...] = ()
+    values: tuple[int, ...] = ()
+    if job.model.head == "segmentation":   # the masks' label values, agreed from the hospitals' counts
+        from orchestrator.core.imaging.tables import agreed_values
+
+        values, classes = agreed_values([{int(v): 1 for v in described[p]["labels"]} for p in pids], job.data, where)
+    elif job.model.head == "linear":
+        classes = ()
     elif job.data.classes:
         classes = tuple(job.data.classes)
     else:
@@ -183,10 +188,10 @@ def plan_from_census(job: JobSpec, described: dict[int, dict]) -> DataPlan:
     # text columns: one vocabulary from the hospitals' counts of their values
     vocab = agree_vocabulary([described[p].get("categories", {}) for p in pids], job.data.max_categories)
     schema = Schema.of(features, classes, vocab)
-    if job.model.head == "multilabel":   # the hospitals' findings, several per image
+    if job.model.head in ("multilabel", "segmentation"):   # findings, several per image; labels per pixel
         from dataclasses import replace
 
-        schema = replace(schema, multilabel=True)
+        schema = replace(schema, multilabel=job.model.head == "multilabel", segmentation=bool(values), values=values)
     observed = np.zeros(len(features), dtype=np.int64)
     for p in pids:
         order = {f: i for i, f in enumerate(described[p]["features"])}

@@ -346,6 +346,17 @@ def describe_images(job, folder: Path, partition_id: int) -> dict:
 
     spec = job.data
     pre = Preprocess.of(spec, job.model.spatial_dims)
+    if job.model.head == "segmentation":   # the label values its masks hold, and their pixel counts
+        from orchestrator.core.imaging.folders import list_masked
+
+        masked = list_masked(folder, spec, hospital_name(folder.name))
+        X, kept = decode(masked, pre, spec.unreadable)
+        counts = _mask_values(decode_masks(masked, kept, pre))
+        groups = group_ids([masked.patients[i] for i in kept]) if masked.patients is not None else None
+        split = own_split(X, np.zeros(len(kept), dtype=np.int64), job, partition_id, groups)
+        return {"name": masked.name, "features": list(pixel_names(pre)), "labels": sorted(counts),
+                "label_pixels": {str(k): v for k, v in counts.items()}, "rows": int(len(kept)),
+                "train_rows": int(len(split.y_train)), "missing": 0, "observed": [int(len(kept))] * X.shape[1]}
     samples = list_samples(folder, spec, hospital_name(folder.name))
     multilabel = job.model.head == "multilabel"
     if spec.classes and not multilabel:
