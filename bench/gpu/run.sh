@@ -34,4 +34,7 @@ python3 bench/gpu/ddp.py --repeats 2 --epochs 20 --override "model.channels=[64,
 # images (issue 32): MONAI's ResNet-18 at 224x224, the shared training step vs a plain loop, fp32 and bf16
 python3 bench/gpu/images.py --size 224 --batch 64 --steps 30 --out "$OUT/gpu_images.json" 2>&1 \
   | tee "$OUT/gpu_images.log" || rc=1
+# segmentation (issue 33): a 3D U-Net on 64^3 volumes, the shared step (Dice + cross-entropy) vs a plain loop, AMP
+python3 bench/gpu/images.py --model unet --dims 3 --size 64 --batch 8 --steps 20 --out "$OUT/gpu_unet3d.json" 2>&1 \
+  | tee "$OUT/gpu_unet3d.log" || rc=1
 exit $rc

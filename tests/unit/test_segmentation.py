@@ -316,3 +316,17 @@ def test_a_segmentation_network_defaults_to_its_head_and_group_norm():
 
     spec = ModelSpec.model_validate({"name": "segresnet"})
     assert spec.head == "segmentation" and spec.norm == "group"
+
+
+def test_the_gpu_3d_unet_benchmark_runs_on_the_cpu_at_tiny_sizes():
+    """bench/gpu/images.py --model unet --dims 3 (64^3 on the device machine), kept from rotting here."""
+    import sys
+
+    from tests.conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "bench" / "gpu"))
+    from images import measure
+
+    for ours in (True, False):
+        got = measure("unet", 16, 2, 1, False, ours, torch.device("cpu"), dims=3)
+        assert got["images_per_s"] > 0 and got["peak_gpu_mib"] is None
