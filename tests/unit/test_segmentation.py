@@ -330,3 +330,22 @@ def test_the_gpu_3d_unet_benchmark_runs_on_the_cpu_at_tiny_sizes():
     for ours in (True, False):
         got = measure("unet", 16, 2, 1, False, ours, torch.device("cpu"), dims=3)
         assert got["images_per_s"] > 0 and got["peak_gpu_mib"] is None
+
+
+def test_a_deployments_census_agrees_the_mask_labels_the_inline_plan_agrees(tmp_path, monkeypatch):
+    """Each SuperNode describes its own folder (label values and pixel counts, never a mask); the
+    coordinator's schema from those answers is the one the inline engine reads from the folders."""
+    from orchestrator.core.imaging.tables import describe_images
+    from orchestrator.jobs.plan import plan_data, plan_from_census
+    from orchestrator.spec.loading import load_job
+    from tests.conftest import CONFIGS
+
+    monkeypatch.setenv("CONSORTIUM_HOME", str(tmp_path))
+    data = CONFIGS / "data" / "segmentation_hospitals"
+    job = load_job(CONFIGS / "images_segmentation.yaml", [f"data.path={data}", "data.classes=null"])
+    described = {i: describe_images(job, data / name, i) for i, name in enumerate(("hospital_a", "hospital_b"))}
+    assert described[0]["labels"] == [0, 1, 2] and "label_pixels" in described[0]
+    census = plan_from_census(job, described).schema
+    inline = plan_data(job).schema
+    assert census.segmentation and census.values == inline.values == (0, 1, 2)
+    assert census.classes == inline.classes == ("0", "1", "2") and census.features == inline.features
