@@ -167,10 +167,12 @@ def segmentation_sums(y: np.ndarray, pred: np.ndarray, k: int, hd95: np.ndarray 
     return out
 
 
-def from_segmentation_sums(s: np.ndarray, labels: tuple[str, ...] = ()) -> dict[str, float]:
+def from_segmentation_sums(s: np.ndarray, labels: tuple[str, ...] = (), hd95: bool | None = None) -> dict[str, float]:
     """dice and iou (the mean over the labelled structures of each one's mean per-case score),
     dice_<label> and iou_<label> of each, hd95 (millimetres, where the job fixes the spacing) and
-    pixel_accuracy. The background (class 0) is scored in none of the means."""
+    pixel_accuracy. The background (class 0) is scored in none of the means. `hd95`: whether the
+    HD95 keys are wanted (every hospital then sends the same keys, NaN where undefined); None: where
+    any distance was summed."""
     s = np.asarray(s, dtype=np.float64)
     k = (len(s) - 1) // 8
     if s[0] == 0:
@@ -183,13 +185,14 @@ def from_segmentation_sums(s: np.ndarray, labels: tuple[str, ...] = ()) -> dict[
     for name, metric in (("dice", dice), ("iou", iou)):
         fg = metric[1:][~np.isnan(metric[1:])]
         out[name] = float(fg.mean()) if len(fg) else float("nan")
-    if hd_n[1:].sum() > 0:
+    with_hd = bool(hd_n[1:].sum() > 0) if hd95 is None else hd95
+    if with_hd:
         fg = hd[1:][~np.isnan(hd[1:])]
-        out["hd95"] = float(fg.mean())
+        out["hd95"] = float(fg.mean()) if len(fg) else float("nan")
     out["pixel_accuracy"] = float(tp.sum() / max((tp + fn).sum(), 1.0))
     for c in range(1, k):
         out[f"dice_{names[c]}"], out[f"iou_{names[c]}"] = float(dice[c]), float(iou[c])
-        if hd_n[c] > 0:
+        if with_hd:
             out[f"hd95_{names[c]}"] = float(hd[c])
     return out
 

@@ -170,4 +170,6 @@ def own_split(X: np.ndarray, y: np.ndarray, job, partition_id: int, groups: np.n
     if groups is not None and len(np.unique(groups)) < 2:
         groups = None   # one patient: nothing to keep apart
     tr, te = split_indices(y, job.data.test_fraction, job.seed + 1000 + partition_id, groups)
+    if y.ndim > 1 and y.shape[1] > 64:   # a segmentation's masks: mapped, as the pixels are
+        return Split(take_rows(X, tr), take_rows(y, tr), take_rows(X, te), take_rows(y, te))
     return Split(take_rows(X, tr), y[tr], take_rows(X, te), y[te])

@@ -170,7 +170,7 @@ class Objective:
         if self.multilabel:
             return M.multilabel(yn, self.probabilities(out), self.labels)
         if self.segmentation:
-            return M.from_segmentation_sums(self.sums(out, y), self.labels)
+            return M.from_segmentation_sums(self.sums(out, y), self.labels, hd95=self.spacing is not None)
         return M.classification(yn, self.probabilities(out))
 
     def sums(self, out: torch.Tensor | None, y: torch.Tensor) -> np.ndarray:

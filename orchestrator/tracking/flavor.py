@@ -128,6 +128,16 @@ def model_inputs(card: dict, frame) -> np.ndarray:
     return np.where(np.isnan(X), fill[None, :], X).astype(np.float32)
 
 
+def preprocess(card: dict):
+    """The image reading an image model was trained with (its card's `image`), for predict and serve."""
+    from orchestrator.core.imaging.readers import Preprocess
+
+    image = card["image"]
+    return Preprocess(int(image["size"]), int(image["channels"]), image["fit"],
+                      tuple(image["window"]) if image.get("window") else None,
+                      tuple(image["spacing"]) if image.get("spacing") else None, int(image.get("dims", 2)))
+
+
 def image_dims(card: dict) -> tuple[int, ...] | None:
     """(channels, rows, columns) of an image model's input, (channels, slices, rows, columns) of a
     volume model's; None for a model of columns."""

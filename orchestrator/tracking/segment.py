@@ -26,7 +26,8 @@ def cases(where: Path, card: dict) -> tuple[list[Path], list[Path | None]]:
     try:
         if manifest:
             samples = list_masked(folder, spec)
-            return samples.paths, list(samples.masks or [None] * len(samples.paths))
+            found: list[Path | None] = list(samples.masks) if samples.masks else [None for _ in samples.paths]
+            return samples.paths, found
     except DataError:
         if where.is_file():
             import pandas as pd
@@ -36,12 +37,13 @@ def cases(where: Path, card: dict) -> tuple[list[Path], list[Path | None]]:
             df = pd.read_csv(where, dtype=str)
             col = next((c for c in df.columns if c.lower().strip() in PATH_NAMES), df.columns[0])
             paths = [(where.parent / str(v)).resolve() for v in df[col].dropna()]
-            return paths, [None] * len(paths)
+            return paths, [None for _ in paths]
     files = sorted(p.resolve() for p in folder.rglob("*") if p.is_file() and is_image(p)
                    and "_pred." not in p.name)
     masks = {find_mask(p, pattern) for p in files} if pattern else set()
     images = [p for p in files if p not in masks]
-    truth = [m if (m := find_mask(p, pattern)).is_file() else None for p in images] if pattern else [None] * len(images)
+    truth: list[Path | None] = [m if (m := find_mask(p, pattern)).is_file() else None for p in images] \
+        if pattern else [None for _ in images]
     return images, truth
 
 
@@ -51,9 +53,9 @@ def predict_masks(model, card: dict, where: Path, out: Path | None) -> tuple[Pat
     from orchestrator.core.imaging.masks import BadMask, image_grid, image_spacing
     from orchestrator.core.imaging.readers import UnreadableImage, read_image
     from orchestrator.core.imaging.writers import mask_path, to_file_grid, write_mask
-    from orchestrator.tracking.serving import _preprocess
+    from orchestrator.tracking.flavor import preprocess
 
-    pre = _preprocess(card)
+    pre = preprocess(card)
     images, truths = cases(where, card)
     if not images:
         raise UserError(str(where), ["no image files (.png .jpg .tif .dcm .nii .nii.gz) found"])
@@ -86,7 +88,7 @@ def predict_masks(model, card: dict, where: Path, out: Path | None) -> tuple[Pat
                     continue
             on_file = to_file_grid(labels, grid, pre, spacing) if grid is not None else labels
             written = write_mask(on_file, p, mask_path(p, mask_dir), pre.dims)
-            row = {"path": str(p), "mask": str(written)}
+            row: dict[str, object] = {"path": str(p), "mask": str(written)}
             row.update({f"pixels_{c}": int((on_file == v).sum()) for c, v in zip(classes, values)})
             if truth is not None:
                 row["truth"] = str(truth)

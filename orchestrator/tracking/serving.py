@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from orchestrator.spec.errors import UserError
+from orchestrator.tracking.flavor import preprocess
 
 
 def _open(model_uri: str, tracking_uri: str, info_only: bool = False):
@@ -129,7 +130,7 @@ def read_uploads(files: list[tuple[str, bytes, str | None]], card: dict, grids: 
     from orchestrator.core.imaging.readers import UnreadableImage, read_image
     from orchestrator.tracking.flavor import image_dims
 
-    pre = _preprocess(card)
+    pre = preprocess(card)
     images, problems = [], []
     with tempfile.TemporaryDirectory(prefix="consortium-upload-") as tmp:
         for i, (name, data, content_type) in enumerate(files):
@@ -145,15 +146,6 @@ def read_uploads(files: list[tuple[str, bytes, str | None]], card: dict, grids: 
                 problems.append(f"{name or f'file {i + 1}'}: {exc}")
     dims = image_dims(card) or pre.shape
     return np.stack(images).astype(np.float32) if images else np.zeros((0, *dims), np.float32), problems
-
-
-def _preprocess(card: dict):
-    from orchestrator.core.imaging.readers import Preprocess
-
-    image = card["image"]
-    return Preprocess(int(image["size"]), int(image["channels"]), image["fit"],
-                      tuple(image["window"]) if image.get("window") else None,
-                      tuple(image["spacing"]) if image.get("spacing") else None, int(image.get("dims", 2)))
 
 
 def add_image_route(app, model, card: dict) -> None:
@@ -211,7 +203,7 @@ def _on_grid(mask, grid: tuple, card: dict) -> list:
 
     shape, spacing = grid
     labels = np.asarray(mask, dtype=np.int64)
-    pre = _preprocess(card)
+    pre = preprocess(card)
     return (to_file_grid(labels, shape, pre, spacing) if shape is not None else labels).tolist()
 
 
@@ -333,7 +325,7 @@ def predict_images(model_uri: str, where: Path, out: Path | None, tracking_uri: 
         from orchestrator.tracking.segment import predict_masks
 
         return predict_masks(model, card, where, out)
-    pre = _preprocess(card)
+    pre = preprocess(card)
     folder = where if where.is_dir() else where.parent
     spec = DataSpec.model_validate({"source": "images", "path": str(folder),
                                     "manifest": None if where.is_dir() else where.name})

@@ -157,7 +157,7 @@ def test_volumes_with_label_volumes_train_a_3d_unet_and_predict_keeps_the_lps_af
     ["kind=centralized", "train.epochs=3"],
     ["kind=local", "federated.rounds=2"],
     ["federated.rounds=2", "federated.crossval=true"],
-    ["federated.rounds=2", "federated.personalize.method=fedrep"],
+    ["federated.rounds=2", "federated.personalize.method=fedrep", "data.spacing=[0.8,0.8]"],
     ["federated.rounds=2", "federated.dp.mode=local", "federated.dp.noise_multiplier=0.5"],
     ["federated.rounds=2", "model.norm=batch", "federated.personalize.method=fedbn"],
 ], ids=["centralized", "local", "crossval", "fedrep", "local-dp", "fedbn"])
@@ -167,6 +167,8 @@ def test_every_kind_and_strategy_scores_masks_by_dice(tmp_path, extra):
                              cwd=tmp_path))
     final = result["final"]
     assert 0.3 < final["eval/dice"] <= 1.0, final
+    if "data.spacing=[0.8,0.8]" in extra:   # a fixed mm grid: the 95th-percentile Hausdorff distance too
+        assert 0 < final["eval/hd95"] < 40 and "eval/hd95_zero" in final, final
     if "federated.dp.mode=local" in extra:
         assert final["dp/epsilon"] > 0
     if "kind=centralized" in extra:   # the pooled test split drawn: image, truth and prediction

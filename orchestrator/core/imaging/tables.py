@@ -269,9 +269,24 @@ def _segmentation_tables(job, folders: list[Path], schema: Schema | None, pre: P
 def label_indices(masks: np.ndarray, values: tuple[int, ...], samples: Samples | None = None,
                   kept: np.ndarray | None = None) -> np.ndarray:
     """Masks of label values -> (rows, pixels) int64 class indices; a value outside `values` is an
-    error naming the masks that hold it."""
+    error naming the masks that hold it. A cached (memory-mapped) masks file gets its indices in a
+    mapped file beside it: a hospital's masks never sit in memory whole."""
     lut = np.asarray(values, dtype=np.int64)
-    y = np.empty(masks.shape, dtype=np.int64)
+    source = getattr(masks, "filename", None)
+    target = None
+    y: np.ndarray
+    if source:
+        digest = hashlib.sha256(json.dumps(list(values)).encode()).hexdigest()[:16]
+        target = Path(source).with_name(f"{Path(source).stem}.labels-{digest}.npy")
+        if target.exists():
+            try:
+                return np.load(target, mmap_mode="c")
+            except (OSError, ValueError):
+                pass
+        tmp = target.with_name(f"{target.stem}.{os.getpid()}.tmp.npy")
+        y = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int64, shape=masks.shape)
+    else:
+        y = np.empty(masks.shape, dtype=np.int64)
     bad: list[tuple[int, list[int]]] = []
     for i in range(len(masks)):
         row = np.asarray(masks[i])
@@ -281,12 +296,19 @@ def label_indices(masks: np.ndarray, values: tuple[int, ...], samples: Samples |
             bad.append((i, sorted(set(row[wrong].tolist()))[:5]))
         y[i] = idx
     if bad:
+        if target is not None:
+            del y
+            tmp.unlink(missing_ok=True)
         if samples is None or kept is None or samples.masks is None:
             raise DataError("masks", [f"labels {bad[0][1]} are not among the agreed labels {list(values)}"])
         shown = [f"{_rel(samples.masks[kept[i]], samples.folder)}: labels {v} are not among the job's labels "
                  f"{list(values)}" for i, v in bad[:8]]
         raise DataError(f"hospital {samples.name} ({samples.folder})", shown + [
             "relabel these masks, or name every label value in data.classes (values 0, 1, 2 ... in order)"])
+    if target is not None:
+        del y   # closes the mapping: its pages are written
+        os.replace(tmp, target)
+        return np.load(target, mmap_mode="c")
     return y
 
 
