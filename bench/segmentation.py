@@ -103,7 +103,7 @@ def consortium(kind: str, epochs: int) -> dict:
     return {"dice": float(final["eval/dice"]), "wall_s": time.perf_counter() - t0}
 
 
-def throughput(split, k: int, repeats: int = 3) -> dict:
+def throughput(split, k: int, repeats: int = 5) -> dict:
     """patches/s: train_epochs (patches drawn per batch) vs a plain loop over patches cut beforehand."""
     from orchestrator.core.models import build_model
     from orchestrator.core.segmentation import Patches

@@ -128,25 +128,31 @@ class Patches:
             s = p
         if s == p:
             return x, y
-        xs, ys = [], []
-        for i in range(n):
-            centre = self._centre(y[i], s)
-            xi, yi = x[i], y[i]
-            for axis, c in enumerate(centre):
-                start = min(max(c - p // 2, 0), s - p)
-                xi, yi = xi.narrow(axis + 1, start, p), yi.narrow(axis, start, p)
-            xs.append(xi)
-            ys.append(yi)
-        return torch.stack(xs), torch.stack(ys)
+        start = (self._centres(y.reshape(n, -1), s) - p // 2).clamp(0, s - p)   # (n, dims): each patch's corner
+        steps = torch.arange(p, device=x.device)
+        axes = [(start[:, d, None] + steps).reshape(n, *(p if e == d else 1 for e in range(self.dims)))
+                for d in range(self.dims)]   # each axis's indices, broadcast over the patch
+        rows = torch.arange(n, device=x.device).reshape(n, *(1,) * self.dims)
+        patch_y = y[(rows, *axes)]
+        patch_x = x.movedim(1, -1)[(rows, *axes)].movedim(-1, 1).contiguous()
+        return patch_x, patch_y
 
-    def _centre(self, mask: torch.Tensor, s: int) -> list[int]:
-        draw = torch.rand(2, generator=self.gen)
-        if draw[0] < self.positive:
-            where = torch.nonzero(mask.reshape(-1) > 0).reshape(-1)
-            if len(where):
-                flat = int(where[int(draw[1] * len(where)) % len(where)])
-                return [int(v) for v in np.unravel_index(flat, (s,) * self.dims)]
-        return [int(v) for v in torch.randint(0, s, (self.dims,), generator=self.gen)]
+    def _centres(self, flat: torch.Tensor, s: int) -> torch.Tensor:
+        """(n, dims) centres: a labelled pixel drawn uniformly for the positive draws (of images that
+        hold one), else any pixel."""
+        n = len(flat)
+        anywhere = torch.randint(0, s**self.dims, (n,), generator=self.gen)
+        labelled = flat.cpu() > 0
+        chosen = (torch.rand(n, generator=self.gen) < self.positive) & labelled.any(1)
+        if chosen.any():   # the k-th labelled pixel, k uniform: where the running count of them passes k
+            counts = labelled[chosen].cumsum(1, dtype=torch.int32)
+            k = (torch.rand(len(counts), generator=self.gen) * counts[:, -1]).long()
+            anywhere[chosen] = (counts <= k[:, None]).sum(1)
+        coords = []
+        for _ in range(self.dims):   # the flat index as (slice,) row, column: last axis first
+            coords.append(anywhere % s)
+            anywhere = anywhere // s
+        return torch.stack(coords[::-1], 1).to(flat.device)
 
 
 def dice_loss(loss: str):

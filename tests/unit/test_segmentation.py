@@ -223,6 +223,13 @@ def test_patches_are_seeded_and_half_of_them_hold_a_labelled_pixel():
     assert 0.3 < holding < 0.8   # about half by the rule, plus the few random ones that reach the corner
     always = Patches(16, 32, 1, 2, seed=3, positive=1.0)(x, y.reshape(64, -1))[1]
     assert bool((always.reshape(64, -1) > 0).any(1).all())
+    # each patch is one window of its own image, its mask cut at the same place
+    coded = torch.arange(32 * 32, dtype=torch.float32).repeat(64, 1)   # a pixel's value: where it lies
+    xc, yc = Patches(16, 32, 1, 2, seed=5)(coded, y.reshape(64, -1))
+    for i in range(64):
+        r, c = divmod(int(xc[i, 0, 0, 0]), 32)
+        assert torch.equal(xc[i, 0], coded[i].reshape(32, 32)[r:r + 16, c:c + 16])
+        assert torch.equal(yc[i], y[i, r:r + 16, c:c + 16])
     small = Patches(16, 8, 1, 2, seed=0)(torch.rand(2, 64), torch.ones(2, 64, dtype=torch.long))
     assert small[0].shape == (2, 1, 16, 16) and int(small[1].sum()) == 2 * 64   # padded with background
 
