@@ -183,3 +183,15 @@ def test_ray_train_ddp_segments_on_two_workers(tmp_path):
                              f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}", "tracking.register_model=null",
                              "--json", "-q", cwd=tmp_path))
     assert result["final"]["ray/world_size"] == 2 and result["final"]["eval/dice"] > 0.5, result["final"]
+
+
+@pytest.mark.parametrize("export, says", [("segmentation_hospitals", "segmentation (32x32, a U-Net)"),
+                                          ("segmentation_volumes", "segmentation (16x16x16, a U-Net)")])
+def test_init_on_exports_of_images_and_masks_writes_a_segmentation_job_that_trains(tmp_path, export, says):
+    proc = run_cli("init", "seg", "--data", str(CONFIGS / "data" / export), cwd=tmp_path)
+    assert proc.returncode == 0 and says in " ".join(proc.stdout.split()), proc.stdout + proc.stderr
+    text = (tmp_path / "seg.yaml").read_text()
+    assert "name: unet" in text and "loss: dice_ce" in text
+    result = _result(run_cli("run", "seg.yaml", "federated.rounds=1", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}",
+                             "--json", "-q", cwd=tmp_path))
+    assert 0 <= result["final"]["eval/dice"] <= 1
