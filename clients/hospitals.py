@@ -62,6 +62,10 @@ def describe_share(job: JobSpec, partition_id: int, num_partitions: int, data_pa
             raise DataError(f"hospital {partition_id}", [
                 "no data-path in this SuperNode's node config: a hospital in a deployment reads its own images "
                 "(consortium federation supernode --data FOLDER)"])
+        if job.model.head == "segmentation":   # label values and their pixel counts, never a mask
+            from orchestrator.core.imaging.masked import describe_masked
+
+            return describe_masked(job, Path(data_path), partition_id)
         from orchestrator.core.imaging.tables import describe_images
 
         return describe_images(job, Path(data_path), partition_id)

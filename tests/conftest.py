@@ -1,6 +1,7 @@
 """Shared fixtures: real MLflow stores in tmp dirs, and one full federated run shared by several specs."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -26,6 +27,35 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(model_uri: str, tracking_uri: str, cwd: Path):
+    """`consortium serve MODEL` in a process group of its own on a free port, yielded (its port)
+    once /ping answers; stopped with SIGINT, as Ctrl-C would."""
+    import signal
+    import time
+    import urllib.request
+
+    port = free_port()
+    env = {**os.environ, "CONSORTIUM_HOME": str(cwd / ".consortium")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve", model_uri, "--port", str(port),
+                             "--tracking-uri", tracking_uri], cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        t0 = time.monotonic()
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() - t0 < 120, proc.stdout.read() if proc.poll() else ""
+                time.sleep(0.3)
+        yield port
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
 
 
 @pytest.fixture

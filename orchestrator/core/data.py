@@ -109,6 +109,10 @@ def load_source(job, schema: Schema | None = None, path: Path | None = None) -> 
     """
     spec = job.data
     where = str(path or spec.path or spec.source)
+    if spec.source == "images" and job.model.head == "segmentation":   # an image and a mask per case
+        from orchestrator.core.imaging.masked import segmentation_tables
+
+        return segmentation_tables(job, schema, path)
     if spec.source == "images":
         from orchestrator.core.imaging.tables import image_tables
 

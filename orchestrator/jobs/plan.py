@@ -167,7 +167,7 @@ def plan_from_census(job: JobSpec, described: dict[int, dict]) -> DataPlan:
         raise DataError(where, problems)
     values: tuple[int, ...] = ()
     if job.model.head == "segmentation":   # the masks' label values, agreed from the hospitals' counts
-        from orchestrator.core.imaging.tables import agreed_values
+        from orchestrator.core.imaging.masked import agreed_values
 
         values, classes = agreed_values([{int(v): 1 for v in described[p]["labels"]} for p in pids], job.data, where)
     elif job.model.head == "linear":

@@ -208,17 +208,13 @@ def test_a_served_image_model_answers_files_as_predict_does_and_names_a_bad_one(
     serve` answers image files POSTed as they are (DICOM, PNG by its bytes, NIfTI and JPEG in one
     JSON batch) with the probabilities `consortium predict` writes for the same files."""
     import base64
-    import os
-    import subprocess
-    import sys
-    import time
     import urllib.error
     import urllib.request
 
     import mlflow
     import pandas as pd
 
-    from tests.conftest import free_port
+    from tests.conftest import served
 
     data = CONFIGS / "data" / "digit_hospitals"
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
@@ -234,12 +230,6 @@ def test_a_served_image_model_answers_files_as_predict_does_and_names_a_bad_one(
     assert run_cli("predict", result["model_uri"], str(manifest), "--tracking-uri", uri, cwd=tmp_path).returncode == 0
     expected = pd.read_csv(tmp_path / "four.predictions.csv")
 
-    port = free_port()
-    env = {**os.environ, "CONSORTIUM_HOME": str(tmp_path / ".consortium")}
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve", result["model_uri"], "--port", str(port),
-                             "--tracking-uri", uri], cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-
     def post(path: str, body: bytes, content_type: str) -> tuple[int, dict]:
         req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, headers={"Content-Type": content_type})
         try:
@@ -248,15 +238,7 @@ def test_a_served_image_model_answers_files_as_predict_does_and_names_a_bad_one(
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"{}")
 
-    try:
-        t0 = time.monotonic()
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() - t0 < 120, proc.stdout.read() if proc.poll() else ""
-                time.sleep(0.3)
+    with served(result["model_uri"], uri, tmp_path) as port:
         answers = [post(f"/images?name={files[0].name}", files[0].read_bytes(), "application/octet-stream"),
                    post("/images", files[1].read_bytes(), "application/octet-stream")]   # a PNG known by its bytes
         status, batch = post("/images", json.dumps({"images": [
@@ -276,11 +258,6 @@ def test_a_served_image_model_answers_files_as_predict_does_and_names_a_bad_one(
         assert status == 200 and direct["predictions"][0]["prediction"] == got[0]["prediction"], direct
         status, bad = post("/images?name=broken.dcm", b"\x00" * 200, "application/octet-stream")
         assert status == 400 and "broken.dcm: not a DICOM file" in bad["message"], bad
-    finally:
-        import signal
-
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=30)
 
 
 VOLUMES = str(CONFIGS / "images_volumes_3d.yaml")

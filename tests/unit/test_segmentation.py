@@ -121,33 +121,33 @@ def _job(path: Path, **data):
 
 
 def test_the_label_values_are_agreed_from_what_the_masks_hold_and_an_unknown_one_is_named(tmp_path):
-    from orchestrator.core.imaging.tables import image_tables
+    from orchestrator.core.imaging.masked import segmentation_tables
 
     _hospital(tmp_path / "h" / "a", value=255)
-    tables, schema = image_tables(_job(tmp_path / "h" / "a"))
+    tables, schema = segmentation_tables(_job(tmp_path / "h" / "a"))
     assert schema.segmentation and schema.values == (0, 255) and schema.classes == ("0", "255")
     assert tables[0].y.shape == (6, 64) and set(np.unique(tables[0].y)) == {0, 1}
     with pytest.raises(DataError) as err:   # data.classes names values 0 and 1: 255 is none of them
-        image_tables(_job(tmp_path / "h" / "a", classes=["background", "lesion"]))
+        segmentation_tables(_job(tmp_path / "h" / "a", classes=["background", "lesion"]))
     assert "c0_mask.png: labels [255] are not among the job's labels [0, 1]" in str(err.value)
 
 
 def test_a_mask_of_another_shape_is_named_with_its_hospital(tmp_path):
-    from orchestrator.core.imaging.tables import image_tables
+    from orchestrator.core.imaging.masked import segmentation_tables
 
     _hospital(tmp_path / "h" / "b", mask_shape=(12, 10))
     with pytest.raises(DataError) as err:
-        image_tables(_job(tmp_path / "h" / "b"))
+        segmentation_tables(_job(tmp_path / "h" / "b"))
     text = str(err.value)
     assert "hospital b" in text and "c0_mask.png: mask of shape 12x10, but its image is 12x12" in text
 
 
 def test_an_image_without_its_mask_is_named_with_where_the_pattern_looked(tmp_path):
-    from orchestrator.core.imaging.tables import image_tables
+    from orchestrator.core.imaging.masked import segmentation_tables
 
     (_hospital(tmp_path / "h" / "c") / "c3_mask.png").unlink()
     with pytest.raises(DataError, match=r"1 of 6 images have no mask .* c3.png -> c3_mask.png"):
-        image_tables(_job(tmp_path / "h" / "c"))
+        segmentation_tables(_job(tmp_path / "h" / "c"))
 
 
 # ----------------------------------------------------------------------------------------- metrics
@@ -342,7 +342,7 @@ def test_the_gpu_3d_unet_benchmark_runs_on_the_cpu_at_tiny_sizes():
 def test_a_deployments_census_agrees_the_mask_labels_the_inline_plan_agrees(tmp_path, monkeypatch):
     """Each SuperNode describes its own folder (label values and pixel counts, never a mask); the
     coordinator's schema from those answers is the one the inline engine reads from the folders."""
-    from orchestrator.core.imaging.tables import describe_images
+    from orchestrator.core.imaging.masked import describe_masked
     from orchestrator.jobs.plan import plan_data, plan_from_census
     from orchestrator.spec.loading import load_job
     from tests.conftest import CONFIGS
@@ -350,7 +350,7 @@ def test_a_deployments_census_agrees_the_mask_labels_the_inline_plan_agrees(tmp_
     monkeypatch.setenv("CONSORTIUM_HOME", str(tmp_path))
     data = CONFIGS / "data" / "segmentation_hospitals"
     job = load_job(CONFIGS / "images_segmentation.yaml", [f"data.path={data}", "data.classes=null"])
-    described = {i: describe_images(job, data / name, i) for i, name in enumerate(("hospital_a", "hospital_b"))}
+    described = {i: describe_masked(job, data / name, i) for i, name in enumerate(("hospital_a", "hospital_b"))}
     assert described[0]["labels"] == [0, 1, 2] and "label_pixels" in described[0]
     census = plan_from_census(job, described).schema
     inline = plan_data(job).schema
