@@ -6,7 +6,8 @@ dice_focal; metrics live in metrics.py. The training loop (`training`) and every
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +50,7 @@ class Objective:
     target_scale: float = 1.0
     labels: tuple[str, ...] = ()   # multilabel: the findings, naming their metrics (auroc_<finding>)
     spacing: tuple[float, ...] | None = None   # segmentation: mm per pixel of the grid (HD95)
+    _dice_loss: Any = field(default=None, init=False, repr=False, compare=False)   # MONAI's, made on first use
 
     @classmethod
     def of(cls, job, num_classes: int, weights: list[float] | None = None, model: nn.Module | None = None,
@@ -73,7 +75,7 @@ class Objective:
         return self.head == "segmentation"
 
     def _dice(self):
-        if getattr(self, "_dice_loss", None) is None:
+        if self._dice_loss is None:
             from orchestrator.core.segmentation import dice_loss
 
             self._dice_loss = dice_loss(self.loss)

@@ -135,11 +135,10 @@ def test_volumes_with_label_volumes_train_a_3d_unet_and_predict_keeps_the_lps_af
 @pytest.mark.parametrize("extra", [
     ["kind=centralized", "train.epochs=3"],
     ["kind=local", "federated.rounds=2"],
-    ["federated.rounds=2", "federated.crossval=true"],
     ["federated.rounds=2", "federated.personalize.method=fedrep", "data.spacing=[0.8,0.8]"],
     ["federated.rounds=2", "federated.dp.mode=local", "federated.dp.noise_multiplier=0.5"],
-    ["federated.rounds=2", "model.norm=batch", "federated.personalize.method=fedbn"],
-], ids=["centralized", "local", "crossval", "fedrep", "local-dp", "fedbn"])
+    ["federated.rounds=2", "model.norm=batch", "federated.personalize.method=fedbn", "federated.crossval=true"],
+], ids=["centralized", "local", "fedrep", "local-dp", "fedbn-crossval"])
 def test_every_kind_and_strategy_scores_masks_by_dice(tmp_path, extra):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     result = _result(run_cli("run", CONFIG, f"data.path={DATA}", f"tracking.uri={uri}", *extra, "--json", "-q",
@@ -171,6 +170,7 @@ def test_init_on_exports_of_images_and_masks_writes_a_segmentation_job_that_trai
     assert proc.returncode == 0 and says in " ".join(proc.stdout.split()), proc.stdout + proc.stderr
     text = (tmp_path / "seg.yaml").read_text()
     assert "name: unet" in text and "loss: dice_ce" in text
-    result = _result(run_cli("run", "seg.yaml", "federated.rounds=1", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}",
-                             "--json", "-q", cwd=tmp_path))
-    assert 0 <= result["final"]["eval/dice"] <= 1
+    if export == "segmentation_hospitals":   # (init has already opened and split the data to validate the job)
+        result = _result(run_cli("run", "seg.yaml", "federated.rounds=1", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}",
+                                 "--json", "-q", cwd=tmp_path))
+        assert 0 <= result["final"]["eval/dice"] <= 1
