@@ -107,10 +107,14 @@ def overlays(images: list[np.ndarray], maps: list[np.ndarray], titles: list[str]
     return fig
 
 
-def segmentations(images: list[np.ndarray], truths: list[np.ndarray], preds: list[np.ndarray], labels: int,
+def segmentations(images: list[np.ndarray], truths: list[np.ndarray], preds: list[np.ndarray], labels: list[str],
                   titles: list[str], title: str) -> Figure:
-    """Each image in grey three times: alone, with its true mask over it, with the predicted one."""
-    n = len(images)
+    """Each image in grey three times: alone, with its true mask over it, with the predicted one; a
+    legend names each label's colour (the background, label 0, is left clear)."""
+    from matplotlib.patches import Patch
+
+    n, k = len(images), len(labels)
+    colours = plt.get_cmap("tab10")
     fig, axes = plt.subplots(3, n, figsize=(2.0 * n, 6.3), dpi=110, squeeze=False)
     for j, (image, truth, pred, sub) in enumerate(zip(images, truths, preds, titles)):
         for i, (mask, row) in enumerate(((None, "image"), (truth, "truth"), (pred, "prediction"))):
@@ -118,14 +122,16 @@ def segmentations(images: list[np.ndarray], truths: list[np.ndarray], preds: lis
             ax.imshow(image, cmap="gray")
             if mask is not None:
                 shown = np.ma.masked_where(mask == 0, mask)
-                ax.imshow(shown, cmap="tab10", vmin=0, vmax=max(labels - 1, 1), alpha=0.55, interpolation="nearest")
+                ax.imshow(shown, cmap="tab10", vmin=0, vmax=9, alpha=0.55, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
                 ax.set_ylabel(row, fontsize=8)
         axes[0][j].set_title(sub, fontsize=7)
     fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
+    fig.legend(handles=[Patch(color=colours(c % 10), alpha=0.55, label=labels[c]) for c in range(1, k)],
+               loc="lower center", ncol=min(k - 1, 6), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
 
 
@@ -159,7 +165,7 @@ def log_segmentation_overlays(run, job, plan, model, count: int = 6) -> None:
         dice = [2 * ((t == c) & (p == c)).sum() / max((t == c).sum() + (p == c).sum(), 1) for c in fg]
         titles.append(f"Dice {np.mean(dice):.2f}" if dice else "no structure")
     where = "central held-out split" if job.kind == "federated" else "test split"
-    fig = segmentations(list(images), list(truth), list(pred), plan.num_classes, titles,
+    fig = segmentations(list(images), list(truth), list(pred), list(plan.schema.classes), titles,
                         f"{job.name}: segmentations on the {where}")
     run.log_figure(fig, "plots/segmentation_overlays.png")
     close(fig)

@@ -356,3 +356,19 @@ def test_a_deployments_census_agrees_the_mask_labels_the_inline_plan_agrees(tmp_
     inline = plan_data(job).schema
     assert census.segmentation and census.values == inline.values == (0, 1, 2)
     assert census.classes == inline.classes == ("0", "1", "2") and census.features == inline.features
+
+
+def test_a_2d_models_mask_of_a_volumes_middle_slice_is_written_at_that_slice(tmp_path):
+    """A 2D network reads a 3D NIfTI's middle axial slice: its mask is written as that one slice,
+    the affine moved to it, so a viewer overlays it where the slice lies; read back, it is the mask."""
+    import nibabel as nib
+
+    from orchestrator.core.imaging.writers import write_mask
+
+    affine = np.diag([0.8, 0.8, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(np.zeros((6, 5, 7), np.int16), affine), tmp_path / "vol.nii.gz")
+    labels = np.random.default_rng(0).integers(0, 3, (5, 6))   # the 2D reader's (rows, columns) of (6, 5, 7)
+    written = nib.load(write_mask(labels, tmp_path / "vol.nii.gz", tmp_path / "vol_pred.nii.gz", dims=2))
+    assert written.shape == (6, 5, 1)
+    assert np.allclose(written.affine[:3, 3], (affine @ [0, 0, 3, 1])[:3])   # slice 3 of 7, 9 mm up
+    assert np.array_equal(_decode(tmp_path / "vol_pred.nii.gz", "nifti", 2)[0], labels)
