@@ -21,7 +21,7 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from clients import handlers, queries, secagg
+from clients import handlers, queries, secagg, site
 
 secagg_app = ClientApp(mods=secagg.secagg_mods())
 secagg_app.query()(queries.query)
@@ -32,9 +32,13 @@ _LEGACY = ("fitins", "evaluateins", "secaggplus")  # record names of Flower's Se
 
 
 class _Hospital(ClientApp):
-    """The plain handlers, except that SecAgg+ messages go to `secagg_app`."""
+    """The plain handlers, except that SecAgg+ messages go to `secagg_app`; every message passes
+    the hospital's own policy, ledger and audit log first (`clients.site.guard`)."""
 
     def __call__(self, message: Message, context: Context) -> Message:
+        return site.guard(message, context, self._route)
+
+    def _route(self, message: Message, context: Context) -> Message:
         if any(k.startswith(_LEGACY) for k in message.content.keys()):
             return secagg_app(message, context)
         return super().__call__(message, context)

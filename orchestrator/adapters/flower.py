@@ -228,3 +228,18 @@ def heartbeat_every(seconds: int) -> None:
                          f"refuses others); got {seconds:g}")
     connection.HEARTBEAT_DEFAULT_INTERVAL = seconds
     sender.HEARTBEAT_DEFAULT_INTERVAL = seconds
+
+
+def wire_objects(content) -> tuple[str, list[bytes]]:
+    """(SHA-256, serialized objects) of a message's content as Flower's gRPC transport sends it: the
+    content's object id (a hash over every object below it) and each object's bytes. Flower caches
+    each array's chunks (memoryviews) on the array when asked for them; dropped here, so the content
+    stays deep-copyable (the inline engine copies what crosses its grid)."""
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    objects = get_all_nested_objects(content)
+    blobs = [o.deflate() for o in objects.values()]
+    for o in objects.values():
+        if isinstance(o, FlowerArray):
+            o.__dict__.pop("_chunks", None)
+    return content.object_id, blobs

@@ -13,6 +13,8 @@ NUM_PARTITIONS = "num-partitions"
 DATA_PATH = "data-path"
 STATE_DIR = "state-dir"                # also sent by the server in simulation
 CACHE_DIR = "cache-dir"                # deployment: where the hospital keeps its prepared rows between messages
+SITE_DIR = "site-dir"                  # deployment: the hospital's ledger and audit log (clients.site)
+POLICY = "policy"                      # deployment: its site policy YAML (orchestrator.spec.policy)
 
 # record names in a message's content
 CONFIG, ARRAYS, METRICS = "config", "arrays", "metrics"
@@ -33,6 +35,7 @@ def read_sums(records, num_classes: int) -> tuple[str, np.ndarray] | None:
             values = np.asarray(records[name][SUMS_KEY[name]], dtype=np.float64)
             return task, values.reshape(num_classes, num_classes) if task == "classification" else values
     return None
+SITE = "site"                                          # any reply: its policy's digest, epsilon spent
 CONTROL, CONTROL_DELTA = "control", "control_delta"    # SCAFFOLD: c (to hospitals), c_i+ - c_i (back)
 
 # run config of the Flower App (pyproject [tool.flwr.app.config]), set by `consortium run`
@@ -40,6 +43,7 @@ RUN_JOB, RUN_MLFLOW = "job", "mlflow-run"
 
 # config keys (server -> hospital)
 JOB, SCHEMA = "job", "schema"          # the job spec (JSON) and the agreed schema (JSON)
+RUN = "run"                            # the run's tracking id: how a hospital's ledger and audit log name it
 SERVER_ROUND = "server-round"          # set by Flower's strategies
 CLASS_WEIGHTS = "class-weights"
 ATTRIBUTE = "attribute"                # a query after training: integrated gradients on the own test rows

@@ -46,6 +46,9 @@ def _vectorized_cannot(job: Any) -> str | None:
     if fed.secagg is not None and fed.secagg.enabled:
         return ("cannot run SecAgg+ (its protocol exchanges messages of its own with every hospital): "
                 "set federated.engine: simulation or inline")
+    if fed.sites:
+        return ("does not pass each hospital's messages through its own site policy, ledger and audit log "
+                "(federated.sites): set federated.engine: inline or simulation")
     if fed.dp is not None and fed.dp.mode == "local":
         return ("cannot run local DP-SGD (per-example clipping and noise in each hospital's loop): "
                 "set federated.engine: inline or simulation")

@@ -151,6 +151,11 @@ class FederatedSpec(Spec):
         "stop the rounds when a metric stops improving; end with the best round's model"))
     personalize: PersonalizeSpec | None = Field(None, description=(
         "personalized models: each hospital adapts the final global model to its own rows"))
+    sites: str | None = Field(None, description=(
+        "simulation: a folder standing for the hospitals' own disks: SITES/NAME/policy.yaml (or "
+        "SITES/policy.yaml for every hospital) is that hospital's site policy, enforced at it as a SuperNode's "
+        "--policy is; its privacy ledger and audit log are kept in SITES/NAME/ (a deployment ignores it: "
+        "there each hospital's own SuperNode holds them)"))
     crossval: bool = Field(False, description=(
         "cross-site validation at the end: every model (the global one, the best round's; with kind "
         "local each hospital's own) evaluated at every hospital on its own test rows, only metrics "
