@@ -239,8 +239,8 @@ class ObservedStrategy:
         if bad and not self.accept_failures:
             raise HospitalFailedError(f"round {server_round} ({phase}): {len(bad)} hospital(s) failed and "
                                       f"federated.accept_failures is false: {report.failures[0]}")
-        if replies and not good:
-            reasons = "; ".join(report.failures[:3])
+        if replies and not good:   # every reason (a hospital's policy refusal among them), a line each at most
+            reasons = "; ".join(f.strip().splitlines()[0][:400] for f in report.failures)
             raise NoUsableRepliesError(f"round {server_round} ({phase}): every hospital failed: {reasons}")
         return good + bad
 

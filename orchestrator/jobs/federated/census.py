@@ -45,7 +45,7 @@ def census(grid: Grid, nodes: list[int], config: ConfigRecord, dim: int, num_cla
     by_pid: dict[int, int] = {}
     for reply in grid.send_and_receive(messages, timeout=600):
         if reply.has_error():
-            failures.append(reply.error.reason)
+            failures.append(str(reply.error.reason))
             continue
         arrays = reply.content[STATS].to_numpy_ndarrays()
         totals += np.stack(arrays[:3])
@@ -56,21 +56,22 @@ def census(grid: Grid, nodes: list[int], config: ConfigRecord, dim: int, num_cla
         if pid in row and num_classes:
             labels[row[pid]] = reply.content[LABELS]["train"]
     if failures:
-        raise RuntimeError(f"{len(failures)} hospital(s) failed the census query: {failures[0]}")
+        raise RuntimeError(f"{len(failures)} hospital(s) failed the census query: "
+                           + "; ".join(f.strip().splitlines()[0][:400] for f in failures))
     mean, scale = mean_scale(totals[0], totals[1], totals[2], channels=channels)   # images: per channel
     return Census(mean, scale, labels, target, [by_pid[p] for p in sorted(by_pid)])
 
 
-def describe_census(grid: Grid, nodes: list[int], job_json: str, timeout: float) -> dict[int, dict]:
+def describe_census(grid: Grid, nodes: list[int], job_json: str, timeout: float, run_id: str = "") -> dict[int, dict]:
     """Deployment's round 0a: before any schema exists, every hospital says what its data is
     (`clients.hospitals.describe_share`); partition id -> its description. A hospital whose data
     cannot work is named in the DataError, with its own words about its file."""
     import json
 
-    from orchestrator.core.protocol import DESCRIPTION, JOB
+    from orchestrator.core.protocol import DESCRIPTION, JOB, RUN
     from orchestrator.spec.errors import DataError
 
-    config = ConfigRecord({JOB: job_json})
+    config = ConfigRecord({JOB: job_json, RUN: run_id} if run_id else {JOB: job_json})
     messages = [Message(content=RecordDict({CONFIG: config}), message_type=MessageType.QUERY, dst_node_id=n)
                 for n in nodes]
     found: dict[int, dict] = {}
@@ -92,7 +93,7 @@ def describe_census(grid: Grid, nodes: list[int], job_json: str, timeout: float)
     if problems:
         raise DataError("the hospitals' census", problems)
     if failed:
-        raise RuntimeError(f"{len(failed)} hospital(s) failed the census query: {failed[0]}")
+        raise RuntimeError(f"{len(failed)} hospital(s) failed the census query: {'; '.join(failed)}")
     if not found:
         raise RuntimeError("no hospital answered the census query")
     return found

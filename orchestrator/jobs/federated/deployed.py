@@ -68,7 +68,7 @@ def serve(grid: Grid, context: Context) -> None:
     tracker = open_tracker(job)
     try:
         nodes = wait_for_hospitals(grid, job)
-        plan = plan_from_census(job, describe_census(grid, nodes, job_json, job.federated.round_timeout_s))
+        plan = plan_from_census(job, describe_census(grid, nodes, job_json, job.federated.round_timeout_s, run_id))
         execute(job, plan, tracker, Attach(run_id), kind=kind_of("federated"), launched=Deployed(grid, context))
     except BaseException as exc:
         record_failure(tracker, run_id, exc)

@@ -119,13 +119,15 @@ class Progress:
 
     def __init__(self, rounds: Rounds):
         self.rounds = rounds
+        self.told = 0   # the hospitals' refusals already shown
 
     def round_end(self, end: RoundEnd) -> None:
         if end.round == 0:
             return
         last = self.rounds.run.last
+        fresh, self.told = self.rounds.logger.refusals[self.told:], len(self.rounds.logger.refusals)
         progress.step("round", end.round, end.rounds, last, answered=int(last.get("train/hospitals", 0)),
-                      failed=int(last.get("train/failures", 0)))
+                      failed=int(last.get("train/failures", 0)), note="; ".join(fresh))
 
 
 class DeploymentLog:
@@ -133,10 +135,14 @@ class DeploymentLog:
 
     def __init__(self, rounds: Rounds):
         self.rounds = rounds
+        self.told = 0
 
     def round_end(self, end: RoundEnd) -> None:
         if end.round == 0:
             return
+        for refusal in self.rounds.logger.refusals[self.told:]:   # a hospital's site policy, in its words
+            print(f"[consortium] {refusal}", flush=True)
+        self.told = len(self.rounds.logger.refusals)
         last = self.rounds.run.last
         shown = [f"{k} {last[k]:.4f}" for k in ("eval/accuracy", "eval/f1", "eval/mse", "eval/r2", "eval/loss")
                  if k in last][:2]

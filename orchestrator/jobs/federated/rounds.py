@@ -5,12 +5,13 @@ regression sums); AUROC, which sums cannot give, is the row-weighted mean over h
 """
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from orchestrator.core import metrics as M
-from orchestrator.core.protocol import DP_EPSILON, NUM_EXAMPLES, PERSONAL_SUMS, SUMS_KEY, SUMS_RECORD, read_sums
+from orchestrator.core.protocol import DP_EPSILON, NUM_EXAMPLES, PERSONAL_SUMS, SITE, SUMS_KEY, SUMS_RECORD, read_sums
 from strategies.base import RoundReport
 
 if TYPE_CHECKING:
@@ -35,6 +36,8 @@ class RoundLogger:
         self.confusion: np.ndarray | None = None
         self.node_names: dict[int, str] = {}           # node id -> hospital, once the census has answered
         self.failed: dict[str, list[str]] = {}         # phase -> the hospitals that failed it, last round
+        self.refusals: list[str] = []                  # what hospitals' site policies refused, each reason once
+        self.policies: dict[str, str] = {}             # hospital -> its site policy's digest (never its content)
 
     def __call__(self, report: RoundReport) -> None:
         step, m = report.server_round, {}
@@ -74,12 +77,48 @@ class RoundLogger:
                 if task == "classification":
                     self.confusion = total.astype(np.int64)
                 m.update({f"eval/{name}": v for name, v in M.from_sums(total, task, self.labels).items()})
+        m.update(self._sites(report))
         eps = [hm[DP_EPSILON] for hm in report.hospitals.values() if DP_EPSILON in hm]
         if eps:  # local DP: the most any hospital has spent
             m["dp/epsilon"] = max(eps)
         m[f"{prefix}/failures"] = len(report.failures)
         m[f"{prefix}/hospitals"] = len(report.hospitals)
         self.run.log_metrics(m, step)
+
+    def _sites(self, report: RoundReport) -> dict[str, float]:
+        """What the hospitals' own controls said (`clients.site`): each policy's digest (a tag per
+        hospital), the epsilon each spent by its own ledger, and every refusal's reason (the tag
+        `site.refusals` and site/refusals.json), as the server heard them."""
+        m: dict[str, float] = {}
+        tags: dict[str, str] = {}
+        for pid, extras in report.extras.items():
+            site = extras.get(SITE)
+            if site is None:
+                continue
+            name = self.names.get(pid, str(pid))
+            if self.policies.get(name) != site.get("policy"):
+                self.policies[name] = str(site.get("policy"))
+                tags[f"site.{name}.policy"] = self.policies[name]
+            for key in ("epsilon_run", "epsilon_dataset"):
+                if key in site:
+                    m[f"hospital_{name}/site/{key}"] = float(site[key])
+        new = [r for r in dict.fromkeys(f.split(": ", 1)[-1].strip() for f in report.failures if " refuses: " in f)
+               if r not in self.refusals]
+        for reason in new:   # "hospital NAME refuses: WHY (policy DIGEST)": a refusing hospital's digest too
+            found = re.match(r"hospital (.+?) refuses: .*\(policy (\w+)\)$", reason, re.S)
+            if found and self.policies.get(found[1]) != found[2]:
+                self.policies[found[1]] = found[2]
+                tags[f"site.{found[1]}.policy"] = found[2]
+        if new:
+            self.refusals += new
+            tags["site.refusals"] = "\n".join(self.refusals)[:5000]
+            self.run.log_dict({"refusals": self.refusals}, "site/refusals.json")
+        if tags:
+            self.run.set_tags(tags)
+        if self.refusals or new:
+            m[f"{'train' if report.phase == 'train' else 'eval'}/refusals"] = float(
+                sum(" refuses: " in f for f in report.failures))
+        return m
 
     def _personal(self, report: RoundReport, sums: list) -> dict[str, float]:
         """The hospitals' personal models this round: pooled exactly from their sums, and the plain

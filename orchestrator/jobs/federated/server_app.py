@@ -25,7 +25,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from orchestrator.adapters.flower import to_torch_state
 from orchestrator.core.models import image_channels, standardizer
-from orchestrator.core.protocol import CLASS_WEIGHTS, JOB, SCHEMA, STATE_DIR, UNIFORM_WEIGHT, from_state
+from orchestrator.core.protocol import CLASS_WEIGHTS, JOB, RUN, SCHEMA, STATE_DIR, UNIFORM_WEIGHT, from_state
 from orchestrator.core.training import Objective, balanced_weights, evaluate, tensors
 from orchestrator.jobs.federated import listeners
 from orchestrator.jobs.federated.census import census, wait_for_nodes
@@ -143,7 +143,8 @@ class Rounds:
 
     def config(self) -> ConfigRecord:
         """What every message tells the hospitals: the job, the agreed schema, where state lives."""
-        config = ConfigRecord({JOB: self.job.model_dump_json(), SCHEMA: json.dumps(self.plan.schema.to_dict())})
+        config = ConfigRecord({JOB: self.job.model_dump_json(), SCHEMA: json.dumps(self.plan.schema.to_dict()),
+                               RUN: self.run.run_id})
         if self.job.federated.engine != "deployment":  # one machine: the hospitals' state beside the run's
             config[STATE_DIR] = str(self.ckpt_dir / "hospitals")
         return config
