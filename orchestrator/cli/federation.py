@@ -162,14 +162,18 @@ def supernode(superlink_address: str = typer.Option(..., "--superlink", help="HO
               num_partitions: int = typer.Option(..., help="N, the hospitals in the consortium"),
               data: Optional[Path] = typer.Option(None, help="This hospital's CSV, or its folder of images (none for bundled demo data)"),
               port: int = typer.Option(9094, help="The node's own local port (one per node on a machine)"),
-              state: Path = typer.Option(Path("supernode-state"), help="Cache, Flower state and logs"),
+              state: Path = typer.Option(Path("supernode-state"), help="Cache, Flower state, logs, and this "
+                                                                        "hospital's ledger and audit log (STATE/site)"),
+              policy: Optional[Path] = typer.Option(None, help="This hospital's site policy (YAML): what it "
+                                                                "allows, its privacy budget, its k"),
               insecure: bool = typer.Option(False, help="No TLS, no authentication (local tests only)")) -> None:
     """Start one hospital's SuperNode on its own CSV (or folder of images), in the foreground."""
     from orchestrator.federation.daemons import start_supernode
     from orchestrator.federation.flower import Link
 
     # relative paths are this shell's: the node runs from its own state directory
-    ca, key, data = (p.resolve() if p is not None else None for p in (ca, key, data))
+    ca, key, data, policy = (p.resolve() if p is not None else None for p in (ca, key, data, policy))
+    site_policy = _site_policy(policy) if policy is not None else None
     state = state.resolve()
     if num_partitions < 1:
         _user_error("--num-partitions", f"{num_partitions}: the number of hospitals in the consortium (1 or more)")
@@ -192,11 +196,118 @@ def supernode(superlink_address: str = typer.Option(..., "--superlink", help="HO
         problem = tls_problem(superlink_address, ca, timeout=30)
         if problem:
             _user_error("--ca", problem)
+    publishers = None
+    if site_policy is not None and policy is not None:
+        publishers = _trusted(site_policy, policy, superlink_address, ca)
     if data is not None and not data.exists():
         _user_error("--data", f"{data}: no such file or folder; expected this hospital's CSV (or its folder of images)")
-    d = start_supernode(link, key, partition_id, num_partitions, data, port, state)
+    d = start_supernode(link, key, partition_id, num_partitions, data, port, state, policy=policy,
+                        publishers=publishers)
     _say(f"SuperNode {partition_id}/{num_partitions} -> {superlink_address} (log: {d.log}); Ctrl-C stops it")
     _foreground(d, said={NOT_REGISTERED: ("--key", "[consortium] ")})
+
+
+def _site_policy(path: Path):
+    from orchestrator.spec.errors import UserError
+    from orchestrator.spec.policy import load_policy
+
+    try:
+        return load_policy(path)
+    except UserError as exc:
+        _user_error(f"--policy {exc.source}", "; ".join(exc.problems))
+
+
+def _trusted(site_policy, policy: Path, address: str, ca: Path | None) -> Path | None:
+    """The policy's trust section, checked before Flower starts: the SuperLink's certificate is the
+    one it names; its app publishers' file (Flower's --trusted-entities) exists."""
+    from orchestrator.federation.flower import certificate_sha256
+
+    trust = site_policy.trust
+    if trust.superlink_sha256:
+        want = trust.superlink_sha256.replace(":", "").lower()
+        try:
+            got = certificate_sha256(address, ca)
+        except OSError as exc:
+            _user_error("--superlink", f"cannot read the SuperLink's certificate at {address}: {exc}")
+        if got != want:
+            _user_error(f"--policy {policy}", f"trust.superlink_sha256: the SuperLink at {address} presents a "
+                                              f"certificate with fingerprint {got}, not the {want} this hospital "
+                                              "trusts: it refuses to join")
+    if trust.publishers is None:
+        return None
+    publishers = (policy.parent / trust.publishers).resolve()
+    if not publishers.is_file():
+        _user_error(f"--policy {policy}", f"trust.publishers: {publishers}: no such file (Flower's trusted "
+                                          "entities: public key id -> ssh-ed25519 key)")
+    return publishers
+
+
+def _site_dir(state: Path) -> Path:
+    """A SuperNode's --state directory (its site/ inside) or a simulated hospital's folder itself."""
+    return state / "site" if (state / "site").is_dir() else state
+
+
+@fed_app.command()
+def ledger(state: Path = typer.Option(Path("supernode-state"), "--state", help="The SuperNode's --state directory, "
+                                                                            "or a simulated hospital's folder (SITES/NAME)"),
+           policy: Optional[Path] = typer.Option(None, help="The site policy: its budget and delta"),
+           delta: float = typer.Option(1e-5, help="The delta epsilon is reported at (the policy's, if given)")) -> None:
+    """This hospital's privacy ledger: epsilon spent per dataset and per run, composed (RDP)."""
+    from clients.ledger import Ledger, epsilon
+
+    site = _site_dir(state)
+    if not (site / "ledger.db").is_file():
+        _user_error(str(state), "no privacy ledger here (site/ledger.db): no DP round has been answered by this hospital")
+    budget = None
+    if policy is not None:
+        p = _site_policy(policy)
+        delta, budget = p.privacy.delta, p.privacy.epsilon_budget
+    book = Ledger(site / "ledger.db")
+    try:
+        runs = book.summary()
+        for dataset in dict.fromkeys(r["dataset"] for r in runs):
+            total = epsilon(book.releases(dataset), delta)
+            limit = f" of its budget {budget:g}" if budget else ""
+            _say(f"dataset {dataset}: epsilon {total:.4g} spent{limit} (delta {delta:g}, RDP over every release)")
+            for r in (r for r in runs if r["dataset"] == dataset):
+                eps = epsilon(book.releases(dataset, r["run"]), delta)
+                _say(f"  run {r['run']}  job {r['job']}  {r['mode']} DP  {r['rounds']} rounds  epsilon {eps:.4g}")
+    finally:
+        book.close()
+
+
+audit_app = typer.Typer(no_args_is_help=True, help="This hospital's audit log of every message in and out.")
+
+
+@audit_app.command("verify")
+def audit_verify(state: Path = typer.Option(Path("supernode-state"), "--state", help="The SuperNode's --state "
+                                                                                  "directory, or SITES/NAME")) -> None:
+    """Check the hash chain: find an entry changed, removed or reordered (exit 1)."""
+    from clients.audit import verify
+
+    log = _site_dir(state) / "audit.jsonl"
+    n, problems = verify(log)
+    if problems:
+        for p in problems:
+            _say(f"consortium: {log}: {p}", err=True)
+        raise typer.Exit(1)
+    _say(f"{log}: {n} entries, the chain is whole")
+
+
+@audit_app.command("report")
+def audit_report(run: str = typer.Argument(..., help="The run's MLflow run id (or its Flower run id)"),
+                 state: Path = typer.Option(Path("supernode-state"), "--state", help="The SuperNode's --state "
+                                                                                   "directory, or SITES/NAME")) -> None:
+    """What left this hospital in one run, in words and numbers, for its ethics board."""
+    from clients.audit import report
+
+    log = _site_dir(state) / "audit.jsonl"
+    if not log.is_file():
+        _user_error(str(state), "no audit log here (site/audit.jsonl)")
+    _say(report(log, run))
+
+
+fed_app.add_typer(audit_app, name="audit")
 
 
 @fed_app.command()

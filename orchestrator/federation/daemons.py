@@ -12,7 +12,8 @@ plain protocol only: every update then travels in the clear and any process can 
     supernode   (through `rejoin`, which restarts it until admitted after a crash)
                 flower-supernode --superlink HOST:PORT --root-certificates CA
                 --auth-supernode-private-key KEY --node-config 'partition-id=N num-partitions=M
-                data-path="CSV" cache-dir="..."' --port LOCAL (its own Runtime API, one per node)
+                data-path="CSV" cache-dir="..." site-dir="..." policy="..."' --port LOCAL (its own
+                Runtime API, one per node)
 """
 from __future__ import annotations
 
@@ -134,24 +135,29 @@ def start_superlink(host: str, port: int, state: Path, certs: Path | None, wrap:
     return d
 
 
-def node_config(partition_id: int, num_partitions: int, data: Path | None, cache: Path | None) -> str:
+def node_config(partition_id: int, num_partitions: int, data: Path | None, cache: Path | None,
+                site: Path | None = None, policy: Path | None = None) -> str:
     parts = [f"partition-id={partition_id}", f"num-partitions={num_partitions}"]
-    if data is not None:
-        parts.append(f'data-path="{data.resolve()}"')
-    if cache is not None:
-        parts.append(f'cache-dir="{cache.resolve()}"')
+    for key, path in (("data-path", data), ("cache-dir", cache), ("site-dir", site), ("policy", policy)):
+        if path is not None:
+            parts.append(f'{key}="{path.resolve()}"')
     return " ".join(parts)
 
 
 def supernode_argv(link: Link, key: Path | None, partition_id: int, num_partitions: int, data: Path | None,
-                   port: int, state: Path) -> list[str]:
+                   port: int, state: Path, policy: Path | None = None, publishers: Path | None = None) -> list[str]:
+    """flower-supernode's arguments: its node config names the hospital's data, its cache, its site
+    directory (ledger and audit log, `clients.site`) and its site policy; `publishers` is Flower's
+    --trusted-entities (the app publishers whose signed FABs it runs)."""
     from orchestrator.federation.supernode import HEARTBEAT_ENV
 
     # with CONSORTIUM_HEARTBEAT_S set, flower-supernode at that heartbeat interval (federation.supernode)
     head = [sys.executable, "-m", "orchestrator.federation.supernode"] if os.environ.get(HEARTBEAT_ENV) else \
         [binary("flower-supernode")]
     argv = [*head, "--superlink", link.address, "--port", str(port), "--host", "127.0.0.1",
-            "--node-config", node_config(partition_id, num_partitions, data, state / "cache")]
+            "--node-config", node_config(partition_id, num_partitions, data, state / "cache", state / "site", policy)]
+    if publishers is not None:
+        argv += ["--trusted-entities", str(publishers)]
     if link.ca is None:
         return [*argv, "--insecure"]
     argv += ["--root-certificates", str(link.ca)]
@@ -161,9 +167,11 @@ def supernode_argv(link: Link, key: Path | None, partition_id: int, num_partitio
 
 
 def start_supernode(link: Link, key: Path | None, partition_id: int, num_partitions: int, data: Path | None,
-                    port: int, state: Path, wrap: list[str] | None = None, env: dict | None = None) -> Daemon:
-    """One hospital's SuperNode; it keeps its prepared rows and Flower state under `state`."""
+                    port: int, state: Path, wrap: list[str] | None = None, env: dict | None = None,
+                    policy: Path | None = None, publishers: Path | None = None) -> Daemon:
+    """One hospital's SuperNode; it keeps its prepared rows, Flower state, ledger and audit log
+    (STATE/site) under `state`, and enforces its site `policy`."""
     state.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "orchestrator.federation.rejoin",
-            *supernode_argv(link, key, partition_id, num_partitions, data, port, state)]
+            *supernode_argv(link, key, partition_id, num_partitions, data, port, state, policy, publishers)]
     return _spawn(f"supernode-{partition_id}", argv, state / "flwr-home", state / "supernode.log", wrap, env)

@@ -72,6 +72,21 @@ def tls_problem(address: str, ca: Path, timeout: float = 10.0) -> str | None:
             time.sleep(0.5)
 
 
+def certificate_sha256(address: str, ca: Path | None, timeout: float = 10.0) -> str:
+    """The SHA-256 fingerprint (hex) of the TLS certificate the server at `address` presents."""
+    import hashlib
+    import ssl
+
+    host, _, port = address.rpartition(":")
+    ctx = ssl.create_default_context(cafile=str(ca)) if ca else ssl._create_unverified_context()  # noqa: S323
+    ctx.check_hostname = False
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
+        with ctx.wrap_socket(sock, server_hostname=host.strip("[]")) as tls:
+            der = tls.getpeercert(binary_form=True)
+    return hashlib.sha256(der or b"").hexdigest()
+
+
 def binary(name: str) -> str:
     """A Flower program from this environment (the SuperLink and SuperNode start `flower-superexec`
     by name, so this environment's bin directory goes first on their PATH)."""
