@@ -242,3 +242,10 @@ def test_kuberay_schema_check_can_fail(mutate, message):
     mutate(manifest)
     with pytest.raises(jsonschema.ValidationError, match=message):
         jsonschema.validate(manifest, _rayjob_schema())
+
+
+def test_the_example_site_policy_is_a_valid_policy():
+    from orchestrator.spec.policy import load_policy
+
+    policy = load_policy(ROOT / "deploy" / "federation" / "site-policy.yaml")
+    assert policy.min_count == 5 and policy.privacy.epsilon_budget == 8.0 and policy.allow.max_rounds == 50
