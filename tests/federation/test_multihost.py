@@ -115,11 +115,7 @@ def test_three_hospitals_on_their_own_hosts_federate_over_tls_and_survive_an_int
         for name in SITES:
             register(local, certs.hospitals[name][1], name=name, wrap=_in(coord))
         capture_file = tmp_path / "hospital0.pcap"
-        if shutil.which("tcpdump"):  # .ci/run installs Debian's tcpdump where it is missing
-            capture = subprocess.Popen([*_in(coord), shutil.which("tcpdump"), "-Z", "root", "-i", f"vc{tag}0", "-U",
-                                        "-w", str(capture_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        elif os.environ.get("CI"):
-            pytest.fail("tcpdump is missing: the TLS check on the wire needs it (apt-get install tcpdump)")
+        capture = _capture(coord, f"vc{tag}0", capture_file)
 
         def node(i: int, key: Path, name: str, pid: int):
             data = tmp_path / f"host-{name}" / "data"  # only this hospital's SuperNode is given this directory
@@ -163,11 +159,7 @@ def test_three_hospitals_on_their_own_hosts_federate_over_tls_and_survive_an_int
         listed = json_out(flwr(local, "ls", CONNECTION, "--format", "json", wrap=_in(coord)))
         assert listed.get("success") and str(flower_run) in json.dumps(listed), listed   # the operator can
     finally:
-        if capture is not None:
-            capture.send_signal(signal.SIGINT)
-            capture.wait(timeout=20)
-        for d in daemons:
-            d.stop()
+        _stop(capture, daemons)
 
     client = MlflowClient(uri)
     run = client.get_run(result["run_id"])
@@ -232,6 +224,25 @@ def test_registrations_survive_a_superlink_restart_and_hospitals_without_the_ca_
         assert "not trusted" in wrong.stderr and "Traceback" not in wrong.stderr
     finally:
         superlink.stop()
+
+
+def _capture(ns: str, iface: str, path: Path, *extra: str) -> subprocess.Popen | None:
+    """tcpdump on `iface` inside `ns`, writing `path` (None where tcpdump is missing, outside CI;
+    .ci/run installs Debian's tcpdump where it is missing)."""
+    if shutil.which("tcpdump"):
+        return subprocess.Popen([*_in(ns), shutil.which("tcpdump"), "-Z", "root", "-i", iface, "-U", *extra, "-w",
+                                 str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if os.environ.get("CI"):
+        pytest.fail("tcpdump is missing: the checks on the wire need it (apt-get install tcpdump)")
+    return None
+
+
+def _stop(capture: subprocess.Popen | None, daemons: list) -> None:
+    if capture is not None:
+        capture.send_signal(signal.SIGINT)
+        capture.wait(timeout=20)
+    for d in daemons:
+        d.stop()
 
 
 def _wait_tls(ns: str, link) -> None:

@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import CONFIGS, ROOT
-from tests.federation.test_multihost import CONTROL, PORT, SITES, _cli, _in, _kill_while_training, _wait_tls, hosts  # noqa: F401
+from tests.federation.test_multihost import (  # noqa: F401 - hosts: the namespaces fixture
+    CONTROL, PORT, SITES, _capture, _cli, _in, _kill_while_training, _stop, _wait_tls, hosts)
 
 pytestmark = pytest.mark.integration
 
@@ -108,12 +106,7 @@ def test_site_policies_ledgers_and_audit_logs_at_three_hospitals_on_their_own_ho
         _wait_tls(coord, local)
         for name in SITES:
             register(local, certs.hospitals[name][1], name=name, wrap=_in(coord))
-        if shutil.which("tcpdump"):
-            capture = subprocess.Popen([*_in(coord), shutil.which("tcpdump"), "-Z", "root", "-i", f"vc{tag}0", "-U",
-                                        "-s", "128", "-w", str(pcap)], stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL)
-        elif os.environ.get("CI"):
-            pytest.fail("tcpdump is missing: the byte count on the wire needs it (apt-get install tcpdump)")
+        capture = _capture(coord, f"vc{tag}0", pcap, "-s", "128")   # headers: lengths are all it reads
         for pid, name in enumerate(SITES):
             data = host(name) / "data"
             data.mkdir(parents=True)
@@ -139,11 +132,7 @@ def test_site_policies_ledgers_and_audit_logs_at_three_hospitals_on_their_own_ho
         (host("cleveland") / "policy.yaml").write_text(json.dumps(policies["cleveland"]))
         c, lines_c = run(*dp, kill=1)
     finally:
-        if capture is not None:
-            capture.send_signal(signal.SIGINT)
-            capture.wait(timeout=20)
-        for d in daemons:
-            d.stop()
+        _stop(capture, daemons)
 
     client = MlflowClient(uri)
     run_a, run_b, run_c = (client.get_run(r["run_id"]) for r in (a, b, c))
