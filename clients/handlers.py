@@ -36,6 +36,7 @@ class Hospital:
     name: str
     raw: Split
     _ready: tuple | None = None
+    residual: dict | None = None   # federated.compression's error feedback, where no Flower context keeps it
 
     def tensors(self, input_mean: np.ndarray) -> tuple[torch.Tensor, ...]:
         """Imputed once, from this hospital's own training rows. A column it never observed is
@@ -126,7 +127,7 @@ def train(message: Message, context: Context) -> Message:
 
         d_loss, g_loss, steps = train_gan(model, X, y, h.job.train.optimizer.lr, h.job.train.batch_size, epochs, seed)
         metrics.update({"train_d_loss": d_loss, "train_g_loss": g_loss})
-        return train_reply(h, message, start, model.state_dict(), d_loss + g_loss, steps, metrics, extra)
+        return train_reply(h, message, start, model.state_dict(), d_loss + g_loss, steps, metrics, extra, context)
     how = personal.method(h)
     if how in personal.LOCAL_PARTS:   # its own head / batch norm in place of the global one
         personal.restore(h, model, context, message, server_round)
@@ -144,11 +145,11 @@ def train(message: Message, context: Context) -> Message:
         loss, steps = _train_with_hook(h, model, X, y, message, context, seed, objective, schedule, metrics, extra)
     if how in personal.LOCAL_PARTS:
         personal.keep(h, model, context, message, server_round)
-    return train_reply(h, message, start, model.state_dict(), loss, steps, metrics, extra)
+    return train_reply(h, message, start, model.state_dict(), loss, steps, metrics, extra, context)
 
 
 def train_reply(h: Hospital, message: Message, start: dict, state: dict, loss: float, steps: int,
-                metrics: dict, extra: dict) -> Message:
+                metrics: dict, extra: dict, context: Context | None = None) -> Message:
     """What a hospital sends back after training: its weights (poisoned in an attack drill), its
     row count, loss and steps (FedNova's norms), and `extra` records (a strategy hook's)."""
     fed = h.job.federated
@@ -162,8 +163,35 @@ def train_reply(h: Hospital, message: Message, start: dict, state: dict, loss: f
                     P.LOCAL_STEPS: int(steps), P.MOMENTUM: float(h.job.train.optimizer.momentum)})
     if P.UNIFORM_WEIGHT in message.content[P.CONFIG]:  # central DP: every hospital counts once
         metrics[P.UNIFORM_WEIGHT] = 1.0
-    content = Records({P.ARRAYS: P.from_state(state), P.METRICS: metric_record(metrics), **extra})
+    arrays = P.from_state(state) if fed.compression is None else P.from_state(_compressed(h, message, context, start, state))
+    content = Records({P.ARRAYS: arrays, P.METRICS: metric_record(metrics), **extra})
     return Message(content=content, reply_to=message)
+
+
+RESIDUAL = "compression-residual"
+
+
+def _compressed(h: Hospital, message: Message, context: Context | None, start: dict, state: dict) -> dict:
+    """federated.compression: the update encoded; what the encoding lost kept for the next round
+    (error feedback), in this hospital's Flower context (and its state dir, for a resumed run)."""
+    from orchestrator.core.compression import compress_update
+
+    spec = h.job.federated.compression
+    assert spec is not None
+    server_round = int(str(message.content.config_records[P.CONFIG][P.SERVER_ROUND]))
+    before = {k: v.numpy() if hasattr(v, "numpy") else np.asarray(v) for k, v in start.items()}
+    after = {k: v.detach().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in state.items()}
+    residual = None
+    if spec.error_feedback:
+        residual = (kept.load(RESIDUAL, h.partition_id, context, message, server_round) if context is not None
+                    else h.residual) or {}
+    sent, residual = compress_update(before, after, spec.method, spec.fraction, residual)
+    if residual is not None:
+        if context is not None:
+            kept.save(RESIDUAL, h.partition_id, context, message, server_round, residual)
+        else:
+            h.residual = residual
+    return sent
 
 
 def _train_with_hook(h: Hospital, model: torch.nn.Module, X, y, message: Message, context: Context, seed: int,

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.core.protocol import NUM_EXAMPLES, PARTITION_ID
+from orchestrator.core.protocol import NUM_EXAMPLES, PARTITION_ID, content_bytes
 from strategies.hospital import NOTHING, HospitalHook
 
 PARTITION_KEY = PARTITION_ID
@@ -89,6 +89,8 @@ class RoundReport:
     failures: list[str] = field(default_factory=list)
     failed_nodes: list[int] = field(default_factory=list)   # the node ids behind `failures`
     extras: dict[int, dict[str, dict]] = field(default_factory=dict)  # partition-id -> config records
+    bytes_up: dict[int, int] = field(default_factory=dict)     # partition-id -> its reply's bytes
+    bytes_down: dict[int, int] = field(default_factory=dict)   # node id -> the bytes sent to it
 
 
 Listener = Callable[[RoundReport], None]
@@ -179,6 +181,7 @@ class ObservedStrategy:
 
     def configure_train(self, server_round: int, arrays, config, grid):
         r = self._round(server_round)
+        self.__dict__["_sent_arrays"] = arrays   # what compressed updates are decoded against
         return self._sending("train", super().configure_train(r, arrays, config, self._view(grid, r, "train")))
 
     def evaluates(self, true_round: int) -> bool:
@@ -196,6 +199,8 @@ class ObservedStrategy:
         round timeout) counts as a failure of the round, like one that answered with an error."""
         messages = list(messages)
         self.__dict__.setdefault("_asked", {})[phase] = {m.metadata.dst_node_id for m in messages}
+        self.__dict__.setdefault("_bytes_down", {})[phase] = {m.metadata.dst_node_id: content_bytes(m.content)
+                                                             for m in messages}
         return messages
 
     def checkpoint_state(self) -> dict[str, dict[str, np.ndarray]]:
@@ -216,11 +221,16 @@ class ObservedStrategy:
         good = [m for m in replies if not m.has_error()]
         bad = [m for m in replies if m.has_error()]
         found = {id(m): _metrics(m) for m in good}
+        sizes = {id(m): content_bytes(m.content) for m in good}   # as they travelled (compressed, if they were)
+        if phase == "train":
+            self._decompress(good)
         good.sort(key=lambda m: int(found[id(m)].get(PARTITION_KEY, m.metadata.src_node_id)))
         report = RoundReport(server_round, phase)
+        report.bytes_down = self.__dict__.get("_bytes_down", {}).pop(phase, {})
         for m in good:
             metrics = found[id(m)]
             pid = int(metrics.get(PARTITION_KEY, -1))
+            report.bytes_up[pid] = sizes[id(m)]
             report.hospitals[pid] = {
                 k: float(v) for k, v in metrics.items() if k != PARTITION_KEY and isinstance(v, (int, float))
             }
@@ -243,6 +253,18 @@ class ObservedStrategy:
             reasons = "; ".join(f.strip().splitlines()[0][:400] for f in report.failures)
             raise NoUsableRepliesError(f"round {server_round} ({phase}): every hospital failed: {reasons}")
         return good + bad
+
+    def _decompress(self, replies: list) -> None:
+        """federated.compression: each update as the weights it stands for (the global model sent
+        this round plus the decoded update), before any arithmetic sees it."""
+        from orchestrator.core.compression import decompress_update, is_encoded
+        from orchestrator.core.protocol import ARRAYS, from_state, to_state
+
+        sent = self.__dict__.get("_sent_arrays")
+        for m in replies:
+            record = m.content.array_records.get(ARRAYS)
+            if record is not None and sent is not None and is_encoded(record.keys()):
+                m.content[ARRAYS] = from_state(decompress_update(to_state(record), to_state(sent)))
 
     def _train_replies(self, server_round: int, replies: Iterable) -> tuple[list, list]:
         """For strategies with arithmetic of their own: the usable replies' contents in hospital

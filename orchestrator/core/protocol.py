@@ -82,3 +82,17 @@ def from_state(state: dict):
     for k, v in state.items():
         record[k] = Array(np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v))
     return record
+
+
+def content_bytes(content) -> int:
+    """The bytes a message's content takes on the wire, near enough: every array's serialized data
+    and the other records' serialized form (Flower's per-object headers and gRPC framing aside)."""
+    from flwr.app import ArrayRecord
+
+    total = 0
+    for record in content.values():
+        if isinstance(record, ArrayRecord):
+            total += sum(len(a.data) for a in record.values())
+        else:
+            total += len(record.deflate())
+    return total

@@ -62,6 +62,17 @@ class SecAggSpec(Spec):
     quantization_range: Annotated[int, Field(ge=2, description="levels of the quantised update")] = 4194304
 
 
+class CompressionSpec(Spec):
+    """Fewer bytes per update: each hospital sends its update (trained - global) encoded; the server
+    decodes it before the strategy aggregates (orchestrator.core.compression)."""
+    method: Literal["float16", "bfloat16", "int8", "topk"] = Field("int8", description=(
+        "float16 | bfloat16 (2 bytes a value) | int8 (1 byte a value, a scale per tensor) | topk (the "
+        "largest `fraction` of each tensor's values, with their indices)"))
+    fraction: Annotated[float, Field(gt=0.0, le=1.0, description="topk: the share of each tensor's values sent")] = 0.1
+    error_feedback: bool = Field(True, description=(
+        "each hospital adds what the encoding lost to its next round's update (kept at the hospital)"))
+
+
 class PersonalizeSpec(Spec):
     """A personal model at every hospital, from the global model and its own rows only (metrics
     personal/..., personal_site_mean/... and hospital_<name>/personal/...). finetune: after the
@@ -151,6 +162,9 @@ class FederatedSpec(Spec):
         "stop the rounds when a metric stops improving; end with the best round's model"))
     personalize: PersonalizeSpec | None = Field(None, description=(
         "personalized models: each hospital adapts the final global model to its own rows"))
+    compression: CompressionSpec | None = Field(None, description=(
+        "updates sent as float16/bfloat16, 8-bit or top-k sparse (with error feedback); bytes up and down "
+        "are logged as comm/bytes_up and comm/bytes_down either way"))
     sites: str | None = Field(None, description=(
         "simulation: a folder standing for the hospitals' own disks: SITES/NAME/policy.yaml (or "
         "SITES/policy.yaml for every hospital) is that hospital's site policy, enforced at it as a SuperNode's "

@@ -314,6 +314,10 @@ def _check_federated(job: JobSpec) -> list[str]:
                                 "(model.norm: group)")
         if fed.secure:
             problems.append("federated.dp: combine DP with secagg is not supported yet (choose one)")
+    if fed.compression is not None and (fed.secure or (fed.dp is not None and fed.dp.mode == "central")):
+        problems.append("federated.compression: " + ("SecAgg+ quantizes the masked updates on its own terms"
+                                                     if fed.secure else "central DP clips each hospital's whole "
+                                                     "update at the server (use dp.mode: local)") + "; remove one")
     if fed.secure:
         if not strategy.plain_average:
             problems.append(f"federated.secagg: SecAgg+ sums masked updates, which only FedAvg can use; "

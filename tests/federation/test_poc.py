@@ -22,20 +22,25 @@ def _result(proc) -> dict:
 
 def test_the_four_heart_hospitals_federate_through_the_deployment_engine_as_they_do_in_simulation(tmp_path):
     """Also with each hospital keeping its own head across rounds (fedper: on its SuperNode, in its
-    Flower Context) and the cross-site matrix scored at the end: the same numbers in both engines."""
+    Flower Context), its updates sent 8-bit with error feedback (the residual kept there too), and
+    the cross-site matrix scored at the end: the same numbers, bytes on the wire included, in both engines."""
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     common = [f"data.path={CONFIGS / 'data' / 'heart_disease'}", "federated.rounds=2", f"tracking.uri={uri}",
-              "federated.personalize.method=fedper", "federated.crossval=true"]
+              "federated.personalize.method=fedper", "federated.crossval=true", "federated.compression={method: int8}"]
     deployed = _result(run_cli("federation", "poc", str(HEART), *common, "tracking.register_model=heart-deployed",
                                "--json", cwd=tmp_path, timeout=900))
     simulated = _result(run_cli("run", str(HEART), *common, "federated.engine=simulation", "--json", cwd=tmp_path))
 
     # same seed, same hospitals, same partition ids: the same numbers, whichever engine carried them
     assert deployed["final"].keys() == simulated["final"].keys()
-    assert {"personal/accuracy", "personal_site_mean/accuracy", "crossval/global/mean_accuracy"} <= deployed["final"].keys()
+    assert {"personal/accuracy", "personal_site_mean/accuracy", "crossval/global/mean_accuracy",
+            "comm/bytes_up", "comm/bytes_down"} <= deployed["final"].keys()
     for k, v in simulated["final"].items():
-        if not k.startswith("time/"):
+        if not k.startswith(("time/", "comm/")):
             assert deployed["final"][k] == pytest.approx(v, abs=1e-6), k
+    # the same updates on the wire; a deployed reply also carries its hospital's `site` record
+    extra = deployed["final"]["comm/bytes_up"] - simulated["final"]["comm/bytes_up"]
+    assert 0 < extra <= 4 * 100, extra
     client = MlflowClient(uri)
     run = client.get_run(deployed["run_id"])
     assert run.info.status == "FINISHED"
@@ -81,8 +86,11 @@ def test_image_hospitals_with_several_findings_federate_through_the_deployment_e
     inline = _result(run_cli("run", config, *common, "federated.engine=inline", "--json", cwd=tmp_path))
     assert {"eval/auroc_even", "eval/auroc_large", "eval/auroc_round", "eval/hamming_loss"} <= deployed["final"].keys()
     for k, v in inline["final"].items():
-        if not k.startswith("time/"):
+        if not k.startswith(("time/", "comm/")):
             assert deployed["final"][k] == pytest.approx(v, abs=1e-6), k
+    # the same updates on the wire; a deployed reply also carries its hospital's `site` record
+    extra = deployed["final"]["comm/bytes_up"] - simulated["final"]["comm/bytes_up"]
+    assert 0 < extra <= 4 * 100, extra
     run = MlflowClient(uri).get_run(deployed["run_id"])
     assert run.data.params["data.schema_from"] == "the hospitals' census"
     assert run.data.tags["federated.engine"] == "deployment"

@@ -372,3 +372,28 @@ def test_a_thousand_hospitals_sampled_at_five_percent(store):
     per_round = (ends[-1][1] - ends[0][1]) / (len(ends) - 1)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\n1000 hospitals (inline): {per_round:.2f} s/round, wall {wall:.1f} s, peak RSS {peak:.0f} MB")
+
+
+def test_compressed_updates_cost_the_bytes_promised_and_train_alike_in_both_in_process_engines(tmp_path):
+    """The main job's updates 8-bit and top-10% (error feedback on): the hospitals send the bytes the
+    codec promises (comm/bytes_up, the whole reply: >= 3.5x and >= 5x fewer), what goes down is the
+    same, the model still learns, and the inline and vectorized engines compress alike."""
+    from orchestrator.jobs.runner import run_job
+    from orchestrator.spec.loading import load_job
+
+    def run(*overrides):
+        job = load_job(CONFIGS / "hospitals_fedavg.yaml", [f"tracking.uri=sqlite:///{tmp_path / 'm.db'}",
+                                                           "tracking.register_model=null", "federated.rounds=8",
+                                                           *overrides])
+        return run_job(job).final
+
+    plain, int8, topk = run(), run("federated.compression={method: int8}"), run("federated.compression={method: topk}")
+    assert plain["comm/bytes_up"] / int8["comm/bytes_up"] >= 3.5
+    assert plain["comm/bytes_up"] / topk["comm/bytes_up"] >= 5.0
+    assert abs(int8["comm/bytes_down"] - plain["comm/bytes_down"]) < 1000   # the global model goes down whole
+    for compressed in (int8, topk):
+        assert compressed["eval/accuracy"] >= plain["eval/accuracy"] - 0.03
+    inline = run("federated.compression={method: int8}", "federated.engine=inline")
+    for k, v in int8.items():
+        if not k.startswith("time/") and not k.endswith("bytes_down"):   # the job sent down names its engine
+            assert inline[k] == pytest.approx(v, abs=1e-6), k

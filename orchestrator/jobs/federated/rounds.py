@@ -78,12 +78,28 @@ class RoundLogger:
                     self.confusion = total.astype(np.int64)
                 m.update({f"eval/{name}": v for name, v in M.from_sums(total, task, self.labels).items()})
         m.update(self._sites(report))
+        m.update(self._comm(report))
         eps = [hm[DP_EPSILON] for hm in report.hospitals.values() if DP_EPSILON in hm]
         if eps:  # local DP: the most any hospital has spent
             m["dp/epsilon"] = max(eps)
         m[f"{prefix}/failures"] = len(report.failures)
         m[f"{prefix}/hospitals"] = len(report.hospitals)
         self.run.log_metrics(m, step)
+
+    def _comm(self, report: RoundReport) -> dict[str, float]:
+        """Bytes on the wire this round (the train phase's as comm/bytes_*, evaluation's as
+        comm/eval_bytes_*): in all, and each hospital's."""
+        if not report.bytes_up and not report.bytes_down:
+            return {}
+        tag = "" if report.phase == "train" else "eval_"
+        m = {f"comm/{tag}bytes_up": float(sum(report.bytes_up.values())),
+             f"comm/{tag}bytes_down": float(sum(report.bytes_down.values()))}
+        for pid, n in report.bytes_up.items():
+            m[f"hospital_{self.names.get(pid, str(pid))}/comm/{tag}bytes_up"] = float(n)
+        for node, n in report.bytes_down.items():
+            if node in self.node_names:
+                m[f"hospital_{self.node_names[node]}/comm/{tag}bytes_down"] = float(n)
+        return m
 
     def _sites(self, report: RoundReport) -> dict[str, float]:
         """What the hospitals' own controls said (`clients.site`): each policy's digest (a tag per

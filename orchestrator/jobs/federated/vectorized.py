@@ -133,7 +133,7 @@ class VectorizedGrid(InlineGrid):
                     self.kept[h.partition_id] = reply.kept
                     kept.save(hook.keeps, h.partition_id, context, msg, server_round, reply.kept, in_context=False)
             replies[msg.metadata.message_id] = handlers.train_reply(h, msg, start, state, result.losses[k],
-                                                                    result.steps[k], metrics, extra)
+                                                                    result.steps[k], metrics, extra, context)
         return replies
 
     def _kept(self, key: str | None, msg: Message, context, h, server_round: int) -> dict | None:
