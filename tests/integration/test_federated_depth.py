@@ -34,7 +34,8 @@ def run(store, *overrides, config="hospitals_fedavg.yaml", engine="inline"):
 
 
 def scores(final: dict) -> dict:
-    return {k: v for k, v in final.items() if not k.startswith("time/")}
+    """The metrics a run scores (not its timings, nor the bytes it sent: those follow the job's spec text)."""
+    return {k: v for k, v in final.items() if not k.startswith(("time/", "comm/"))}
 
 
 def history(store, run_id, key) -> dict[int, float]:

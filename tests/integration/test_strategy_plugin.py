@@ -30,7 +30,7 @@ RUN = textwrap.dedent('''
                         ("vectorized", ["federated.strategy={name: toy, beta: 0.9}", "federated.engine=vectorized"]),
                         ("fedavg", ["federated.strategy.name=fedavg", "federated.engine=inline"])]:
         result = run_job(load_job(sys.argv[1], quick + extra))
-        out[name] = {"final": {k: v for k, v in result.final.items() if not k.startswith("time/")},
+        out[name] = {"final": {k: v for k, v in result.final.items() if not k.startswith(("time/", "comm/"))},
                      "history": {k: v for k, v in result.history.items() if "toy" in k}}
     print(json.dumps(out))
 ''')
