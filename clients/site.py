@@ -25,9 +25,9 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message
 
 from clients import audit
+from clients.counts import withhold
 from clients.ledger import Ledger, Release, epsilon
 from orchestrator.core import protocol as P
-from orchestrator.core.columns import OTHER
 from orchestrator.spec.job import JobSpec
 from orchestrator.spec.policy import SitePolicy, load_policy
 
@@ -121,7 +121,7 @@ def guard(message: Message, context: Context, call_next) -> Message:
             if job is not None and message.metadata.message_type == "train":
                 spent = spend(site, job, message, context)
             if message.metadata.message_type in ("train", "evaluate") and job is not None:
-                reply.content[P.SITE] = ConfigRecord(_site_record(site, job, message, spent))
+                reply.content[P.SITE] = ConfigRecord(_site_record(site, spent))
     except Refused as exc:
         print(f"[consortium] {exc}", file=sys.stderr, flush=True)   # the hospital's own log
         reply = Message(Error(code=REFUSED, reason=str(exc)), reply_to=message)
@@ -265,22 +265,26 @@ def releases_per_round(job: JobSpec, rows: int) -> Release:
     return Release(dp.noise_multiplier, 1.0, 1)
 
 
-def _check_budget(site: Site, job: JobSpec, message: Message, context: Context) -> None:
+def _release(job: JobSpec, message: Message, context: Context) -> Release:
+    """This round's mechanism at this hospital (its training rows set local DP's sampling rate)."""
     from clients.handlers import _hospital
 
+    return releases_per_round(job, len(_hospital(message, context).raw.y_train))
+
+
+def _check_budget(site: Site, job: JobSpec, message: Message, context: Context) -> None:
     assert site.policy is not None
     privacy = site.policy.privacy
-    rows = len(_hospital(message, context).raw.y_train)
-    release, run = releases_per_round(job, rows), _run(message)
+    release, run = _release(job, message, context), _run(message)
     ledger = Ledger(site.folder / "ledger.db")
     try:
         done = ledger.rounds(site.dataset, run)
         to_come = [release] * max(0, job.federated.rounds - len(done))
+        earlier = ledger.releases(site.dataset)
         this_run = epsilon(ledger.releases(site.dataset, run) + to_come, privacy.delta)
-        spent = epsilon(ledger.releases(site.dataset), privacy.delta)
-        total = epsilon(ledger.releases(site.dataset) + to_come, privacy.delta)
     finally:
         ledger.close()
+    spent, total = epsilon(earlier, privacy.delta), epsilon(earlier + to_come, privacy.delta)
     if privacy.max_epsilon_per_run is not None and this_run > privacy.max_epsilon_per_run + 1e-9:
         raise site.refuse(f"epsilon {this_run:.3g} for this run would pass its limit of "
                           f"{privacy.max_epsilon_per_run:g} per run")
@@ -294,10 +298,8 @@ def spend(site: Site, job: JobSpec, message: Message, context: Context) -> dict 
     dp = job.federated.dp
     if dp is None:
         return None
-    from clients.handlers import _hospital
-
     delta = site.policy.privacy.delta if site.policy else 1e-5
-    release, run = releases_per_round(job, len(_hospital(message, context).raw.y_train)), _run(message)
+    release, run = _release(job, message, context), _run(message)
     ledger = Ledger(site.folder / "ledger.db")
     try:
         ledger.record(site.dataset, run, job.name, dp.mode, _round(message), release)
@@ -309,64 +311,11 @@ def spend(site: Site, job: JobSpec, message: Message, context: Context) -> dict 
     return {"run": mine, "total": total, "delta": delta, "dataset": site.dataset, "budget": budget}
 
 
-def _site_record(site: Site, job: JobSpec, message: Message, spent: dict | None) -> dict:
+def _site_record(site: Site, spent: dict | None) -> dict:
     record: dict = {"policy": site.digest, "k": site.k}
     if spent is not None:
         record.update({"epsilon_run": float(spent["run"]), "epsilon_dataset": float(spent["total"])})
     return record
 
 
-# --- k: what is counted leaves only when at least k patients stand behind it -----------------
-
-def withhold(site: Site, reply: Message) -> None:
-    """Hold every count in `reply` to the policy's k: a category value held by fewer than k is
-    merged into `other`, a label count or observed-cell count below k is withheld (sent as 0), and
-    a split of fewer than k rows refuses. Notes what it did in `site.notes` (the audit log's)."""
-    k, content = site.k, reply.content
-    if k <= 1:
-        return
-    configs, arrays = content.config_records, content.array_records
-    if P.DESCRIPTION in configs and "description" in configs[P.DESCRIPTION]:
-        d = json.loads(str(configs[P.DESCRIPTION]["description"]))
-        for key in ("rows", "train_rows"):
-            if 0 < int(d.get(key, k)) < k:
-                raise site.refuse(f"it holds {d[key]} {key.replace('_', ' ')}, fewer than its policy's k={k}")
-        merged = 0
-        for counts in d.get("categories", {}).values():
-            rare = {v: n for v, n in counts.items() if n < k and v != OTHER}
-            for v, n in rare.items():
-                del counts[v]
-                counts[OTHER] = counts.get(OTHER, 0) + n
-            merged += len(rare)
-        d["observed"], hidden = _withheld(d.get("observed", []), k)
-        site.notes.append(f"{merged} category values merged into '{OTHER}', {hidden} observed-cell counts withheld")
-        configs[P.DESCRIPTION]["description"] = json.dumps(d)
-    if P.LABELS in configs and isinstance(labels := configs[P.LABELS].get("train"), list):
-        configs[P.LABELS]["train"], hidden = _withheld(labels, k)
-        site.notes.append(f"{hidden} label counts withheld")
-    if P.STATS in arrays and P.LABELS in configs:   # the census' per-feature observed count, sum, sum of squares
-        stats = arrays[P.STATS].to_numpy_ndarrays()
-        few = (stats[0] > 0) & (stats[0] < k)
-        if few.any():
-            for a in stats[:3]:
-                a[few] = 0
-            content[P.STATS] = ArrayRecord(stats)
-        site.notes.append(f"{int(few.sum())} features' observed cells withheld")
-    metrics = content.metric_records.get(P.METRICS)
-    rows = metrics.get(P.NUM_EXAMPLES) if metrics is not None else None
-    if isinstance(rows, (int, float)) and 0 < rows < k:
-        split = "test" if reply.metadata.message_type.startswith("evaluate") else "training"
-        raise site.refuse(f"its {split} split holds {int(rows)} rows, fewer than its policy's k={k}")
-
-
-def _withheld(counts: list, k: int) -> tuple[list[int], int]:
-    out = [0 if 0 < int(c) < k else int(c) for c in counts]
-    return out, sum(1 for a, b in zip(counts, out) if a != b)
-
-
-def projected(job: JobSpec, rows: int, delta: float) -> float:
-    """The epsilon a whole run of `job` spends at a hospital with `rows` training rows."""
-    return epsilon([releases_per_round(job, rows)] * job.federated.rounds, delta) if job.federated.dp else 0.0
-
-
-__all__ = ["Refused", "Site", "check", "forbidden", "guard", "locate", "projected", "withhold"]
+__all__ = ["Refused", "Site", "check", "forbidden", "guard", "locate"]

@@ -18,6 +18,7 @@ from orchestrator.cli import jobs  # noqa: F401, I001 - each registers its comma
 from orchestrator.cli import runs  # noqa: F401
 from orchestrator.cli import models  # noqa: F401
 from orchestrator.cli import federation  # noqa: F401
+from orchestrator.cli import site  # noqa: F401
 from orchestrator.cli.app import app
 
 __all__ = ["app", "main"]

@@ -148,7 +148,8 @@ def test_k_merges_a_rare_category_into_other_and_withholds_small_counts_in_what_
     from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
     from clients.hospitals import describe_share
-    from clients.site import Refused, withhold
+    from clients.counts import withhold
+    from clients.site import Refused
     from orchestrator.core import protocol as P
 
     rows = (CONFIGS / "data" / "heart_disease" / "cleveland.csv").read_text().splitlines()
