@@ -212,6 +212,54 @@ def server_identity(run_id: int, node_id: int) -> Iterator[None]:
         TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
+def poll_every(seconds: float, hot_s: float = 30.0) -> None:
+    """This process's SuperNode asks the SuperLink for a message every `seconds` for `hot_s` after
+    the last one it got (a run is going on), and as Flower does otherwise; and looks for its
+    ClientApp's reply every `seconds`. Flower 1.42 sleeps a fixed 3 s between empty pulls and
+    0.5 s between looks (`flwr.supernode.start_client_internal`): most of a deployed round on a
+    fast link, while an idle federation needs no more than Flower's pace."""
+    import time
+
+    import flwr.supernode.start_client_internal as node
+
+    last = {"message": float("-inf")}
+
+    class _Clock:
+        """`time` as that module sees it, with its waits cut short."""
+
+        def __getattr__(self, name: str):
+            return getattr(time, name)
+
+        @staticmethod
+        def sleep(wait: float) -> None:
+            hot = time.monotonic() - last["message"] < hot_s
+            time.sleep(min(wait, seconds) if hot or wait < 3 else wait)
+
+    pull = node._pull_and_store_message
+
+    def pulled(*args, **kwargs):
+        run_id = pull(*args, **kwargs)
+        if run_id is not None:
+            last["message"] = time.monotonic()
+        return run_id
+
+    node.time = _Clock()  # type: ignore[assignment]
+    node._pull_and_store_message = pulled
+
+
+def prompt_object_pulls(seconds: float = 0.02) -> None:
+    """This process retries an object it asked for and was not there yet (a message's arrays reach
+    the SuperLink, and the SuperNode, after the message itself) after `seconds`, doubling; Flower 1.42
+    waits 1 s, then 2 s (`flwr.supercore.inflatable.inflatable_utils`): up to 3 s per message at
+    each of the three hops (ServerApp, SuperNode, ClientApp), most of a deployed round on a fast link."""
+    from flwr.supercore.inflatable import inflatable_utils as pulls
+
+    for fn in (pulls.pull_objects, pulls.pull_and_inflate_object_from_tree):
+        assert fn.__kwdefaults__ is not None and "initial_backoff" in fn.__kwdefaults__
+        fn.__kwdefaults__["initial_backoff"] = seconds
+
+
+
 # Flower fixes a SuperNode's heartbeat at 30 s; the SuperLink accepts 10 to 1800 s and marks a node
 # offline after twice the interval it announced (HEARTBEAT_PATIENCE).
 HEARTBEAT_RANGE_S = (10, 1800)
@@ -243,3 +291,98 @@ def wire_objects(content) -> tuple[str, list[bytes]]:
         if isinstance(o, FlowerArray):
             o.__dict__.pop("_chunks", None)
     return content.object_id, blobs
+
+
+def unload(directory: str) -> None:
+    """Forget the modules imported from `directory` (an installed FAB) and take it off `sys.path`."""
+    import sys
+
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(directory.rstrip("/") + "/"):
+            del sys.modules[name]
+    sys.path[:] = [p for p in sys.path if p.rstrip("/") != directory.rstrip("/")]
+
+
+class TaskStopped(BaseException):
+    """Raised in a kept ClientApp process when the SuperNode stops the task it runs (federation.zygote)."""
+
+
+def serve_task(argv: list[str], kept: dict) -> int:
+    """One message, as `flwr-clientapp ARGV` runs it (`flwr.supernode.runtime.run_clientapp`), in a
+    process that serves every message of its SuperNode: the FAB is installed and its ClientApp
+    loaded once per FAB (`kept`), so the app's imports and what it keeps in memory (a hospital's
+    prepared rows) stay between messages. A FAB it has not seen unloads the previous one's modules
+    first. Flower's process exits after its message (`flwr_exit`); this returns its exit code (0 or 1)
+    and leaves signals, the parent watch and telemetry to the caller."""
+    import threading
+    from pathlib import Path
+
+    from flwr.app.error import Error
+    from flwr.cli.install import install_from_fab
+    from flwr.clientapp.client_app import LoadClientAppError
+    from flwr.clientapp.utils import get_load_client_app_fn
+    from flwr.common.args import try_obtain_flwr_app_token
+    from flwr.common.config import get_project_dir
+    from flwr.common.constant import ErrorCode, SubStatus
+    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+    from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+    from flwr.supercore.tls import validate_and_resolve_root_certificates
+    from flwr.supernode.cli.flwr_clientapp import _parse_args_run_flwr_clientapp
+    from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+    parser = _parse_args_run_flwr_clientapp()
+    parser.prog = "flwr-clientapp"
+    args = parser.parse_args(argv)
+    retry = make_simple_http_retry_invoker()
+    client = RuntimeHttpClient.from_server_address(
+        server_address=args.runtime_api_address, insecure=args.insecure,
+        root_certificates=validate_and_resolve_root_certificates(args.root_certificates, args.insecure),
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                      RuntimeTokenHttpInterceptor(try_obtain_flwr_app_token(args))],
+        retry_invoker=retry)
+    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    message = reply = context = None
+    status, details, code = SubStatus.FAILED, "ClientApp task failed due to unknown reason", 1
+    try:
+        heartbeat.start()
+        message, context, run, fab = pull_task_input(client)
+        if kept.get("hash") != fab.hash_str:
+            if "dir" in kept:   # another FAB's modules out, so that this one's are imported
+                unload(kept["dir"])
+            kept.clear()
+            install_from_fab(fab.content, skip_prompt=True)
+            load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
+            kept.update(app=load(run.fab_id, run.fab_version, fab.hash_str), hash=fab.hash_str,
+                        dir=str(Path(get_project_dir(run.fab_id, run.fab_version, fab.hash_str)).absolute()))
+        reply = kept["app"](message=message, context=context)
+        status, details, code = SubStatus.COMPLETED, "", 0
+    except TaskStopped:
+        reply, details = None, "Task stopped."
+    except Exception as ex:  # noqa: BLE001 - the hospital's error goes back to the server, as Flower's does
+        from logging import ERROR
+
+        from flwr.supercore import log as flwr_log
+
+        load_failed = isinstance(ex, LoadClientAppError)
+        flwr_log(ERROR, "ClientApp raised an exception", exc_info=ex)
+        details = ("An exception was raised when attempting to load `ClientApp`" if load_failed
+                   else f"{type(ex)}:<'{ex}'>")
+        if message is not None:
+            reply = Message(Error(code=ErrorCode.LOAD_CLIENT_APP_EXCEPTION if load_failed
+                                  else ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=details), reply_to=message)
+        if load_failed:
+            kept.clear()
+    finally:
+        try:
+            if reply is not None and context is not None:
+                push_message(client, reply, context)
+        except Exception:  # noqa: BLE001 - as Flower's: logged, the task fails
+            code = 1
+        retry.max_tries = 1
+        push_task_output(client=client, context=context, sub_status=status, details=details)
+        if heartbeat.is_running:   # not waited for: a heartbeat retrying a SuperNode that is gone sleeps on
+            threading.Thread(target=heartbeat.stop, daemon=True).start()
+        client.close()
+    return code

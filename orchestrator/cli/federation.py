@@ -166,6 +166,9 @@ def supernode(superlink_address: str = typer.Option(..., "--superlink", help="HO
                                                                         "hospital's ledger and audit log (STATE/site)"),
               policy: Optional[Path] = typer.Option(None, help="This hospital's site policy (YAML): what it "
                                                                 "allows, its privacy budget, its k"),
+              poll_s: Optional[float] = typer.Option(None, help="While a run goes on, ask the SuperLink for "
+                                                                "messages every this many seconds (default 0.25, "
+                                                                "or CONSORTIUM_POLL_S; Flower's own: 3)"),
               insecure: bool = typer.Option(False, help="No TLS, no authentication (local tests only)")) -> None:
     """Start one hospital's SuperNode on its own CSV (or folder of images), in the foreground."""
     from orchestrator.federation.daemons import start_supernode
@@ -180,6 +183,8 @@ def supernode(superlink_address: str = typer.Option(..., "--superlink", help="HO
     if not 0 <= partition_id < num_partitions:
         _user_error("--partition-id", f"{partition_id}: this hospital's place must lie in 0..{num_partitions - 1} "
                                       f"(--num-partitions is {num_partitions})")
+    if poll_s is not None and not 0.01 <= poll_s <= 10:
+        _user_error("--poll-s", f"{poll_s:g}: expected seconds between 0.01 and 10")
     if insecure:
         _say(INSECURE_WARNING, err=True)
         link = Link(superlink_address, None)
@@ -201,8 +206,10 @@ def supernode(superlink_address: str = typer.Option(..., "--superlink", help="HO
         publishers = _trusted(site_policy, policy, superlink_address, ca)
     if data is not None and not data.exists():
         _user_error("--data", f"{data}: no such file or folder; expected this hospital's CSV (or its folder of images)")
+    from orchestrator.federation.supernode import POLL_ENV
+
     d = start_supernode(link, key, partition_id, num_partitions, data, port, state, policy=policy,
-                        publishers=publishers)
+                        publishers=publishers, env={POLL_ENV: f"{poll_s:g}"} if poll_s is not None else None)
     _say(f"SuperNode {partition_id}/{num_partitions} -> {superlink_address} (log: {d.log}); Ctrl-C stops it")
     _foreground(d, said={NOT_REGISTERED: ("--key", "[consortium] ")})
 

@@ -149,12 +149,8 @@ def supernode_argv(link: Link, key: Path | None, partition_id: int, num_partitio
     """flower-supernode's arguments: its node config names the hospital's data, its cache, its site
     directory (ledger and audit log, `clients.site`) and its site policy; `publishers` is Flower's
     --trusted-entities (the app publishers whose signed FABs it runs)."""
-    from orchestrator.federation.supernode import HEARTBEAT_ENV
-
-    # with CONSORTIUM_HEARTBEAT_S set, flower-supernode at that heartbeat interval (federation.supernode)
-    head = [sys.executable, "-m", "orchestrator.federation.supernode"] if os.environ.get(HEARTBEAT_ENV) else \
-        [binary("flower-supernode")]
-    argv = [*head, "--superlink", link.address, "--port", str(port), "--host", "127.0.0.1",
+    # flower-supernode with short waits and its heartbeat as set (federation.supernode)
+    argv = [sys.executable, "-m", "orchestrator.federation.supernode", "--superlink", link.address, "--port", str(port), "--host", "127.0.0.1",
             "--node-config", node_config(partition_id, num_partitions, data, state / "cache", state / "site", policy)]
     if publishers is not None:
         argv += ["--trusted-entities", str(publishers)]

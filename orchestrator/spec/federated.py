@@ -144,6 +144,9 @@ class FederatedSpec(Spec):
         "deployment: the consortium's CA certificate (PEM) that signed the SuperLink's certificate"))
     insecure: bool = Field(False, description=(
         "deployment: no TLS to the SuperLink (testing only: every update travels in the clear)"))
+    poll_interval_s: Annotated[float, Field(gt=0.0, le=10.0, description=(
+        "deployment: how often the ServerApp asks the SuperLink for replies it waits on (Flower's own "
+        "grid asks every 3 s)"))] = 0.25
     join_timeout_s: Annotated[float, Field(gt=0.0, description=(
         "deployment: how long the server waits for num_clients hospitals to join; then it goes on "
         "with those connected if there are at least min_available_clients (default 1)"))] = 120.0

@@ -178,8 +178,10 @@ def test_site_policies_ledgers_and_audit_logs_at_three_hospitals_on_their_own_ho
         # transport's share (a gRPC request per object, signed by the node; HTTP/2 and TLS framing)
         packets = _upstream(pcap, "10.231.0.2")
         sent = [e for e in entries if e["direction"] == "out"]
-        for e in sent:
-            wire = sum(b for t, b in packets if e["time"] - 0.2 <= t <= e["time"] + 3.0)
+        arrived = sorted(e["time"] for e in entries if e["direction"] == "in")
+        for e in sent:   # its upload lies between the reply and the next message in (the node sends one at a time)
+            until = min([t for t in arrived if t > e["time"]] + [e["time"] + 3.0])
+            wire = sum(b for t, b in packets if e["time"] - 0.2 <= t <= until)
             assert e["bytes"] <= wire <= e["bytes"] * 1.02 + 64_000, (e["type"], e["round"], e["bytes"], wire)
         big = [e for e in sent if e["bytes"] > 100_000]
         ratio = sum(sum(b for t, b in packets if e["time"] - 0.2 <= t <= e["time"] + 1.0) for e in big) / sum(

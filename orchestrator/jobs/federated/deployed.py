@@ -29,6 +29,31 @@ class Deployed(Launched):
         self.grid, self.context = grid, context
 
 
+class Prompt:
+    """Flower's grid as the ServerApp got it, except that `send_and_receive` asks the SuperLink for
+    the replies every `poll_s` (federated.poll_interval_s) where Flower's asks every 3 s: a round's
+    train and evaluate each waited up to 3 s past the last reply. Same answer: the replies that came
+    within `timeout`, in the order they came."""
+
+    def __init__(self, grid: Grid, poll_s: float):
+        self._grid, self._poll_s = grid, poll_s
+
+    def send_and_receive(self, messages, *, timeout: float | None = None) -> list:
+        waiting = set(self._grid.push_messages(messages))
+        end = None if timeout is None else time.monotonic() + timeout
+        replies: list = []
+        while waiting and (end is None or time.monotonic() < end):
+            got = list(self._grid.pull_messages(waiting))
+            replies += got
+            waiting -= {m.metadata.reply_to_message_id for m in got}
+            if waiting:
+                time.sleep(self._poll_s if end is None else max(0.0, min(self._poll_s, end - time.monotonic())))
+        return replies
+
+    def __getattr__(self, name: str):
+        return getattr(self._grid, name)
+
+
 def wait_for_hospitals(grid: Grid, job) -> list[int]:
     """The connected SuperNodes, once `federated.num_clients` have joined, or once
     `federated.join_timeout_s` has passed with at least `min_available_clients` (default: 1) of them."""
@@ -66,6 +91,10 @@ def serve(grid: Grid, context: Context) -> None:
     from orchestrator.jobs.runner import execute, open_tracker
 
     tracker = open_tracker(job)
+    from orchestrator.adapters.flower import prompt_object_pulls
+
+    prompt_object_pulls()   # a reply's arrays, asked for again
+    grid = Prompt(grid, job.federated.poll_interval_s)  # type: ignore[assignment]
     try:
         nodes = wait_for_hospitals(grid, job)
         plan = plan_from_census(job, describe_census(grid, nodes, job_json, job.federated.round_timeout_s, run_id))
