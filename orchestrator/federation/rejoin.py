@@ -62,7 +62,7 @@ def _reap_orphans(keep: int | None = None) -> None:
 def _warm_clientapps(env: dict) -> subprocess.Popen | None:
     """The zygote that forks this node's ClientApp processes warm (federation.zygote); the
     SuperNode finds its `flwr-clientapp` shim first on PATH."""
-    if os.environ.get("CONSORTIUM_WARM_CLIENTAPP", "1") == "0":
+    if os.environ.get("CONSORTIUM_WARM_CLIENTAPP", "1") == "0":  # federation.zygote: 1 kept, fork, 0 off
         return None
     from orchestrator.federation import zygote
 

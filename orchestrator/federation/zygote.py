@@ -1,14 +1,23 @@
-"""Warm ClientApp processes for a hospital's SuperNode.
+"""The ClientApp process of a hospital's SuperNode, kept alive between messages.
 
-Flower's SuperNode starts a new `flwr-clientapp` process for every message (census, each round's
-fit and evaluate): a fresh Python that imports torch, NumPy and Flower again, ~3-4 s of CPU each
-time, most of a deployed round on a small machine. Here a zygote process imports those once and
-forks a child per message; a tiny `flwr-clientapp` shim, first on the SuperNode's PATH, hands the
-zygote its arguments, environment, working directory and standard streams and returns the
-child's exit code. Each message still runs in a process of its own with fresh state, loading the
-app from the FAB exactly as `flwr-clientapp` does: the zygote imports only third-party libraries,
-never the app's packages (those come from the submitted FAB). If the zygote does not answer, the
-shim runs the real `flwr-clientapp` instead. CONSORTIUM_WARM_CLIENTAPP=0 turns it off.
+Flower 1.42's SuperNode starts a new `flwr-clientapp` process for every message (census, each
+round's train and evaluate): a fresh Python that imports torch and Flower, installs the FAB, imports
+the app and prepares the hospital's rows again, seconds of CPU each time, most of a deployed round
+(flwrlabs/flower#3670 asks for a ClientApp that stays). Here a tiny `flwr-clientapp` shim, first on
+the SuperNode's PATH, hands a zygote its arguments, environment, working directory and standard
+streams and returns the exit code; the zygote imported torch and Flower once, and by
+CONSORTIUM_WARM_CLIENTAPP:
+
+  1 (default)  one kept process, forked from the zygote, serves every message in turn
+               (`adapters.flower.serve_task`): the FAB installed and the app imported once per FAB,
+               what the app keeps in memory (a hospital's prepared rows) kept for the run. If it
+               dies, the next message starts another.
+  fork         a fresh process forked per message (each message's state fresh, as Flower's)
+  0            off: Flower's own `flwr-clientapp` per message
+
+The zygote imports only third-party libraries, never the app's packages (those come from the
+submitted FAB); the processes it forks load the app from the FAB as `flwr-clientapp` does. If the
+zygote does not answer, the shim runs the real `flwr-clientapp` instead.
 
     python -m orchestrator.federation.zygote SOCKET    # the zygote (rejoin.py starts it)
 """
@@ -22,6 +31,8 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
+from collections import deque
 from pathlib import Path
 
 PRELOAD = ("numpy", "torch", "torch.nn", "torch.optim", "pandas", "sklearn", "sklearn.model_selection",
@@ -46,7 +57,7 @@ except (OSError, ValueError):
     fallback()
 def forward(signum, _frame):
     try:
-        os.kill(pid, signum)
+        os.kill(pid, signum) if pid > 0 else None
     except ProcessLookupError:
         pass
 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -148,31 +159,197 @@ def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
     return json.loads(body), list(fds)
 
 
+MODE_ENV = "CONSORTIUM_WARM_CLIENTAPP"
+
+
+def _send(chan: socket.socket, request: dict, fds: list[int]) -> None:
+    body = json.dumps(request).encode()
+    chan.sendmsg([len(body).to_bytes(4, "big") + body],
+                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds[:3]))])
+
+
+def _kept(chan: socket.socket, listener: socket.socket, serve_task, stopped: type[BaseException],
+          inherited: list[int]) -> None:
+    """In the kept process: serve each request the zygote forwards, one at a time, and answer its
+    exit code. SIGTERM stops the task running (the SuperNode stopped it), or ends an idle process."""
+    try:
+        listener.close()
+        for fd in inherited:   # the request's streams and connection the zygote held at the fork
+            os.close(fd)
+        busy, parent = threading.Event(), {"pid": 0}
+
+        def on_term(_signum, _frame):
+            if busy.is_set():
+                busy.clear()
+                raise stopped()
+            os._exit(0)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_term)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        threading.Thread(target=lambda: _watch_parent_of(parent, busy), daemon=True).start()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        kept: dict = {}
+        while True:
+            try:
+                request, fds = _receive(chan)
+            except (OSError, ValueError):
+                os._exit(0)   # the zygote is gone
+            code = 1
+            try:
+                for target, fd in enumerate(fds[:3]):
+                    os.dup2(fd, target)
+                for fd in fds:
+                    os.close(fd)
+                os.environ.clear()
+                os.environ.update(request["env"])
+                os.chdir(request["cwd"])
+                argv = request["argv"]
+                parent["pid"] = int(argv[argv.index("--parent-pid") + 1]) if "--parent-pid" in argv else 0
+                busy.set()
+                code = serve_task(argv, kept)
+            except stopped:
+                code = 128 + signal.SIGTERM
+            except SystemExit as exc:   # flwr-clientapp's own exits: --help, a bad argument
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except Exception:  # noqa: BLE001 - one message's failure; the process serves the next
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                busy.clear()
+                for stream in (sys.stdout, sys.stderr):
+                    stream.flush()
+                for target in (0, 1, 2):   # the shim's streams are its own; nothing more goes there
+                    os.dup2(devnull, target)
+            chan.sendall(f"{code}\n".encode())
+    except BaseException:  # noqa: BLE001 - never return into the zygote's loop
+        import traceback
+
+        traceback.print_exc()
+        os._exit(1)
+
+
+def _watch_parent_of(parent: dict, busy: threading.Event) -> None:
+    """Stop the running task when the SuperNode that asked for it is gone (Flower's ClientApp process
+    exits then): the next message comes from the SuperNode started again (federation.rejoin)."""
+    import time
+
+    while True:
+        time.sleep(0.2)
+        pid = parent["pid"]
+        if busy.is_set() and pid > 0:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                if busy.is_set():
+                    os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)
+
+
+class Kept:
+    """The zygote's side of the kept process: requests forwarded in order, exit codes in order."""
+
+    def __init__(self, listener: socket.socket, serve_task, stopped: type[BaseException], inherited: list[int]):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            _kept(theirs, listener, serve_task, stopped, inherited)
+        theirs.close()
+        self.pid, self.chan = pid, ours
+        self.waiting: deque[socket.socket] = deque()
+
+    def forward(self, request: dict, fds: list[int], conn: socket.socket) -> None:
+        _send(self.chan, request, fds)
+        self.waiting.append(conn)
+        _tell(conn, f"{self.pid}\n")
+
+    def answered(self) -> bool:
+        """Pass on the exit codes that came back; False once the kept process is gone."""
+        try:
+            data = self.chan.recv(4096)
+        except OSError:
+            data = b""
+        for line in data.decode().split():
+            if self.waiting:
+                conn = self.waiting.popleft()
+                _tell(conn, f"{line}\n")
+                conn.close()
+        return bool(data)
+
+    def gone(self, code: int = 1) -> None:
+        while self.waiting:
+            conn = self.waiting.popleft()
+            _tell(conn, f"{code}\n")
+            conn.close()
+        self.chan.close()
+
+
+def _tell(conn: socket.socket, text: str) -> None:
+    try:
+        conn.sendall(text.encode())
+    except OSError:
+        pass
+
+
 def serve(sock: str) -> None:
     for name in PRELOAD:  # what every ClientApp process needs, imported once
         try:
             __import__(name)
         except Exception:  # noqa: BLE001 - a child imports it again, and reports any problem
             pass
+    try:   # torch's first optimizer imports its compiler stack (~3 s): once, here
+        import torch
+
+        torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+    except Exception:  # noqa: BLE001 - as above
+        pass
+    from orchestrator.adapters.flower import TaskStopped, prompt_object_pulls, serve_task
+
+    prompt_object_pulls()   # each child asks its SuperNode for a message's arrays promptly
+    for name in [m for m in sys.modules if m.partition(".")[0] == "orchestrator"]:
+        del sys.modules[name]   # the children import the app's packages from the FAB, as flwr-clientapp does
+    mode = os.environ.get(MODE_ENV, "1")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(sock)
     os.chmod(sock, 0o600)
     listener.listen(64)
     children: dict[int, socket.socket] = {}
+    kept: Kept | None = None
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
     while not stop["now"]:
         try:
-            ready, _, _ = select.select([listener], [], [], 0.2)
+            ready, _, _ = select.select([listener] + ([kept.chan] if kept else []), [], [], 0.2)
         except InterruptedError:
             ready = []
-        if ready:
+        if kept is not None and kept.chan in ready and not kept.answered():
+            try:   # its end of the channel closed: it has exited
+                code = os.waitstatus_to_exitcode(os.waitpid(kept.pid, 0)[1])
+            except ChildProcessError:
+                code = 1
+            kept.gone(128 - code if code < 0 else code)
+            kept = None
+        if listener in ready:
             conn, _ = listener.accept()
             try:
                 request, fds = _receive(conn)
             except (OSError, ValueError):
                 conn.close()
+                continue
+            # runtime dependency installation wants a process of its own (Flower's environment per run)
+            if mode != "fork" and "--allow-runtime-dependency-installation" not in request["argv"]:
+                try:
+                    kept = kept or Kept(listener, serve_task, TaskStopped, [*fds, conn.fileno()])
+                    kept.forward(request, fds, conn)
+                except OSError:
+                    _tell(conn, "0\n")
+                    _tell(conn, "1\n")
+                    conn.close()
+                for fd in fds:
+                    os.close(fd)
                 continue
             pid = os.fork()
             if pid == 0:
@@ -180,25 +357,29 @@ def serve(sock: str) -> None:
             for fd in fds:
                 os.close(fd)
             children[pid] = conn
-            try:
-                conn.sendall(f"{pid}\n".encode())
-            except OSError:
-                pass
-        while children:  # reap, and tell each shim its child's exit code
+            _tell(conn, f"{pid}\n")
+        while True:  # reap, and tell each shim its child's exit code
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             if pid == 0:
                 break
+            code = os.waitstatus_to_exitcode(status)
+            code = 128 - code if code < 0 else code   # a signal: 128+N, as a shell says
+            if kept is not None and pid == kept.pid:
+                kept.gone(code)
+                kept = None
             conn = children.pop(pid, None)
             if conn is not None:
-                try:
-                    code = os.waitstatus_to_exitcode(status)
-                    conn.sendall(f"{128 - code if code < 0 else code}\n".encode())  # a signal: 128+N, as a shell says
-                except OSError:
-                    pass
+                _tell(conn, f"{code}\n")
                 conn.close()
+    if kept is not None:
+        kept.chan.close()   # it ends when idle (EOF), or at once on SIGTERM
+        try:
+            os.kill(kept.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     for pid in list(children):
         try:
             os.kill(pid, signal.SIGTERM)
