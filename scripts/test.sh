@@ -38,10 +38,15 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
     || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q nginx >/dev/null; } \
     || echo "test.sh: nginx could not be installed" >&2
 fi
-# The multi-host federation test reads the wire with Debian's tcpdump.
+# The multi-host federation test reads the wire with Debian's tcpdump; the poor-link test drops
+# packets with Debian's iptables.
 if ! command -v tcpdump >/dev/null 2>&1; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get install -y -q tcpdump >/dev/null 2>&1 || echo "test.sh: tcpdump could not be installed" >&2
+fi
+if ! command -v iptables >/dev/null 2>&1 && [ ! -x /usr/sbin/iptables ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get install -y -q iptables >/dev/null 2>&1 || echo "test.sh: iptables could not be installed" >&2
 fi
 export MLFLOW_DISABLE_TELEMETRY=true FLWR_TELEMETRY_ENABLED=0 RAY_USAGE_STATS_ENABLED=0
 unset MLFLOW_TRACKING_URI
