@@ -1,6 +1,6 @@
 """A deployed round: Consortium's Flower App vs a minimal PyTorch Flower App, in one federation.
 
-    .venv/bin/python bench/deployment.py [--rounds 4] [--repeats 1]
+    .venv/bin/python bench/deployment.py [--rounds 6] [--repeats 1]
 
 One local federation (`consortium federation poc`'s: SuperLink with TLS and SuperNode
 authentication, one SuperNode per heart-disease hospital given only its CSV) runs both apps in
@@ -13,13 +13,17 @@ turn, side by side, on the same SuperNodes:
               (census, schema agreed from the hospitals, pooled metrics, MLflow, the model logged)
 
 each on SuperNodes whose ClientApp processes start as Flower starts them (a fresh `flwr-clientapp`
-per message: CONSORTIUM_WARM_CLIENTAPP=0) and as Consortium starts them (forked warm from a zygote
-that imported torch and Flower once: orchestrator/federation/zygote.py).
+per message: CONSORTIUM_WARM_CLIENTAPP=0), forked warm per message from a zygote that imported torch
+and Flower once (=fork), and as Consortium runs them by default: one ClientApp process per
+SuperNode, kept alive between messages (=1; orchestrator/federation/zygote.py). The waits between
+messages are Consortium's in every row (orchestrator/federation/supernode.py, federated.poll_interval_s).
 
 A round is the time between two round ends as the ServerApp saw them (the minimal app prints them,
 ours logs `time/round_end_s`), median over rounds 2..N; memory is the peak RSS of a SuperNode's
-whole process tree (its ClientApp processes included). Also reported: the same job's simulated
-round (Flower's simulation engine) for comparison. Writes bench/results/deployment.{json,md}.
+whole process tree (its ClientApp processes included); CPU is each component's CPU seconds per
+round over the kept run (where a deployed round's time goes on this machine, beside the simulated
+one). Also reported: the same job's simulated round (Flower's simulation engine) for comparison.
+Writes bench/results/deployment.{json,md}.
 """
 from __future__ import annotations
 
@@ -164,15 +168,18 @@ def minimal_app(root: Path) -> Path:
 
 
 class TreeRSS(threading.Thread):
-    """Peak RSS of each SuperNode's whole process tree, sampled every 0.2 s."""
+    """Peak RSS of each SuperNode's whole process tree, sampled every 0.2 s; and the CPU seconds of
+    every process below this one, by component, once `cpu_from` is set."""
 
     def __init__(self, pids: list[int]):
         super().__init__(daemon=True)
         self.pids, self.peak, self.done = pids, {p: 0 for p in pids}, threading.Event()
+        self.cpu: dict[int, tuple[str, float, float]] = {}   # pid -> (component, first, last)
 
     def run(self):
         import psutil
 
+        me = psutil.Process()
         while not self.done.is_set():
             for p in self.pids:
                 try:
@@ -181,7 +188,38 @@ class TreeRSS(threading.Thread):
                     self.peak[p] = max(self.peak[p], total)
                 except psutil.Error:
                     pass
+            for q in me.children(recursive=True):
+                try:
+                    used = sum(q.cpu_times()[:2])
+                    kind, first, _ = self.cpu.get(q.pid, (component(" ".join(q.cmdline())), used, used))
+                    self.cpu[q.pid] = (kind, first, used)
+                except psutil.Error:
+                    pass
             time.sleep(0.2)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for kind, first, last in self.cpu.values():
+            out[kind] = out.get(kind, 0.0) + last - first
+        return out
+
+
+def component(cmd: str) -> str:
+    for key, name in (("federation.supernode", "SuperNodes"), ("flower-superlink", "SuperLink"),
+                      ("flwr-serverapp", "ServerApp"), ("zygote", "ClientApps"), ("flwr-clientapp", "ClientApps"),
+                      ("flower-superexec", "SuperExecs"), ("orchestrator.cli", "consortium run"), ("flwr ", "flwr CLI")):
+        if key in cmd:
+            return name
+    return "other"
+
+
+def wait_warm(root: Path, n: int, timeout: float = 120) -> None:
+    """Until every SuperNode's zygote has imported torch and Flower (its socket appears then)."""
+    deadline = time.monotonic() + timeout
+    while len(list(root.rglob("warm-clientapp/s"))) + len(list(Path("/tmp").glob("czy-*/s"))) < n:
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.5)
 
 
 def run_minimal(fed, rounds: int, work: Path) -> list[float]:
@@ -227,7 +265,16 @@ def per_round(ends: list[float]) -> float:
     return statistics.median(b - a for a, b in zip(ends, ends[1:]))
 
 
-def main(rounds: int = 4, repeats: int = 1) -> dict:
+MODES = (("stock", "0"), ("fork", "fork"), ("kept", "1"))
+ROWS = [("minimal PyTorch Flower App, Flower's per-message processes", "minimal_stock"),
+        ("consortium (deployment engine), Flower's per-message processes", "consortium_stock"),
+        ("consortium (deployment engine), a warm process forked per message", "consortium_fork"),
+        ("minimal PyTorch Flower App, one kept ClientApp process per SuperNode", "minimal_kept"),
+        ("consortium (deployment engine), one kept ClientApp process per SuperNode (default)", "consortium_kept"),
+        ("consortium, same job simulated", "simulation")]
+
+
+def main(rounds: int = 6, repeats: int = 1) -> dict:
     from orchestrator.federation.poc import local_federation
     from orchestrator.jobs.runtime import prepare_environment
     from orchestrator.spec.loading import load_job
@@ -236,18 +283,27 @@ def main(rounds: int = 4, repeats: int = 1) -> dict:
     job = load_job(ROOT / "configs/heart_disease_sites.yaml", [f"data.path={ROOT / 'configs/data/heart_disease'}"])
     work = Path(tempfile.mkdtemp(prefix="bench-deployment-"))
     res: dict = {"rounds": rounds, "repeats": repeats, "simulation": []}
-    # The same two apps on SuperNodes as Flower starts them (a fresh flwr-clientapp process per
-    # message) and as Consortium starts them (federation.zygote: each message's process forked warm).
-    for mode, flag in (("stock", "0"), ("warm", "1")):
+    for mode, flag in MODES:
         os.environ["CONSORTIUM_WARM_CLIENTAPP"] = flag
         (work / mode).mkdir(parents=True, exist_ok=True)
-        res[f"minimal_{mode}"], res[f"consortium_{mode}"] = [], []
+        apps = ("consortium",) if mode == "fork" else ("minimal", "consortium")
+        for app in apps:
+            res[f"{app}_{mode}"] = []
         with local_federation(job, work / f"federation-{mode}") as fed:
+            if flag != "0":
+                wait_warm(work / f"federation-{mode}", len(fed.nodes))
             rss = TreeRSS([d.proc.pid for d in fed.nodes.values()])
             rss.start()
             for _ in range(repeats):  # interleaved: both apps see the same machine load
-                res[f"minimal_{mode}"].append(per_round(run_minimal(fed, rounds, work / mode)))
+                if "minimal" in apps:
+                    res[f"minimal_{mode}"].append(per_round(run_minimal(fed, rounds, work / mode)))
+                cpu_before = rss.cpu_seconds()
+                t0 = time.monotonic()
                 res[f"consortium_{mode}"].append(per_round(run_consortium(fed, rounds, work / mode)))
+                if mode == "kept":
+                    wall = time.monotonic() - t0
+                    used = {k: v - cpu_before.get(k, 0.0) for k, v in rss.cpu_seconds().items()}
+                    res["cpu_kept_run"] = {"wall_s": wall, **{k: round(v, 2) for k, v in sorted(used.items())}}
             rss.done.set()
             res[f"supernode_peak_rss_mib_{mode}"] = max(rss.peak.values()) / 2**20
     os.environ.pop("CONSORTIUM_WARM_CLIENTAPP")
@@ -257,20 +313,20 @@ def main(rounds: int = 4, repeats: int = 1) -> dict:
     med = {k: statistics.median(v) for k, v in res.items() if isinstance(v, list)}
     res.update({f"{k}_s": v for k, v in med.items()})
     m = med["minimal_stock"]
-    res["ratio"] = med["consortium_warm"] / m
+    res["ratio"] = med["consortium_kept"] / m
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "deployment.json").write_text(json.dumps(res, indent=2))
-    rows = [("minimal PyTorch Flower App, Flower's per-message processes", "minimal_stock"),
-            ("consortium (deployment engine), Flower's per-message processes", "consortium_stock"),
-            ("minimal PyTorch Flower App, warm ClientApp processes", "minimal_warm"),
-            ("consortium (deployment engine), warm ClientApp processes (default)", "consortium_warm"),
-            ("consortium, same job simulated", "simulation")]
+    cpu = res.get("cpu_kept_run", {})
     md = (f"Deployed round, heart disease (4 real hospitals, one SuperNode each, TLS + authentication, "
           f"loopback), {rounds} rounds, median over rounds 2..{rounds} and {repeats} repeat(s).\n\n"
           "| contender | seconds per round | vs minimal (stock) |\n|---|---|---|\n"
-          + "".join(f"| {label} | {med[k]:.2f} | {med[k] / m:.2f}x |\n" for label, k in rows)
-          + f"\nPeak RSS of one SuperNode's process tree (its ClientApp processes included): "
-          f"{res['supernode_peak_rss_mib_stock']:.0f} MiB stock, {res['supernode_peak_rss_mib_warm']:.0f} MiB warm.\n")
+          + "".join(f"| {label} | {med[k]:.2f} | {med[k] / m:.2f}x |\n" for label, k in ROWS)
+          + "\nPeak RSS of one SuperNode's process tree (its ClientApp processes included): "
+          + ", ".join(f"{res[f'supernode_peak_rss_mib_{mode}']:.0f} MiB {mode}" for mode, _ in MODES) + ".\n"
+          + (f"\nCPU seconds over the kept consortium run ({cpu['wall_s']:.1f} s wall, census and "
+             f"{rounds} rounds, all on this machine's cores): "
+             + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]) if k != "wall_s")
+             + ".\n" if cpu else ""))
     (RESULTS / "deployment.md").write_text(md)
     print(md)
     return res
@@ -278,7 +334,7 @@ def main(rounds: int = 4, repeats: int = 1) -> dict:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=1)
     a = ap.parse_args()
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
