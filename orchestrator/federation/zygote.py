@@ -8,7 +8,7 @@ the SuperNode's PATH, hands a zygote its arguments, environment, working directo
 streams and returns the exit code; the zygote imported torch and Flower once, and by
 CONSORTIUM_WARM_CLIENTAPP:
 
-  1 (default)  one kept process, forked from the zygote, serves every message in turn
+  1 (default)  one kept process (federation.kept), forked from the zygote, serves every message in turn
                (`adapters.flower.serve_task`): the FAB installed and the app imported once per FAB,
                what the app keeps in memory (a hospital's prepared rows) kept for the run. If it
                dies, the next message starts another.
@@ -23,17 +23,15 @@ zygote does not answer, the shim runs the real `flwr-clientapp` instead.
 """
 from __future__ import annotations
 
-import array
-import json
 import os
 import select
 import signal
 import socket
 import sys
 import tempfile
-import threading
-from collections import deque
 from pathlib import Path
+
+from orchestrator.federation.kept import Kept, receive, tell
 
 PRELOAD = ("numpy", "torch", "torch.nn", "torch.optim", "pandas", "sklearn", "sklearn.model_selection",
            "flwr", "flwr.app", "flwr.clientapp", "flwr.serverapp", "flwr.common",
@@ -143,154 +141,16 @@ def _child(conn: socket.socket, listener: socket.socket, request: dict, fds: lis
         os._exit(1)
 
 
-def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
-    fds = array.array("i")
-    msg, ancdata, _flags, _addr = conn.recvmsg(1 << 20, socket.CMSG_LEN(3 * fds.itemsize))
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
-    size = int.from_bytes(msg[:4], "big")
-    body = msg[4:]
-    while len(body) < size:
-        more = conn.recv(size - len(body))
-        if not more:
-            raise OSError("request cut short")
-        body += more
-    return json.loads(body), list(fds)
-
-
 MODE_ENV = "CONSORTIUM_WARM_CLIENTAPP"
 
 
-def _send(chan: socket.socket, request: dict, fds: list[int]) -> None:
-    body = json.dumps(request).encode()
-    chan.sendmsg([len(body).to_bytes(4, "big") + body],
-                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds[:3]))])
-
-
-def _kept(chan: socket.socket, listener: socket.socket, serve_task, stopped: type[BaseException],
-          inherited: list[int]) -> None:
-    """In the kept process: serve each request the zygote forwards, one at a time, and answer its
-    exit code. SIGTERM stops the task running (the SuperNode stopped it), or ends an idle process."""
+def _reaped(pid: int) -> int:
+    """The exit code of a child that has exited (or is about to): 128+N for a signal, as a shell says."""
     try:
-        listener.close()
-        for fd in inherited:   # the request's streams and connection the zygote held at the fork
-            os.close(fd)
-        busy, parent = threading.Event(), {"pid": 0}
-
-        def on_term(_signum, _frame):
-            if busy.is_set():
-                busy.clear()
-                raise stopped()
-            os._exit(0)
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, on_term)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        threading.Thread(target=lambda: _watch_parent_of(parent, busy), daemon=True).start()
-        devnull = os.open(os.devnull, os.O_RDWR)
-        kept: dict = {}
-        while True:
-            try:
-                request, fds = _receive(chan)
-            except (OSError, ValueError):
-                os._exit(0)   # the zygote is gone
-            code = 1
-            try:
-                for target, fd in enumerate(fds[:3]):
-                    os.dup2(fd, target)
-                for fd in fds:
-                    os.close(fd)
-                os.environ.clear()
-                os.environ.update(request["env"])
-                os.chdir(request["cwd"])
-                argv = request["argv"]
-                parent["pid"] = int(argv[argv.index("--parent-pid") + 1]) if "--parent-pid" in argv else 0
-                busy.set()
-                code = serve_task(argv, kept)
-            except stopped:
-                code = 128 + signal.SIGTERM
-            except SystemExit as exc:   # flwr-clientapp's own exits: --help, a bad argument
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            except Exception:  # noqa: BLE001 - one message's failure; the process serves the next
-                import traceback
-
-                traceback.print_exc()
-            finally:
-                busy.clear()
-                for stream in (sys.stdout, sys.stderr):
-                    stream.flush()
-                for target in (0, 1, 2):   # the shim's streams are its own; nothing more goes there
-                    os.dup2(devnull, target)
-            chan.sendall(f"{code}\n".encode())
-    except BaseException:  # noqa: BLE001 - never return into the zygote's loop
-        import traceback
-
-        traceback.print_exc()
-        os._exit(1)
-
-
-def _watch_parent_of(parent: dict, busy: threading.Event) -> None:
-    """Stop the running task when the SuperNode that asked for it is gone (Flower's ClientApp process
-    exits then): the next message comes from the SuperNode started again (federation.rejoin)."""
-    import time
-
-    while True:
-        time.sleep(0.2)
-        pid = parent["pid"]
-        if busy.is_set() and pid > 0:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                if busy.is_set():
-                    os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(1)
-
-
-class Kept:
-    """The zygote's side of the kept process: requests forwarded in order, exit codes in order."""
-
-    def __init__(self, listener: socket.socket, serve_task, stopped: type[BaseException], inherited: list[int]):
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
-        if pid == 0:
-            ours.close()
-            _kept(theirs, listener, serve_task, stopped, inherited)
-        theirs.close()
-        self.pid, self.chan = pid, ours
-        self.waiting: deque[socket.socket] = deque()
-
-    def forward(self, request: dict, fds: list[int], conn: socket.socket) -> None:
-        _send(self.chan, request, fds)
-        self.waiting.append(conn)
-        _tell(conn, f"{self.pid}\n")
-
-    def answered(self) -> bool:
-        """Pass on the exit codes that came back; False once the kept process is gone."""
-        try:
-            data = self.chan.recv(4096)
-        except OSError:
-            data = b""
-        for line in data.decode().split():
-            if self.waiting:
-                conn = self.waiting.popleft()
-                _tell(conn, f"{line}\n")
-                conn.close()
-        return bool(data)
-
-    def gone(self, code: int = 1) -> None:
-        while self.waiting:
-            conn = self.waiting.popleft()
-            _tell(conn, f"{code}\n")
-            conn.close()
-        self.chan.close()
-
-
-def _tell(conn: socket.socket, text: str) -> None:
-    try:
-        conn.sendall(text.encode())
-    except OSError:
-        pass
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    except ChildProcessError:
+        return 1
+    return 128 - code if code < 0 else code
 
 
 def serve(sock: str) -> None:
@@ -326,28 +186,30 @@ def serve(sock: str) -> None:
         except InterruptedError:
             ready = []
         if kept is not None and kept.chan in ready and not kept.answered():
-            try:   # its end of the channel closed: it has exited
-                code = os.waitstatus_to_exitcode(os.waitpid(kept.pid, 0)[1])
-            except ChildProcessError:
-                code = 1
-            kept.gone(128 - code if code < 0 else code)
+            kept.gone(_reaped(kept.pid))   # its end of the channel closed: it has exited
             kept = None
         if listener in ready:
             conn, _ = listener.accept()
             try:
-                request, fds = _receive(conn)
+                request, fds = receive(conn)
             except (OSError, ValueError):
                 conn.close()
                 continue
             # runtime dependency installation wants a process of its own (Flower's environment per run)
             if mode != "fork" and "--allow-runtime-dependency-installation" not in request["argv"]:
-                try:
-                    kept = kept or Kept(listener, serve_task, TaskStopped, [*fds, conn.fileno()])
-                    kept.forward(request, fds, conn)
-                except OSError:
-                    _tell(conn, "0\n")
-                    _tell(conn, "1\n")
-                    conn.close()
+                for attempt in (1, 2):   # a kept process that died before the zygote noticed: another
+                    try:
+                        kept = kept or Kept(listener, serve_task, TaskStopped, [*fds, conn.fileno()])
+                        kept.forward(request, fds, conn)
+                        break
+                    except OSError:
+                        if kept is not None:
+                            kept.gone(_reaped(kept.pid))
+                            kept = None
+                        if attempt == 2:
+                            tell(conn, "0\n")
+                            tell(conn, "1\n")
+                            conn.close()
                 for fd in fds:
                     os.close(fd)
                 continue
@@ -357,7 +219,7 @@ def serve(sock: str) -> None:
             for fd in fds:
                 os.close(fd)
             children[pid] = conn
-            _tell(conn, f"{pid}\n")
+            tell(conn, f"{pid}\n")
         while True:  # reap, and tell each shim its child's exit code
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -372,7 +234,7 @@ def serve(sock: str) -> None:
                 kept = None
             conn = children.pop(pid, None)
             if conn is not None:
-                _tell(conn, f"{code}\n")
+                tell(conn, f"{code}\n")
                 conn.close()
     if kept is not None:
         kept.chan.close()   # it ends when idle (EOF), or at once on SIGTERM

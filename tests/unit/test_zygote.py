@@ -98,6 +98,7 @@ def test_after_the_kept_process_dies_another_serves(warm):
         pytest.skip("a process per message: nothing is kept")
     task = _waiting_task(shim)
     child = _serving(proc, task, set())
+    time.sleep(1.0)   # the kept process has the task
     os.kill(child, signal.SIGKILL)
     assert task.wait(timeout=30) == 128 + signal.SIGKILL   # the shim says how its task ended, as a shell does
     ok = subprocess.run([str(shim), "--help"], capture_output=True, text=True, timeout=60)
