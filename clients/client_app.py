@@ -22,6 +22,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from clients import handlers, queries, secagg, site
+from orchestrator.core.packing import pack_message, unpack_message
 
 secagg_app = ClientApp(mods=secagg.secagg_mods())
 secagg_app.query()(queries.query)
@@ -33,10 +34,15 @@ _LEGACY = ("fitins", "evaluateins", "secaggplus")  # record names of Flower's Se
 
 class _Hospital(ClientApp):
     """The plain handlers, except that SecAgg+ messages go to `secagg_app`; every message passes
-    the hospital's own policy, ledger and audit log first (`clients.site.guard`)."""
+    the hospital's own policy, ledger and audit log first (`clients.site.guard`). A message whose
+    arrays came packed (deployment, `orchestrator.core.packing`) is answered packed."""
 
     def __call__(self, message: Message, context: Context) -> Message:
-        return site.guard(message, context, self._route)
+        packed = unpack_message(message)   # the deployment engine's wire: arrays packed as one (core.packing)
+        reply = site.guard(message, context, self._route)
+        if packed:
+            pack_message(reply)
+        return reply
 
     def _route(self, message: Message, context: Context) -> Message:
         if any(k.startswith(_LEGACY) for k in message.content.keys()):

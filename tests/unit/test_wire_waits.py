@@ -79,6 +79,11 @@ def test_the_supernodes_poll_interval_is_checked(monkeypatch):
             poll_seconds()
 
 
+def _empty(**metadata) -> SimpleNamespace:
+    """A message without content (nothing to pack)."""
+    return SimpleNamespace(metadata=SimpleNamespace(**metadata), has_content=lambda: False)
+
+
 class _Grid:
     """Replies arrive over several pulls: ids 1..n, reply k to message k."""
 
@@ -86,20 +91,20 @@ class _Grid:
         self.arrivals, self.pulls, self.other = arrivals, 0, "delegated"
 
     def push_messages(self, messages):
-        return [str(m) for m in messages]
+        return [m.metadata.message_id for m in messages]
 
     def pull_messages(self, ids):
         wanted = set(ids)
         got = self.arrivals[self.pulls] if self.pulls < len(self.arrivals) else []
         self.pulls += 1
-        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=str(k))) for k in got if str(k) in wanted]
+        return [_empty(reply_to_message_id=str(k)) for k in got if str(k) in wanted]
 
 
 def test_the_serverapp_collects_replies_as_they_come(monkeypatch):
     waits: list[float] = []
     monkeypatch.setattr("orchestrator.jobs.federated.deployed.time.sleep", waits.append)
     grid = Prompt(_Grid([[2], [], [1, 3]]), poll_s=0.1)
-    replies = grid.send_and_receive([1, 2, 3])
+    replies = grid.send_and_receive([_empty(message_id=str(k)) for k in (1, 2, 3)])
     assert [r.metadata.reply_to_message_id for r in replies] == ["2", "1", "3"]
     assert waits == [0.1, 0.1] and grid.other == "delegated"
 
@@ -107,7 +112,7 @@ def test_the_serverapp_collects_replies_as_they_come(monkeypatch):
 def test_the_serverapp_stops_collecting_at_the_timeout(monkeypatch):
     grid = Prompt(_Grid([[1]]), poll_s=0.05)
     t0 = time.monotonic()
-    replies = grid.send_and_receive([1, 2], timeout=0.3)
+    replies = grid.send_and_receive([_empty(message_id=str(k)) for k in (1, 2)], timeout=0.3)
     assert [r.metadata.reply_to_message_id for r in replies] == ["1"]
     assert 0.25 < time.monotonic() - t0 < 2
 

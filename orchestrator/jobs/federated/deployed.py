@@ -33,17 +33,35 @@ class Prompt:
     """Flower's grid as the ServerApp got it, except that `send_and_receive` asks the SuperLink for
     the replies every `poll_s` (federated.poll_interval_s) where Flower's asks every 3 s: a round's
     train and evaluate each waited up to 3 s past the last reply. Same answer: the replies that came
-    within `timeout`, in the order they came."""
+    within `timeout`, in the order they came. A message's arrays cross packed as one
+    (`core.packing`): pushed packed, pulled unpacked."""
 
     def __init__(self, grid: Grid, poll_s: float):
         self._grid, self._poll_s = grid, poll_s
 
+    def push_messages(self, messages) -> list:
+        from orchestrator.core.packing import pack_message
+
+        messages = list(messages)
+        memo: dict = {}
+        for message in messages:
+            pack_message(message, memo)
+        return list(self._grid.push_messages(messages))
+
+    def pull_messages(self, message_ids) -> list:
+        from orchestrator.core.packing import unpack_message
+
+        replies = list(self._grid.pull_messages(message_ids))
+        for reply in replies:
+            unpack_message(reply)
+        return replies
+
     def send_and_receive(self, messages, *, timeout: float | None = None) -> list:
-        waiting = set(self._grid.push_messages(messages))
+        waiting = set(self.push_messages(messages))
         end = None if timeout is None else time.monotonic() + timeout
         replies: list = []
         while waiting and (end is None or time.monotonic() < end):
-            got = list(self._grid.pull_messages(waiting))
+            got = self.pull_messages(waiting)
             replies += got
             waiting -= {m.metadata.reply_to_message_id for m in got}
             if waiting:
