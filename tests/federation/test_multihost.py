@@ -137,6 +137,7 @@ def test_three_hospitals_on_their_own_hosts_federate_over_tls_and_survive_an_int
             _cli(coord, "run", str(CONFIGS / "heart_disease_sites.yaml"), "federated.engine=deployment",
                  f"federated.superlink=127.0.0.1:{CONTROL}", f"federated.root_certificates={certs.ca}",
                  "federated.num_clients=3", f"federated.rounds={ROUNDS}", "federated.round_timeout_s=45",
+                 "train.epochs=150",   # training long enough (~1 s) that the crash lands in it, not in evaluation
                  "data.path=/nonexistent/the-hospitals-hold-the-data", f"tracking.uri={uri}",
                  "tracking.experiment=multihost", "--json", env=env),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)

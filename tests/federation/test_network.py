@@ -135,7 +135,9 @@ def test_a_hospital_behind_a_slow_lossy_link_gives_the_simulations_numbers_and_r
                     dropped["thread"] = threading.Thread(target=drop_link, daemon=True)
                     dropped["thread"].start()
 
-            rejoined, lines = _run(coord, env, tmp_path, uri, "federated.rounds=12", "federated.round_timeout_s=40",
+            # (rounds go on every ~2 s; the link's stalled TCP connections resume some 10-35 s after it is
+            # back, as TCP's retransmission backoff allows: 25 rounds leave room for that)
+            rejoined, lines = _run(coord, env, tmp_path, uri, "federated.rounds=25", "federated.round_timeout_s=40",
                                    on_line=on_line)
             dropped["thread"].join(timeout=60)
         finally:
