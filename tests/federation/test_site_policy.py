@@ -130,7 +130,7 @@ def test_site_policies_ledgers_and_audit_logs_at_three_hospitals_on_their_own_ho
         budget = (epsilon(spent_b, 1e-5) + epsilon(spent_b * 2, 1e-5)) / 2
         policies["cleveland"]["privacy"]["epsilon_budget"] = budget
         (host("cleveland") / "policy.yaml").write_text(json.dumps(policies["cleveland"]))
-        c, lines_c = run(*dp, kill=1)
+        c, lines_c = run(*dp, "train.epochs=150", kill=1)   # training long enough (seconds) for the kill to land in it
     finally:
         _stop(capture, daemons)
 
