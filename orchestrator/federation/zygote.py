@@ -147,10 +147,14 @@ MODE_ENV = "CONSORTIUM_WARM_CLIENTAPP"
 def _reaped(pid: int) -> int:
     """The exit code of a child that has exited (or is about to): 128+N for a signal, as a shell says."""
     try:
-        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        return _shell_code(os.waitpid(pid, 0)[1])
     except ChildProcessError:
         return 1
-    return 128 - code if code < 0 else code
+
+
+def _shell_code(status: int) -> int:
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code   # a signal: 128+N, as a shell says
 
 
 def serve(sock: str) -> None:
@@ -227,8 +231,7 @@ def serve(sock: str) -> None:
                 break
             if pid == 0:
                 break
-            code = os.waitstatus_to_exitcode(status)
-            code = 128 - code if code < 0 else code   # a signal: 128+N, as a shell says
+            code = _shell_code(status)
             if kept is not None and pid == kept.pid:
                 kept.gone(code)
                 kept = None
